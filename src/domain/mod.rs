@@ -1,0 +1,23 @@
+//! The pure decision core: lock levels, holds, transitions and conflict resolution.
+//!
+//! Nothing here does I/O, reads a clock or awaits: time comes in as arguments, so every function
+//! is deterministic and can be replayed from the log.
+
+pub mod ids;
+pub mod order;
+pub mod resolve;
+pub mod state;
+
+pub use ids::{
+    Amount, AssetClass, AssetId, ChainId, HolderAddress, Instrument, InvalidValue, IssuerId,
+    JurisdictionCode, OrderId, PolicyId, Priority,
+};
+pub use order::{
+    AssetKey, Instruction, LeaseTtl, LegalBasis, LockLevel, Order, OrderKind, RegisteredAsset,
+    Target,
+};
+pub use resolve::{
+    resolve, Candidate, ConflictGroup, Decision, GroupError, Outcome, Reason, Resolution,
+    Subject, Verdict,
+};
+pub use state::{AssetState, Effect, FencingToken, Frozen, Hold, LiftCause};

@@ -1,0 +1,281 @@
+//! Orders from authorities, the lock levels they impose, and what they target.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ids::{
+    Amount, AssetClass, AssetId, ChainId, HolderAddress, Instrument, InvalidValue, IssuerId,
+    JurisdictionCode, OrderId,
+};
+
+/// The six lock levels of the design notes. Ordered: a higher level restricts more.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LockLevel {
+    #[default]
+    Unlocked = 0,
+    SoftLocked = 1,
+    PreemptiveLocked = 2,
+    TempLocked = 3,
+    HardLocked = 4,
+    PermLocked = 5,
+}
+
+impl LockLevel {
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// Holds at this level or above block transfers and revoke preemptive leases.
+    pub const BLOCKING: LockLevel = LockLevel::TempLocked;
+}
+
+/// Every kind of order an authority or coordinator can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderKind {
+    Monitor,
+    Preempt,
+    Suspend,
+    Freeze,
+    Seize,
+    Confiscate,
+    Release,
+}
+
+impl OrderKind {
+    pub const ALL: [OrderKind; 7] = [
+        OrderKind::Monitor,
+        OrderKind::Preempt,
+        OrderKind::Suspend,
+        OrderKind::Freeze,
+        OrderKind::Seize,
+        OrderKind::Confiscate,
+        OrderKind::Release,
+    ];
+
+    /// The level a hold of this kind imposes while active; a release imposes none.
+    pub fn level(self) -> LockLevel {
+        match self {
+            OrderKind::Monitor => LockLevel::SoftLocked,
+            OrderKind::Preempt => LockLevel::PreemptiveLocked,
+            OrderKind::Suspend => LockLevel::TempLocked,
+            OrderKind::Freeze => LockLevel::HardLocked,
+            OrderKind::Seize | OrderKind::Confiscate => LockLevel::PermLocked,
+            OrderKind::Release => LockLevel::Unlocked,
+        }
+    }
+
+    /// Seizure and confiscation move custody to the issuer; there is one custodian at a time.
+    pub fn takes_custody(self) -> bool {
+        matches!(self, OrderKind::Seize | OrderKind::Confiscate)
+    }
+
+    /// The name used in the API, in Cedar (`Action::"FREEZE"`) and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderKind::Monitor => "MONITOR",
+            OrderKind::Preempt => "PREEMPT",
+            OrderKind::Suspend => "SUSPEND",
+            OrderKind::Freeze => "FREEZE",
+            OrderKind::Seize => "SEIZE",
+            OrderKind::Confiscate => "CONFISCATE",
+            OrderKind::Release => "RELEASE",
+        }
+    }
+}
+
+impl fmt::Display for OrderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OrderKind {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OrderKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| InvalidValue {
+                what: "order kind",
+                why: format!(
+                    "{s:?} is not one of MONITOR, PREEMPT, SUSPEND, FREEZE, SEIZE, CONFISCATE, RELEASE"
+                ),
+            })
+    }
+}
+
+/// An asset on a chain: the unit the sequencer orders decisions for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AssetKey {
+    pub chain: ChainId,
+    pub asset: AssetId,
+}
+
+impl fmt::Display for AssetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.chain, self.asset)
+    }
+}
+
+/// What an order applies to: a whole asset (every holder), or one holder's balance of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Target {
+    pub asset: AssetKey,
+    pub holder: Option<HolderAddress>,
+}
+
+impl Target {
+    /// Two scopes overlap when either covers the whole asset or both name the same holder.
+    pub fn overlaps(&self, other: &Target) -> bool {
+        self.asset == other.asset
+            && match (&self.holder, &other.holder) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.holder {
+            Some(h) => write!(f, "{}?holder={h}", self.asset),
+            None => write!(f, "{}", self.asset),
+        }
+    }
+}
+
+/// A registered asset and the attributes policies read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredAsset {
+    pub key: AssetKey,
+    pub issuer_jurisdiction: JurisdictionCode,
+    pub asset_class: AssetClass,
+}
+
+/// The legal basis an authority cites: the instrument and its reference (docket, warrant number,
+/// designation id, licence number).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LegalBasis {
+    pub instrument: Instrument,
+    pub reference: String,
+}
+
+/// How long a preemptive lease lasts: short by design, between 1 ms and 5 minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct LeaseTtl(u32);
+
+impl LeaseTtl {
+    pub const MAX_MS: u32 = 300_000;
+
+    pub fn from_millis(ms: u32) -> Result<Self, InvalidValue> {
+        if ms == 0 || ms > Self::MAX_MS {
+            return Err(InvalidValue {
+                what: "lease ttl",
+                why: format!("must be between 1 and {} ms", Self::MAX_MS),
+            });
+        }
+        Ok(Self(ms))
+    }
+
+    pub fn millis(self) -> u32 {
+        self.0
+    }
+
+    pub fn duration(self) -> Duration {
+        Duration::milliseconds(i64::from(self.0))
+    }
+}
+
+impl TryFrom<u32> for LeaseTtl {
+    type Error = InvalidValue;
+    fn try_from(ms: u32) -> Result<Self, Self::Error> {
+        Self::from_millis(ms)
+    }
+}
+
+impl From<LeaseTtl> for u32 {
+    fn from(t: LeaseTtl) -> u32 {
+        t.0
+    }
+}
+
+/// What an order asks for. Each kind carries exactly the fields it needs, so a SUSPEND without an
+/// expiry or a RELEASE without the order it releases cannot be represented.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Instruction {
+    Monitor {
+        amount: Option<Amount>,
+    },
+    Preempt {
+        lease_ttl_ms: LeaseTtl,
+    },
+    Suspend {
+        expires_at: DateTime<Utc>,
+        amount: Option<Amount>,
+    },
+    Freeze {
+        amount: Option<Amount>,
+    },
+    Seize {
+        amount: Option<Amount>,
+    },
+    Confiscate {
+        amount: Option<Amount>,
+    },
+    Release {
+        releases: OrderId,
+    },
+}
+
+impl Instruction {
+    pub fn kind(&self) -> OrderKind {
+        match self {
+            Instruction::Monitor { .. } => OrderKind::Monitor,
+            Instruction::Preempt { .. } => OrderKind::Preempt,
+            Instruction::Suspend { .. } => OrderKind::Suspend,
+            Instruction::Freeze { .. } => OrderKind::Freeze,
+            Instruction::Seize { .. } => OrderKind::Seize,
+            Instruction::Confiscate { .. } => OrderKind::Confiscate,
+            Instruction::Release { .. } => OrderKind::Release,
+        }
+    }
+
+    /// A partial order's amount; `None` means the whole balance.
+    pub fn amount(&self) -> Option<Amount> {
+        match self {
+            Instruction::Monitor { amount }
+            | Instruction::Suspend { amount, .. }
+            | Instruction::Freeze { amount }
+            | Instruction::Seize { amount }
+            | Instruction::Confiscate { amount } => *amount,
+            Instruction::Preempt { .. } | Instruction::Release { .. } => None,
+        }
+    }
+}
+
+/// An order as accepted at intake: who, on what, why, and when the database received it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Order {
+    pub id: OrderId,
+    pub issuer: IssuerId,
+    pub target: Target,
+    pub legal_basis: LegalBasis,
+    pub instruction: Instruction,
+    /// Stamped by the database clock at intake, never by a replica.
+    pub intake_at: DateTime<Utc>,
+}
+
+impl Order {
+    pub fn kind(&self) -> OrderKind {
+        self.instruction.kind()
+    }
+}

@@ -1,0 +1,171 @@
+//! The lock state of one asset: one hold per order, never a single overwritten status.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ids::{Amount, HolderAddress, Instrument, IssuerId, OrderId, Priority};
+use super::order::{LockLevel, OrderKind, Target};
+
+/// A monotonically increasing token handed out with each preemptive lease, so that a chain can
+/// refuse a transfer from a coordinator whose lease was revoked and re-granted to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FencingToken(pub u64);
+
+/// An active hold, placed by one applied order and lifted by a release, an expiry or a revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub order_id: OrderId,
+    pub issuer: IssuerId,
+    pub kind: OrderKind,
+    pub target: Target,
+    pub amount: Option<Amount>,
+    pub instrument: Instrument,
+    pub priority: Priority,
+    pub placed_at: DateTime<Utc>,
+    /// When a SUSPEND or a PREEMPT lease ends by itself.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Only PREEMPT leases carry one.
+    pub fencing_token: Option<FencingToken>,
+}
+
+impl Hold {
+    pub fn level(&self) -> LockLevel {
+        self.kind.level()
+    }
+
+    /// Does this hold apply to `holder`? Asset-wide holds apply to everyone.
+    pub fn covers(&self, holder: Option<&HolderAddress>) -> bool {
+        match (&self.target.holder, holder) {
+            (None, _) => true,
+            (Some(own), Some(asked)) => own == asked,
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Why a hold stopped being active.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum LiftCause {
+    Released { by: OrderId },
+    Expired,
+    /// A preemptive lease revoked because a hold of level >= 3 landed.
+    Revoked { by: OrderId },
+}
+
+/// A single change to an asset's state. A decision's effects, replayed in order from the empty
+/// state, rebuild the state exactly: this is what makes the state tables a function of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum Effect {
+    Place { hold: Hold },
+    Lift { order_id: OrderId, cause: LiftCause },
+}
+
+/// How much of a balance is frozen, as reported to chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "frozen", content = "amount", rename_all = "snake_case")]
+pub enum Frozen {
+    Nothing,
+    /// The sum of the active partial holds, in base units (saturating at `u128::MAX`).
+    Partial(u128),
+    All,
+}
+
+/// The state of one asset: its active holds, its version and its lease counter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetState {
+    holds: BTreeMap<OrderId, Hold>,
+    /// Bumped once per decision that changes the state; a chain that sees a jump knows it missed one.
+    version: u64,
+    last_fencing_token: u64,
+}
+
+impl AssetState {
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn holds(&self) -> impl Iterator<Item = &Hold> {
+        self.holds.values()
+    }
+
+    pub fn hold(&self, order_id: &OrderId) -> Option<&Hold> {
+        self.holds.get(order_id)
+    }
+
+    /// The holds that apply to `holder` (asset-wide ones included); `None` asks for the holds that
+    /// apply to every holder, i.e. the asset-wide ones.
+    pub fn holds_covering<'a>(
+        &'a self,
+        holder: Option<&'a HolderAddress>,
+    ) -> impl Iterator<Item = &'a Hold> + 'a {
+        self.holds.values().filter(move |h| h.covers(holder))
+    }
+
+    /// The maximum level over the active holds that apply to `holder`.
+    pub fn effective_level(&self, holder: Option<&HolderAddress>) -> LockLevel {
+        self.holds_covering(holder)
+            .map(Hold::level)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// What is frozen for `holder`: holds at a blocking level (SUSPEND and above) and preemptive
+    /// leases freeze; MONITOR only flags. Any such hold without an amount freezes everything.
+    pub fn frozen(&self, holder: Option<&HolderAddress>) -> Frozen {
+        let mut sum: u128 = 0;
+        let mut any = false;
+        for hold in self
+            .holds_covering(holder)
+            .filter(|h| h.level() >= LockLevel::PreemptiveLocked)
+        {
+            match hold.amount {
+                None => return Frozen::All,
+                Some(a) => {
+                    any = true;
+                    sum = sum.saturating_add(a.units());
+                }
+            }
+        }
+        if any {
+            Frozen::Partial(sum)
+        } else {
+            Frozen::Nothing
+        }
+    }
+
+    /// Holds that overlap `target` (see [`Target::overlaps`]).
+    pub fn overlapping<'a>(&'a self, target: &'a Target) -> impl Iterator<Item = &'a Hold> + 'a {
+        self.holds.values().filter(move |h| h.target.overlaps(target))
+    }
+
+    /// The next fencing token a lease would get.
+    pub fn next_fencing_token(&self) -> FencingToken {
+        FencingToken(self.last_fencing_token + 1)
+    }
+
+    /// Applies one decision's effects. Empty effects leave the version unchanged.
+    pub fn apply(&mut self, effects: &[Effect]) {
+        if effects.is_empty() {
+            return;
+        }
+        for effect in effects {
+            match effect {
+                Effect::Place { hold } => {
+                    if let Some(FencingToken(t)) = hold.fencing_token {
+                        self.last_fencing_token = self.last_fencing_token.max(t);
+                    }
+                    self.holds.insert(hold.order_id, hold.clone());
+                }
+                Effect::Lift { order_id, .. } => {
+                    self.holds.remove(order_id);
+                }
+            }
+        }
+        self.version += 1;
+    }
+}
