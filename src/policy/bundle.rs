@@ -1,0 +1,407 @@
+//! A policy bundle: the schema, the policies and the entities that decide orders, loaded from
+//! `policies/` (or from a draft), checked completely before it may decide anything.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Effect, Entities, Policy, PolicyId as CedarPolicyId, PolicySet, Schema, ValidationMode,
+    Validator,
+};
+use sha2::{Digest, Sha256};
+
+use super::error::{line_and_column, PolicyError, PolicyErrors, SourceFile};
+use crate::domain::{PolicyId, Priority};
+
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+pub const ENTITIES_FILE: &str = "entities.json";
+pub const TESTS_DIR: &str = "tests";
+
+/// The files of a bundle, before they are checked.
+#[derive(Debug, Clone)]
+pub struct PolicySources {
+    pub schema: SourceFile,
+    /// `*.cedar` files, in name order.
+    pub policies: Vec<SourceFile>,
+    pub entities: SourceFile,
+}
+
+impl PolicySources {
+    /// Reads `schema.cedarschema`, `entities.json` and every `*.cedar` file of `dir`.
+    pub fn read_dir(dir: &Path) -> Result<Self, PolicyErrors> {
+        let read = |name: &str| -> Result<SourceFile, PolicyError> {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path)
+                .map(|text| SourceFile::new(name, text))
+                .map_err(|e| {
+                    PolicyError::new(
+                        "policy::io",
+                        &SourceFile::new(path.display().to_string(), ""),
+                        format!("cannot read: {e}"),
+                    )
+                })
+        };
+        let mut errors = Vec::new();
+        let schema = read(SCHEMA_FILE).map_err(|e| errors.push(e)).ok();
+        let entities = read(ENTITIES_FILE).map_err(|e| errors.push(e)).ok();
+        let mut names: Vec<String> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".cedar"))
+                .collect(),
+            Err(e) => {
+                errors.push(PolicyError::new(
+                    "policy::io",
+                    &SourceFile::new(dir.display().to_string(), ""),
+                    format!("cannot list the policy directory: {e}"),
+                ));
+                Vec::new()
+            }
+        };
+        names.sort();
+        let policies: Vec<SourceFile> = names
+            .iter()
+            .filter_map(|n| read(n).map_err(|e| errors.push(e)).ok())
+            .collect();
+        match (schema, entities) {
+            (Some(schema), Some(entities)) if errors.is_empty() => Ok(Self {
+                schema,
+                policies,
+                entities,
+            }),
+            _ => Err(PolicyErrors { errors }),
+        }
+    }
+
+    /// The version hash: SHA-256 over every file's name and content, in a fixed order, so that
+    /// the same bundle always has the same hash and any change gives a new one.
+    pub fn content_hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        let files = std::iter::once(&self.schema)
+            .chain(&self.policies)
+            .chain(std::iter::once(&self.entities));
+        for file in files {
+            for part in [file.name.as_bytes(), file.text.as_bytes()] {
+                hasher.update((part.len() as u64).to_be_bytes());
+                hasher.update(part);
+            }
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// Where a policy was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyOrigin {
+    pub file: String,
+    pub line: usize,
+}
+
+/// A checked bundle: every policy has a unique `@id`, every permit a valid `@priority`, the set
+/// validates strictly against the schema, and the entities conform to it.
+#[derive(Debug, Clone)]
+pub struct PolicyBundle {
+    pub(crate) schema: Schema,
+    pub(crate) policies: PolicySet,
+    pub(crate) entities: Entities,
+    priorities: HashMap<CedarPolicyId, Priority>,
+    origins: HashMap<String, PolicyOrigin>,
+    hash: String,
+}
+
+impl PolicyBundle {
+    pub fn load_dir(dir: &Path) -> Result<Self, PolicyErrors> {
+        Self::compile(&PolicySources::read_dir(dir)?)
+    }
+
+    pub fn compile(sources: &PolicySources) -> Result<Self, PolicyErrors> {
+        let mut errors = Vec::new();
+        let schema = match Schema::from_cedarschema_str(&sources.schema.text) {
+            Ok((schema, _warnings)) => Some(schema),
+            Err(e) => {
+                errors.push(PolicyError::from_cedar("schema::invalid", &sources.schema, &e));
+                None
+            }
+        };
+
+        let mut policies = PolicySet::new();
+        let mut priorities = HashMap::new();
+        let mut origins: HashMap<String, PolicyOrigin> = HashMap::new();
+        let mut files_by_id: HashMap<String, &SourceFile> = HashMap::new();
+        for file in &sources.policies {
+            for parsed in parse_file(file, &mut errors) {
+                let ParsedPolicy {
+                    policy,
+                    offset,
+                    len,
+                } = parsed;
+                let Some(id) = checked_id(&policy, file, offset, len, &origins, &mut errors) else {
+                    continue;
+                };
+                let cedar_id = CedarPolicyId::new(id.as_str());
+                match checked_priority(&policy, &id, file, offset, len) {
+                    Ok(Some(p)) => {
+                        priorities.insert(cedar_id.clone(), p);
+                    }
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                }
+                let (line, _) = line_and_column(&file.text, offset);
+                origins.insert(
+                    id.as_str().to_owned(),
+                    PolicyOrigin {
+                        file: file.name.clone(),
+                        line,
+                    },
+                );
+                files_by_id.insert(id.as_str().to_owned(), file);
+                if let Err(e) = policies.add(policy.new_id(cedar_id)) {
+                    errors.push(PolicyError::new("policy::set", file, e.to_string()));
+                }
+            }
+        }
+
+        let entities = schema.as_ref().and_then(|schema| {
+            let result = Entities::from_json_str(&sources.entities.text, Some(schema))
+                .and_then(|entities| match schema.action_entities() {
+                    Ok(actions) => entities.add_entities(actions, None),
+                    Err(e) => Err(e),
+                });
+            result
+                .map_err(|e| {
+                    errors.push(PolicyError::from_cedar(
+                        "entities::invalid",
+                        &sources.entities,
+                        &e,
+                    ))
+                })
+                .ok()
+        });
+
+        if let Some(schema) = &schema {
+            let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+            for e in result.validation_errors() {
+                let id = e.policy_id().to_string();
+                let file = files_by_id.get(&id).copied().unwrap_or(&sources.schema);
+                errors.push(
+                    PolicyError::from_cedar("policy::validation", file, e)
+                        .hint_if_missing(format!("in policy `{id}`")),
+                );
+            }
+        }
+
+        match (schema, entities) {
+            (Some(schema), Some(entities)) if errors.is_empty() => Ok(Self {
+                schema,
+                policies,
+                entities,
+                priorities,
+                origins,
+                hash: sources.content_hash(),
+            }),
+            _ => Err(PolicyErrors { errors }),
+        }
+    }
+
+    /// The bundle's content hash, recorded with every decision it makes.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.num_of_policies()
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub fn policy_set(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+
+    pub fn origin(&self, id: &str) -> Option<&PolicyOrigin> {
+        self.origins.get(id)
+    }
+
+    /// The declared priority of a permit policy.
+    pub fn priority(&self, id: &CedarPolicyId) -> Option<Priority> {
+        self.priorities.get(id).copied()
+    }
+
+    /// The ids of every policy, sorted.
+    pub fn policy_ids(&self) -> Vec<PolicyId> {
+        let mut ids: Vec<PolicyId> = self
+            .origins
+            .keys()
+            .filter_map(|id| PolicyId::parse(id.as_str()).ok())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+impl PolicyError {
+    fn hint_if_missing(self, hint: String) -> Self {
+        if self.hint.is_some() {
+            self
+        } else {
+            self.hint(hint)
+        }
+    }
+}
+
+struct ParsedPolicy {
+    policy: Policy,
+    /// Where the policy's text starts in its file, and its length.
+    offset: usize,
+    len: usize,
+}
+
+/// Parses one file into its policies, in source order, each with its place in the file.
+fn parse_file(file: &SourceFile, errors: &mut Vec<PolicyError>) -> Vec<ParsedPolicy> {
+    let set = match PolicySet::from_str(&file.text) {
+        Ok(set) => set,
+        Err(parse_errors) => {
+            errors.extend(
+                parse_errors
+                    .iter()
+                    .map(|e| PolicyError::from_cedar("policy::syntax", file, e)),
+            );
+            return Vec::new();
+        }
+    };
+    if let Some(template) = set.templates().next() {
+        errors.push(
+            PolicyError::new(
+                "policy::template",
+                file,
+                format!("templates are not supported (template {})", template.id()),
+            )
+            .hint("write a static policy with concrete entities instead of ?principal/?resource"),
+        );
+    }
+    // Cedar names the policies of one text policy0, policy1, … in source order.
+    let mut policies: Vec<(usize, Policy)> = set
+        .policies()
+        .filter_map(|p| {
+            let n = p.id().to_string().strip_prefix("policy")?.parse().ok()?;
+            Some((n, p.clone()))
+        })
+        .collect();
+    policies.sort_by_key(|(n, _)| *n);
+    let mut cursor = 0;
+    policies
+        .into_iter()
+        .map(|(_, policy)| {
+            let text = policy.to_cedar().unwrap_or_default();
+            let (offset, len) = match file.text[cursor..].find(text.as_str()) {
+                Some(found) if !text.is_empty() => (cursor + found, text.len()),
+                _ => (cursor, 0),
+            };
+            cursor = offset + len;
+            ParsedPolicy {
+                policy,
+                offset,
+                len,
+            }
+        })
+        .collect()
+}
+
+/// The policy's `@id`, if it is present, well-formed and not taken.
+fn checked_id(
+    policy: &Policy,
+    file: &SourceFile,
+    offset: usize,
+    len: usize,
+    taken: &HashMap<String, PolicyOrigin>,
+    errors: &mut Vec<PolicyError>,
+) -> Option<PolicyId> {
+    let Some(raw) = policy.annotation("id") else {
+        errors.push(
+            PolicyError::new("policy::missing_id", file, "a policy has no @id annotation")
+                .at(offset, len.min(first_line_len(&file.text[offset..])), "this policy")
+                .hint("name every policy, e.g. @id(\"us-sec-freeze-court-order\"), so decisions can cite it"),
+        );
+        return None;
+    };
+    let (at, at_len) = annotation_span(&file.text, offset, len, "id");
+    let id = match PolicyId::parse(raw) {
+        Ok(id) => id,
+        Err(e) => {
+            errors.push(PolicyError::new("policy::bad_id", file, e.to_string()).at(at, at_len, "this id"));
+            return None;
+        }
+    };
+    if let Some(first) = taken.get(raw) {
+        errors.push(
+            PolicyError::new(
+                "policy::duplicate_id",
+                file,
+                format!("@id(\"{raw}\") is already used at {}:{}", first.file, first.line),
+            )
+            .at(at, at_len, "second use")
+            .hint("policy ids must be unique across all policy files"),
+        );
+        return None;
+    }
+    Some(id)
+}
+
+/// A permit's `@priority`; a forbid must not have one.
+fn checked_priority(
+    policy: &Policy,
+    id: &PolicyId,
+    file: &SourceFile,
+    offset: usize,
+    len: usize,
+) -> Result<Option<Priority>, PolicyError> {
+    let raw = policy.annotation("priority");
+    let (at, at_len) = annotation_span(&file.text, offset, len, "priority");
+    match (policy.effect(), raw) {
+        (Effect::Permit, None) => Err(PolicyError::new(
+            "policy::missing_priority",
+            file,
+            format!("permit policy `{id}` has no @priority"),
+        )
+        .at(offset, len.min(first_line_len(&file.text[offset..])), "this permit")
+        .hint("declare how strongly it ranks, e.g. @priority(\"700\"); see docs/policies.md")),
+        (Effect::Permit, Some(raw)) => raw.parse::<Priority>().map(Some).map_err(|_| {
+            PolicyError::new(
+                "policy::bad_priority",
+                file,
+                format!("@priority(\"{raw}\") of `{id}` is not an integer from 0 to 1000"),
+            )
+            .at(at, at_len, "out of range")
+        }),
+        (Effect::Forbid, Some(_)) => Err(PolicyError::new(
+            "policy::priority_on_forbid",
+            file,
+            format!("forbid policy `{id}` declares a @priority, which has no effect"),
+        )
+        .at(at, at_len, "remove this")
+        .hint("a forbid always beats every permit; priorities rank permits only")),
+        (Effect::Forbid, None) => Ok(None),
+    }
+}
+
+/// Where `@name("…")` is inside a policy's text (offset, length), or the policy's start.
+fn annotation_span(text: &str, offset: usize, len: usize, name: &str) -> (usize, usize) {
+    let end = (offset + len).min(text.len());
+    let Some(start) = text[offset..end].find(&format!("@{name}(")).map(|i| offset + i) else {
+        return (offset, 0);
+    };
+    let len = text[start..end].find(')').map_or(0, |i| i + 1);
+    (start, len)
+}
+
+fn first_line_len(text: &str) -> usize {
+    text.find('\n').unwrap_or(text.len())
+}
