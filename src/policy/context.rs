@@ -51,7 +51,7 @@ pub(crate) fn asset_uid(asset: &RegisteredAsset) -> EntityUid {
 }
 
 /// The `Asset` entity policies see: its registration attributes, no parents.
-pub(crate) fn asset_entity(asset: &RegisteredAsset) -> Entity {
+pub fn asset_entity(asset: &RegisteredAsset) -> Entity {
     let attrs = HashMap::from([
         (
             "chain".to_owned(),

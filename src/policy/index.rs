@@ -22,7 +22,8 @@ struct ScopeIndex {
     eq: HashMap<EntityUid, FixedBitSet>,
     within: HashMap<EntityUid, FixedBitSet>,
     is: HashMap<EntityTypeName, FixedBitSet>,
-    is_within: HashMap<(EntityTypeName, EntityUid), FixedBitSet>,
+    /// `is T in E`, keyed by `E` so that a lookup borrows instead of building a key.
+    is_within: HashMap<EntityUid, Vec<(EntityTypeName, FixedBitSet)>>,
 }
 
 /// A scope constraint, whichever of principal, action or resource it constrains.
@@ -88,7 +89,17 @@ impl ScopeIndex {
                 }
             }
             Scope::Is(t) => set(self.is.entry(t).or_insert_with(fresh)),
-            Scope::IsIn(t, u) => set(self.is_within.entry((t, u)).or_insert_with(fresh)),
+            Scope::IsIn(t, u) => {
+                let by_type = self.is_within.entry(u).or_default();
+                match by_type.iter_mut().find(|(have, _)| *have == t) {
+                    Some((_, bits)) => set(bits),
+                    None => {
+                        let mut bits = fresh();
+                        bits.insert(policy);
+                        by_type.push((t, bits));
+                    }
+                }
+            }
         }
     }
 
@@ -108,8 +119,8 @@ impl ScopeIndex {
             if let Some(s) = self.within.get(a) {
                 out.union_with(s);
             }
-            if !self.is_within.is_empty() {
-                if let Some(s) = self.is_within.get(&(type_name.clone(), a.clone())) {
+            for (t, s) in self.is_within.get(a).into_iter().flatten() {
+                if t == type_name {
                     out.union_with(s);
                 }
             }
