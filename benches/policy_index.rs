@@ -37,7 +37,12 @@ fn per_decision(requests: &[Request], mut decide: impl FnMut(&Request)) -> f64 {
 
 fn main() {
     println!("mix        policies   whole set (µs/decision)   index (µs/decision)   speed-up   mean candidates");
-    for (mix, broad, n) in [("realistic", REALISTIC_BROAD, 100), ("realistic", REALISTIC_BROAD, 1_000), ("stress", STRESS_BROAD, 100), ("stress", STRESS_BROAD, 1_000)] {
+    for (mix, broad, n) in [
+        ("realistic", REALISTIC_BROAD, 100),
+        ("realistic", REALISTIC_BROAD, 1_000),
+        ("stress", STRESS_BROAD, 100),
+        ("stress", STRESS_BROAD, 1_000),
+    ] {
         let set = Synthetic::generate(n, broad, 42);
         let index = PolicyIndex::new(set.bundle.policy_set());
         let authorizer = Authorizer::new();
@@ -47,7 +52,10 @@ fn main() {
         // The index must agree with the whole set on every benchmarked request.
         for r in &requests {
             let whole = authorizer.is_authorized(r, set.bundle.policy_set(), &set.entities);
-            assert_eq!(summary(&whole), summary(&index.is_authorized(r, &set.entities)));
+            assert_eq!(
+                summary(&whole),
+                summary(&index.is_authorized(r, &set.entities))
+            );
         }
 
         let whole = per_decision(&requests, |r| {

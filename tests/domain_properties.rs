@@ -53,7 +53,18 @@ fn spec() -> impl Strategy<Value = Spec> {
         0i64..100,
     )
         .prop_map(
-            |(kind, issuer, holder, amount, releases, ttl_ms, suspend_minutes, allowed, priority, intake_offset_ms)| Spec {
+            |(
+                kind,
+                issuer,
+                holder,
+                amount,
+                releases,
+                ttl_ms,
+                suspend_minutes,
+                allowed,
+                priority,
+                intake_offset_ms,
+            )| Spec {
                 kind,
                 issuer,
                 holder,
@@ -100,7 +111,9 @@ fn build(spec: &Spec, seq: u128, start: DateTime<Utc>, earlier: &[OrderId]) -> C
         issuer: IssuerId::parse(ISSUERS[spec.issuer]).unwrap(),
         target: Target {
             asset: asset(),
-            holder: spec.holder.map(|h| HolderAddress::parse(HOLDERS[h]).unwrap()),
+            holder: spec
+                .holder
+                .map(|h| HolderAddress::parse(HOLDERS[h]).unwrap()),
         },
         legal_basis: LegalBasis {
             instrument: Instrument::parse("court_order").unwrap(),
@@ -159,7 +172,11 @@ fn run(history: &[Vec<Spec>]) -> Run {
 
 fn holder_scopes() -> Vec<Option<HolderAddress>> {
     std::iter::once(None)
-        .chain(HOLDERS.iter().map(|h| Some(HolderAddress::parse(*h).unwrap())))
+        .chain(
+            HOLDERS
+                .iter()
+                .map(|h| Some(HolderAddress::parse(*h).unwrap())),
+        )
         .collect()
 }
 

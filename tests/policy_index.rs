@@ -40,7 +40,11 @@ fn the_index_keeps_a_small_fraction_of_the_policies() {
     let (synthetic, index) = set();
     let mut rng = SmallRng::seed_from_u64(11);
     let sizes: Vec<usize> = (0..500)
-        .map(|_| index.candidates(&synthetic.request(&mut rng), &synthetic.entities).count_ones(..))
+        .map(|_| {
+            index
+                .candidates(&synthetic.request(&mut rng), &synthetic.entities)
+                .count_ones(..)
+        })
         .collect();
     let mean = sizes.iter().sum::<usize>() as f64 / sizes.len() as f64;
     assert!(mean < 60.0, "mean candidates {mean} of 1000");
@@ -53,7 +57,8 @@ fn generated_requests_cover_allow_deny_and_errors() {
     let mut rng = SmallRng::seed_from_u64(3);
     let (mut allow, mut forbid, mut errors) = (0, 0, 0);
     for _ in 0..2_000 {
-        let (decision, reasons, errs) = summary(&index.is_authorized(&synthetic.request(&mut rng), &synthetic.entities));
+        let (decision, reasons, errs) =
+            summary(&index.is_authorized(&synthetic.request(&mut rng), &synthetic.entities));
         match decision {
             cedar_policy::Decision::Allow => allow += 1,
             cedar_policy::Decision::Deny if !reasons.is_empty() => forbid += 1,
@@ -61,5 +66,8 @@ fn generated_requests_cover_allow_deny_and_errors() {
         }
         errors += usize::from(!errs.is_empty());
     }
-    assert!(allow > 20 && forbid > 5 && errors > 5, "allow {allow}, forbid {forbid}, errors {errors}");
+    assert!(
+        allow > 20 && forbid > 5 && errors > 5,
+        "allow {allow}, forbid {forbid}, errors {errors}"
+    );
 }

@@ -17,7 +17,7 @@ pub use order::{
     Target,
 };
 pub use resolve::{
-    resolve, Candidate, ConflictGroup, Decision, GroupError, Outcome, Reason, Resolution,
-    Subject, Verdict,
+    resolve, Candidate, ConflictGroup, Decision, GroupError, Outcome, Reason, Resolution, Subject,
+    Verdict,
 };
 pub use state::{AssetState, Effect, FencingToken, Frozen, Hold, LiftCause};

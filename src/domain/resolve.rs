@@ -514,9 +514,7 @@ fn transition(
                 });
             }
             if let Some(lease) = overlapping().find(|h| h.kind == OrderKind::Preempt) {
-                return Err(Reason::LeaseHeld {
-                    by: lease.order_id,
-                });
+                return Err(Reason::LeaseHeld { by: lease.order_id });
             }
             (
                 Some(now + lease_ttl_ms.duration()),

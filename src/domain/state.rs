@@ -50,10 +50,14 @@ impl Hold {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cause", rename_all = "snake_case")]
 pub enum LiftCause {
-    Released { by: OrderId },
+    Released {
+        by: OrderId,
+    },
     Expired,
     /// A preemptive lease revoked because a hold of level >= 3 landed.
-    Revoked { by: OrderId },
+    Revoked {
+        by: OrderId,
+    },
 }
 
 /// A single change to an asset's state. A decision's effects, replayed in order from the empty
@@ -140,7 +144,9 @@ impl AssetState {
 
     /// Holds that overlap `target` (see [`Target::overlaps`]).
     pub fn overlapping<'a>(&'a self, target: &'a Target) -> impl Iterator<Item = &'a Hold> + 'a {
-        self.holds.values().filter(move |h| h.target.overlaps(target))
+        self.holds
+            .values()
+            .filter(move |h| h.target.overlaps(target))
     }
 
     /// The next fencing token a lease would get.

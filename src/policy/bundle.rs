@@ -30,6 +30,7 @@ pub struct PolicySources {
 impl PolicySources {
     /// Reads `schema.cedarschema`, `entities.json` and every `*.cedar` file of `dir`.
     pub fn read_dir(dir: &Path) -> Result<Self, PolicyErrors> {
+        #[expect(clippy::result_large_err, reason = "cold path, errors are collected")]
         let read = |name: &str| -> Result<SourceFile, PolicyError> {
             let path = dir.join(name);
             std::fs::read_to_string(&path)
@@ -121,7 +122,11 @@ impl PolicyBundle {
         let schema = match Schema::from_cedarschema_str(&sources.schema.text) {
             Ok((schema, _warnings)) => Some(schema),
             Err(e) => {
-                errors.push(PolicyError::from_cedar("schema::invalid", &sources.schema, &e));
+                errors.push(PolicyError::from_cedar(
+                    "schema::invalid",
+                    &sources.schema,
+                    &e,
+                ));
                 None
             }
         };
@@ -164,12 +169,13 @@ impl PolicyBundle {
         }
 
         let entities = schema.as_ref().and_then(|schema| {
-            let result = Entities::from_json_str(&sources.entities.text, Some(schema))
-                .and_then(|entities| match schema.action_entities() {
-                    Ok(actions) => entities.add_entities(actions, None),
-                    Err(e) => Err(e),
-                });
-            result
+            let parsed = Entities::from_json_str(&sources.entities.text, Some(schema));
+            // Actions are entities too: `action in …` needs the schema's action hierarchy.
+            let with_actions = match (parsed, schema.action_entities()) {
+                (Ok(entities), Ok(actions)) => entities.add_entities(actions, None),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            with_actions
                 .map_err(|e| {
                     errors.push(PolicyError::from_cedar(
                         "entities::invalid",
@@ -336,7 +342,9 @@ fn checked_id(
     let id = match PolicyId::parse(raw) {
         Ok(id) => id,
         Err(e) => {
-            errors.push(PolicyError::new("policy::bad_id", file, e.to_string()).at(at, at_len, "this id"));
+            errors.push(
+                PolicyError::new("policy::bad_id", file, e.to_string()).at(at, at_len, "this id"),
+            );
             return None;
         }
     };
@@ -345,7 +353,10 @@ fn checked_id(
             PolicyError::new(
                 "policy::duplicate_id",
                 file,
-                format!("@id(\"{raw}\") is already used at {}:{}", first.file, first.line),
+                format!(
+                    "@id(\"{raw}\") is already used at {}:{}",
+                    first.file, first.line
+                ),
             )
             .at(at, at_len, "second use")
             .hint("policy ids must be unique across all policy files"),
@@ -356,6 +367,7 @@ fn checked_id(
 }
 
 /// A permit's `@priority`; a forbid must not have one.
+#[expect(clippy::result_large_err, reason = "cold path, errors are collected")]
 fn checked_priority(
     policy: &Policy,
     id: &PolicyId,
@@ -371,7 +383,11 @@ fn checked_priority(
             file,
             format!("permit policy `{id}` has no @priority"),
         )
-        .at(offset, len.min(first_line_len(&file.text[offset..])), "this permit")
+        .at(
+            offset,
+            len.min(first_line_len(&file.text[offset..])),
+            "this permit",
+        )
         .hint("declare how strongly it ranks, e.g. @priority(\"700\"); see docs/policies.md")),
         (Effect::Permit, Some(raw)) => raw.parse::<Priority>().map(Some).map_err(|_| {
             PolicyError::new(
@@ -395,7 +411,10 @@ fn checked_priority(
 /// Where `@name("…")` is inside a policy's text (offset, length), or the policy's start.
 fn annotation_span(text: &str, offset: usize, len: usize, name: &str) -> (usize, usize) {
     let end = (offset + len).min(text.len());
-    let Some(start) = text[offset..end].find(&format!("@{name}(")).map(|i| offset + i) else {
+    let Some(start) = text[offset..end]
+        .find(&format!("@{name}("))
+        .map(|i| offset + i)
+    else {
         return (offset, 0);
     };
     let len = text[start..end].find(')').map_or(0, |i| i + 1);

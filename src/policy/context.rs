@@ -31,7 +31,10 @@ pub enum ContextError {
 
 pub(crate) fn uid(type_name: &str, id: &str) -> EntityUid {
     // Type names are fixed identifiers from our schema; ids are data and need no escaping here.
-    #[expect(clippy::expect_used, reason = "constant entity type names from our own schema")]
+    #[expect(
+        clippy::expect_used,
+        reason = "constant entity type names from our own schema"
+    )]
     let type_name: EntityTypeName = type_name.parse().expect("valid entity type name");
     EntityUid::from_type_name_and_id(type_name, EntityId::new(id))
 }

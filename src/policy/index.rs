@@ -165,7 +165,8 @@ impl PolicyIndex {
 
     /// The policies that can apply to `request`.
     pub fn candidates(&self, request: &Request, entities: &Entities) -> FixedBitSet {
-        let (Some(p), Some(a), Some(r)) = (request.principal(), request.action(), request.resource())
+        let (Some(p), Some(a), Some(r)) =
+            (request.principal(), request.action(), request.resource())
         else {
             // A partial request (unknown scope variable) could match anything.
             let mut all = FixedBitSet::with_capacity(self.policies.len());

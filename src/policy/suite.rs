@@ -129,7 +129,9 @@ pub fn run_dir(engine: &PolicyEngine, dir: &Path) -> Result<Vec<CaseResult>, Pol
     for path in paths {
         let name = format!(
             "tests/{}",
-            path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
         );
         match std::fs::read_to_string(&path) {
             Ok(text) => files.push(SourceFile::new(name, text)),
@@ -236,8 +238,10 @@ fn evaluate_case(engine: &PolicyEngine, suite: &Suite, case: &Case) -> Result<Ve
             amount: case.amount,
         },
         OrderKind::Preempt => Instruction::Preempt {
-            lease_ttl_ms: LeaseTtl::from_millis(case.lease_ms.ok_or("a PREEMPT case needs lease_ms")?)
-                .map_err(|e| e.to_string())?,
+            lease_ttl_ms: LeaseTtl::from_millis(
+                case.lease_ms.ok_or("a PREEMPT case needs lease_ms")?,
+            )
+            .map_err(|e| e.to_string())?,
         },
         OrderKind::Release => Instruction::Release {
             releases: released_id,
@@ -305,10 +309,7 @@ fn compare(expect: &Expectation, verdict: &Verdict) -> Vec<String> {
         ExpectedDecision::Deny
     };
     if got != expect.decision {
-        failures.push(format!(
-            "expected {:?}, got {:?}",
-            expect.decision, got
-        ));
+        failures.push(format!("expected {:?}, got {:?}", expect.decision, got));
     }
     let mut want = expect.determining.clone();
     want.sort();
@@ -323,14 +324,16 @@ fn compare(expect: &Expectation, verdict: &Verdict) -> Vec<String> {
         (ExpectedDecision::Allow, None) => {
             failures.push("an allow case must give its expected priority".into())
         }
-        (_, Some(p)) if p != verdict.priority() => failures.push(format!(
-            "expected priority {p}, got {}",
-            verdict.priority()
-        )),
+        (_, Some(p)) if p != verdict.priority() => {
+            failures.push(format!("expected priority {p}, got {}", verdict.priority()))
+        }
         _ => {}
     }
     if !verdict.errors().is_empty() {
-        failures.push(format!("evaluation errors: {}", verdict.errors().join("; ")));
+        failures.push(format!(
+            "evaluation errors: {}",
+            verdict.errors().join("; ")
+        ));
     }
     failures
 }

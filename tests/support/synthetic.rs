@@ -1,7 +1,6 @@
 //! A generated jurisdiction policy set of any size, over the shipped schema, and random orders
 //! against it: for the index's differential test and benchmark. Seeded, so runs are repeatable.
 
-
 use cedar_policy::{Entities, Request};
 use chrono::{Duration, TimeZone, Utc};
 use rand::rngs::SmallRng;
@@ -83,7 +82,10 @@ fn entities_json(rng: &mut SmallRng) -> (String, Vec<RegisteredAsset>) {
                 chain: ChainId::parse(if i % 2 == 0 { "ethereum" } else { "polygon" }).unwrap(),
                 asset: AssetId::parse(format!("0xA{i}")).unwrap(),
             },
-            issuer_jurisdiction: JurisdictionCode::parse(jurisdiction(rng.gen_range(0..JURISDICTIONS))).unwrap(),
+            issuer_jurisdiction: JurisdictionCode::parse(jurisdiction(
+                rng.gen_range(0..JURISDICTIONS),
+            ))
+            .unwrap(),
             asset_class: AssetClass::parse(*CLASSES.choose(rng).unwrap()).unwrap(),
         })
         .collect();
@@ -109,36 +111,57 @@ fn policy(rng: &mut SmallRng, i: usize, broad: f64) -> String {
     let mut conditions: Vec<String> = Vec::new();
     let (principal, action) = if rng.gen_bool(0.01) {
         // A coordinator's lease rule: a set has few of them, whatever its size.
-        conditions.push(format!("context.lease_ms <= {}", rng.gen_range(1..60) * 1000));
+        conditions.push(format!(
+            "context.lease_ms <= {}",
+            rng.gen_range(1..60) * 1000
+        ));
         if rng.gen_bool(0.5) {
             conditions.push("principal.role == \"coordinator\"".to_owned());
         }
         let p = if rng.gen_bool(0.5) {
             "principal is Service".to_owned()
         } else {
-            format!("principal == Service::\"svc-{}\"", rng.gen_range(0..SERVICES))
+            format!(
+                "principal == Service::\"svc-{}\"",
+                rng.gen_range(0..SERVICES)
+            )
         };
         (p, "action == Action::\"PREEMPT\"".to_owned())
     } else if rng.gen_bool(broad * 0.2) {
         // A rule for every order kind.
-        conditions.push(format!("resource.asset_class == \"{}\"", CLASSES.choose(rng).unwrap()));
+        conditions.push(format!(
+            "resource.asset_class == \"{}\"",
+            CLASSES.choose(rng).unwrap()
+        ));
         ("principal is Authority".to_owned(), "action".to_owned())
     } else {
         let kind_roll: f64 = rng.gen();
         let (action, extra) = if kind_roll < 0.15 {
-            (kinds(&[OrderKind::Suspend]), format!("context.duration_hours <= {}", rng.gen_range(1..1000)))
+            (
+                kinds(&[OrderKind::Suspend]),
+                format!("context.duration_hours <= {}", rng.gen_range(1..1000)),
+            )
         } else if kind_roll < 0.35 {
             let c = if rng.gen_bool(0.5) {
                 "context.released.same_issuer".to_owned()
             } else {
-                format!("context.released.issuer == Authority::\"{}\"", authority(rng.gen_range(0..AUTHORITIES)))
+                format!(
+                    "context.released.issuer == Authority::\"{}\"",
+                    authority(rng.gen_range(0..AUTHORITIES))
+                )
             };
             (kinds(&[OrderKind::Release]), c)
         } else {
             let how_many = rng.gen_range(1..=2);
             let mut set: Vec<OrderKind> = PLAIN.choose_multiple(rng, how_many).copied().collect();
             set.sort();
-            (kinds(&set), format!("context.legal_basis.instrument == \"{}\"", INSTRUMENTS.choose(rng).unwrap()))
+            (
+                kinds(&set),
+                format!(
+                    "context.legal_basis.instrument == \"{}\"",
+                    INSTRUMENTS.choose(rng).unwrap()
+                ),
+            )
         };
         conditions.push(extra);
         let principal = if rng.gen_bool(broad * 0.8) {
@@ -146,17 +169,29 @@ fn policy(rng: &mut SmallRng, i: usize, broad: f64) -> String {
                 "principal".to_owned()
             } else {
                 // Reads an attribute of any authority: errors at run time for an unknown one.
-                conditions.push(format!("principal.body == \"{}\"", BODIES.choose(rng).unwrap()));
+                conditions.push(format!(
+                    "principal.body == \"{}\"",
+                    BODIES.choose(rng).unwrap()
+                ));
                 "principal is Authority".to_owned()
             }
         } else {
             let p: f64 = rng.gen();
             if p < 0.75 {
-                format!("principal == Authority::\"{}\"", authority(rng.gen_range(0..AUTHORITIES)))
+                format!(
+                    "principal == Authority::\"{}\"",
+                    authority(rng.gen_range(0..AUTHORITIES))
+                )
             } else if p < 0.92 {
-                format!("principal in Jurisdiction::\"{}\"", jurisdiction(rng.gen_range(0..JURISDICTIONS)))
+                format!(
+                    "principal in Jurisdiction::\"{}\"",
+                    jurisdiction(rng.gen_range(0..JURISDICTIONS))
+                )
             } else {
-                format!("principal is Authority in Jurisdiction::\"{}\"", jurisdiction(rng.gen_range(0..JURISDICTIONS)))
+                format!(
+                    "principal is Authority in Jurisdiction::\"{}\"",
+                    jurisdiction(rng.gen_range(0..JURISDICTIONS))
+                )
             }
         };
         if rng.gen_bool(0.4) {
@@ -169,11 +204,22 @@ fn policy(rng: &mut SmallRng, i: usize, broad: f64) -> String {
     };
     let resource = match rng.gen_range(0..10) {
         0 => "resource is Asset".to_owned(),
-        1 => format!("resource == Asset::\"{}/0xA{}\"", if rng.gen_bool(0.5) { "ethereum" } else { "polygon" }, rng.gen_range(0..ASSETS)),
+        1 => format!(
+            "resource == Asset::\"{}/0xA{}\"",
+            if rng.gen_bool(0.5) {
+                "ethereum"
+            } else {
+                "polygon"
+            },
+            rng.gen_range(0..ASSETS)
+        ),
         _ => "resource".to_owned(),
     };
     let annotations = if permit {
-        format!("@id(\"syn-{i}\")\n@priority(\"{}\")\n", rng.gen_range(0..=1000))
+        format!(
+            "@id(\"syn-{i}\")\n@priority(\"{}\")\n",
+            rng.gen_range(0..=1000)
+        )
     } else {
         format!("@id(\"syn-{i}\")\n")
     };
@@ -193,9 +239,16 @@ impl Synthetic {
     /// panics if they do not validate strictly.
     pub fn generate(n: usize, broad: f64, seed: u64) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
-        let schema = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/schema.cedarschema")).unwrap();
+        let schema = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/policies/schema.cedarschema"
+        ))
+        .unwrap();
         let (entities, assets) = entities_json(&mut rng);
-        let text: String = (0..n).map(|i| policy(&mut rng, i, broad)).collect::<Vec<_>>().join("\n");
+        let text: String = (0..n)
+            .map(|i| policy(&mut rng, i, broad))
+            .collect::<Vec<_>>()
+            .join("\n");
         let sources = PolicySources {
             schema: SourceFile::new("schema.cedarschema", schema),
             policies: vec![SourceFile::new("synthetic.cedar", text)],
@@ -210,7 +263,11 @@ impl Synthetic {
             .clone()
             .add_entities(assets.iter().map(asset_entity), None)
             .unwrap();
-        Self { bundle, entities, assets }
+        Self {
+            bundle,
+            entities,
+            assets,
+        }
     }
 
     /// A random order as a Cedar request, built by the production request builder.
@@ -223,21 +280,33 @@ impl Synthetic {
         };
         let asset = self.assets.choose(rng).unwrap();
         let at = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
-        let amount = rng.gen_bool(0.3).then(|| Amount::new(rng.gen_range(1..1_000_000)).unwrap());
+        let amount = rng
+            .gen_bool(0.3)
+            .then(|| Amount::new(rng.gen_range(1..1_000_000)).unwrap());
         let released_id = OrderId::new();
         let instruction = match kind {
             OrderKind::Monitor => Instruction::Monitor { amount },
             OrderKind::Freeze => Instruction::Freeze { amount },
             OrderKind::Seize => Instruction::Seize { amount },
             OrderKind::Confiscate => Instruction::Confiscate { amount },
-            OrderKind::Suspend => Instruction::Suspend { expires_at: at + Duration::hours(rng.gen_range(1..1200)), amount },
-            OrderKind::Preempt => Instruction::Preempt { lease_ttl_ms: LeaseTtl::from_millis(rng.gen_range(1..60_000)).unwrap() },
-            OrderKind::Release => Instruction::Release { releases: released_id },
+            OrderKind::Suspend => Instruction::Suspend {
+                expires_at: at + Duration::hours(rng.gen_range(1..1200)),
+                amount,
+            },
+            OrderKind::Preempt => Instruction::Preempt {
+                lease_ttl_ms: LeaseTtl::from_millis(rng.gen_range(1..60_000)).unwrap(),
+            },
+            OrderKind::Release => Instruction::Release {
+                releases: released_id,
+            },
         };
         let order = Order {
             id: OrderId::new(),
             issuer: IssuerId::parse(issuer).unwrap(),
-            target: Target { asset: asset.key.clone(), holder: None },
+            target: Target {
+                asset: asset.key.clone(),
+                holder: None,
+            },
             legal_basis: LegalBasis {
                 instrument: Instrument::parse(*INSTRUMENTS.choose(rng).unwrap()).unwrap(),
                 reference: "ref".into(),
@@ -245,7 +314,11 @@ impl Synthetic {
             instruction,
             intake_at: at,
         };
-        let released_issuer = if rng.gen_bool(0.3) { order.issuer.clone() } else { IssuerId::parse(authority(rng.gen_range(0..AUTHORITIES))).unwrap() };
+        let released_issuer = if rng.gen_bool(0.3) {
+            order.issuer.clone()
+        } else {
+            IssuerId::parse(authority(rng.gen_range(0..AUTHORITIES))).unwrap()
+        };
         let hold = Hold {
             order_id: released_id,
             issuer: released_issuer,
@@ -258,7 +331,11 @@ impl Synthetic {
             expires_at: None,
             fencing_token: None,
         };
-        let input = PolicyInput { order: &order, asset, released: Some(&hold) };
+        let input = PolicyInput {
+            order: &order,
+            asset,
+            released: Some(&hold),
+        };
         request(&input, self.bundle.schema(), &self.entities).unwrap()
     }
 }
@@ -271,4 +348,3 @@ pub fn summary(r: &cedar_policy::Response) -> (cedar_policy::Decision, Vec<Strin
     errors.sort();
     (r.decision(), reasons, errors)
 }
-
