@@ -673,7 +673,8 @@ fn releases_lift_only_what_policy_lets_them() {
     );
     assert_eq!(refused.state, s);
 
-    // In one window the SEC's own release (priority 500) is sequenced first.
+    // Told apart from the DOJ's attempt: in one window, that denied release (priority 0) would be
+    // sequenced after the SEC's own (500) and find the freeze already lifted.
     let r = decide(
         &bond,
         &s,
