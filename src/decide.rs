@@ -67,17 +67,11 @@ pub fn decide_group(
 
 /// The hold an order of the same group would place, as a release's policies see it.
 fn provisional_hold(candidate: &Candidate, now: DateTime<Utc>) -> Hold {
-    let order = &candidate.order;
-    Hold {
-        order_id: order.id,
-        issuer: order.issuer.clone(),
-        kind: order.kind(),
-        target: order.target.clone(),
-        amount: order.instruction.amount(),
-        instrument: order.legal_basis.instrument.clone(),
-        priority: candidate.verdict.priority(),
-        placed_at: now,
-        expires_at: None,
-        fencing_token: None,
-    }
+    Hold::placed_by(
+        &candidate.order,
+        candidate.verdict.priority(),
+        now,
+        None,
+        None,
+    )
 }

@@ -528,18 +528,7 @@ fn transition(
         check_custody(state, candidate)?;
     }
 
-    let hold = Hold {
-        order_id: order.id,
-        issuer: order.issuer.clone(),
-        kind: order.kind(),
-        target: order.target.clone(),
-        amount: order.instruction.amount(),
-        instrument: order.legal_basis.instrument.clone(),
-        priority: verdict.priority,
-        placed_at: now,
-        expires_at,
-        fencing_token,
-    };
+    let hold = Hold::placed_by(order, verdict.priority, now, expires_at, fencing_token);
     Ok(place(state, hold))
 }
 

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ids::{Amount, HolderAddress, Instrument, IssuerId, OrderId, Priority};
-use super::order::{LockLevel, OrderKind, Target};
+use super::order::{LockLevel, Order, OrderKind, Target};
 
 /// A monotonically increasing token handed out with each preemptive lease, so that a chain can
 /// refuse a transfer from a coordinator whose lease was revoked and re-granted to another.
@@ -32,6 +32,28 @@ pub struct Hold {
 }
 
 impl Hold {
+    /// The hold `order` places when it is applied at `placed_at` with `priority`.
+    pub fn placed_by(
+        order: &Order,
+        priority: Priority,
+        placed_at: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+        fencing_token: Option<FencingToken>,
+    ) -> Self {
+        Self {
+            order_id: order.id,
+            issuer: order.issuer.clone(),
+            kind: order.kind(),
+            target: order.target.clone(),
+            amount: order.instruction.amount(),
+            instrument: order.legal_basis.instrument.clone(),
+            priority,
+            placed_at,
+            expires_at,
+            fencing_token,
+        }
+    }
+
     pub fn level(&self) -> LockLevel {
         self.kind.level()
     }
