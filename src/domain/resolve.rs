@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ids::{IssuerId, OrderId, PolicyId, Priority};
 use super::order::{AssetKey, Instruction, LockLevel, Order, OrderKind, Target};
-use super::state::{AssetState, Effect, FencingToken, Hold, LiftCause};
+use super::state::{AssetState, Effect, Hold, LiftCause};
 
 /// What the policies said about one order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -454,13 +454,14 @@ fn transition(
     let verdict = &candidate.verdict;
 
     // Without the hold it names, a release has nothing to be judged on.
-    if let Instruction::Release { releases } = &order.instruction {
-        if state.hold(releases).is_none() {
-            return Err(Reason::NoSuchHold {
+    let released = match &order.instruction {
+        Instruction::Release { releases } => {
+            Some(state.hold(releases).ok_or(Reason::NoSuchHold {
                 releases: *releases,
-            });
+            })?)
         }
-    }
+        _ => None,
+    };
     if !verdict.allowed {
         return Err(Reason::PolicyDenied {
             forbids: verdict.determining.clone(),
@@ -479,8 +480,8 @@ fn transition(
         None => {}
     }
 
-    if let Instruction::Release { releases } = &order.instruction {
-        return release(state, order, *releases);
+    if let Some(hold) = released {
+        return release(order, hold);
     }
 
     let holder = order.target.holder.as_ref();
@@ -532,21 +533,20 @@ fn transition(
     Ok(place(state, hold))
 }
 
-fn release(state: &AssetState, order: &Order, releases: OrderId) -> Result<Vec<Effect>, Reason> {
-    let hold = state
-        .hold(&releases)
-        .ok_or(Reason::NoSuchHold { releases })?;
+fn release(order: &Order, hold: &Hold) -> Result<Vec<Effect>, Reason> {
     if hold.kind == OrderKind::Confiscate {
-        return Err(Reason::ConfiscationIsFinal { hold: releases });
+        return Err(Reason::ConfiscationIsFinal {
+            hold: hold.order_id,
+        });
     }
     if hold.target != order.target {
         return Err(Reason::ReleaseTargetMismatch {
-            hold: releases,
+            hold: hold.order_id,
             hold_target: hold.target.clone(),
         });
     }
     Ok(vec![Effect::Lift {
-        order_id: releases,
+        order_id: hold.order_id,
         cause: LiftCause::Released { by: order.id },
     }])
 }
@@ -590,9 +590,4 @@ fn place(state: &AssetState, hold: Hold) -> Vec<Effect> {
     let mut effects = vec![Effect::Place { hold }];
     effects.extend(revoked);
     effects
-}
-
-/// The fencing token the lease placed by `order_id` got, if it is active.
-pub fn lease_token(state: &AssetState, order_id: &OrderId) -> Option<FencingToken> {
-    state.hold(order_id).and_then(|h| h.fencing_token)
 }

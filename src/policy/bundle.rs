@@ -35,13 +35,7 @@ impl PolicySources {
             let path = dir.join(name);
             std::fs::read_to_string(&path)
                 .map(|text| SourceFile::new(name, text))
-                .map_err(|e| {
-                    PolicyError::new(
-                        "policy::io",
-                        &SourceFile::new(path.display().to_string(), ""),
-                        format!("cannot read: {e}"),
-                    )
-                })
+                .map_err(|e| PolicyError::io("policy::io", &path, format!("cannot read: {e}")))
         };
         let mut errors = Vec::new();
         let schema = read(SCHEMA_FILE).map_err(|e| errors.push(e)).ok();
@@ -53,9 +47,9 @@ impl PolicySources {
                 .filter(|n| n.ends_with(".cedar"))
                 .collect(),
             Err(e) => {
-                errors.push(PolicyError::new(
+                errors.push(PolicyError::io(
                     "policy::io",
-                    &SourceFile::new(dir.display().to_string(), ""),
+                    dir,
                     format!("cannot list the policy directory: {e}"),
                 ));
                 Vec::new()
@@ -134,7 +128,6 @@ impl PolicyBundle {
         let mut policies = PolicySet::new();
         let mut priorities = HashMap::new();
         let mut origins: HashMap<String, PolicyOrigin> = HashMap::new();
-        let mut files_by_id: HashMap<String, &SourceFile> = HashMap::new();
         for file in &sources.policies {
             for parsed in parse_file(file, &mut errors) {
                 let ParsedPolicy {
@@ -161,7 +154,6 @@ impl PolicyBundle {
                         line,
                     },
                 );
-                files_by_id.insert(id.as_str().to_owned(), file);
                 if let Err(e) = policies.add(policy.new_id(cedar_id)) {
                     errors.push(PolicyError::new("policy::set", file, e.to_string()));
                 }
@@ -190,7 +182,10 @@ impl PolicyBundle {
             let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
             for e in result.validation_errors() {
                 let id = e.policy_id().to_string();
-                let file = files_by_id.get(&id).copied().unwrap_or(&sources.schema);
+                let file = origins
+                    .get(&id)
+                    .and_then(|o| sources.policies.iter().find(|f| f.name == o.file))
+                    .unwrap_or(&sources.schema);
                 errors.push(
                     PolicyError::from_cedar("policy::validation", file, e)
                         .hint_if_missing(format!("in policy `{id}`")),
@@ -239,17 +234,6 @@ impl PolicyBundle {
     /// The declared priority of a permit policy.
     pub fn priority(&self, id: &CedarPolicyId) -> Option<Priority> {
         self.priorities.get(id).copied()
-    }
-
-    /// The ids of every policy, sorted.
-    pub fn policy_ids(&self) -> Vec<PolicyId> {
-        let mut ids: Vec<PolicyId> = self
-            .origins
-            .keys()
-            .filter_map(|id| PolicyId::parse(id.as_str()).ok())
-            .collect();
-        ids.sort();
-        ids
     }
 }
 

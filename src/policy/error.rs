@@ -41,6 +41,15 @@ impl PolicyError {
         }
     }
 
+    /// A file or directory that could not be read.
+    pub fn io(code: &'static str, path: &std::path::Path, message: impl Into<String>) -> Self {
+        Self::new(
+            code,
+            &SourceFile::new(path.display().to_string(), ""),
+            message,
+        )
+    }
+
     /// Points the error at `len` bytes from `offset` in the file.
     pub fn at(mut self, offset: usize, len: usize, label: impl Into<String>) -> Self {
         let (line, column) = line_and_column(&self.source_text, offset);

@@ -81,9 +81,4 @@ impl PolicyEngine {
             Decision::Deny => Verdict::deny(determining, errors),
         }
     }
-
-    /// Evaluates with the index; see [`PolicyIndex::is_authorized`].
-    pub fn authorize(&self, request: &cedar_policy::Request, entities: &Entities) -> Response {
-        self.index.is_authorized(request, entities)
-    }
 }

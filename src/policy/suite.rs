@@ -115,9 +115,9 @@ pub fn run_dir(engine: &PolicyEngine, dir: &Path) -> Result<Vec<CaseResult>, Pol
     let mut files: Vec<SourceFile> = Vec::new();
     let mut errors = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| PolicyErrors {
-        errors: vec![PolicyError::new(
+        errors: vec![PolicyError::io(
             "suite::io",
-            &SourceFile::new(dir.display().to_string(), ""),
+            dir,
             format!("cannot list the test suites: {e}"),
         )],
     })?;
@@ -135,9 +135,9 @@ pub fn run_dir(engine: &PolicyEngine, dir: &Path) -> Result<Vec<CaseResult>, Pol
         );
         match std::fs::read_to_string(&path) {
             Ok(text) => files.push(SourceFile::new(name, text)),
-            Err(e) => errors.push(PolicyError::new(
+            Err(e) => errors.push(PolicyError::io(
                 "suite::io",
-                &SourceFile::new(name, ""),
+                &path,
                 format!("cannot read: {e}"),
             )),
         }
