@@ -696,3 +696,30 @@ fn releases_lift_only_what_policy_lets_them() {
     );
     assert_eq!(r.state.frozen(Some(&forfeit)), Frozen::Partial(5_000));
 }
+
+/// The policies judge an asset on its registration as it is now: re-registering the same token
+/// under another issuer jurisdiction changes the verdict, however often it was decided before.
+#[test]
+fn policies_see_an_assets_current_registration() {
+    let us = acme_bond();
+    let moved = RegisteredAsset {
+        issuer_jurisdiction: JurisdictionCode::parse("GB").unwrap(),
+        ..acme_bond()
+    };
+    let freeze = order(
+        "US-SEC",
+        &us,
+        None,
+        "court_order",
+        "TRO",
+        Instruction::Freeze { amount: None },
+        0,
+    );
+    let now = monday() + Duration::milliseconds(100);
+    for _ in 0..3 {
+        let r = decide(&us, &AssetState::default(), vec![freeze.clone()], now);
+        assert_eq!(decision_for(&r, &freeze).outcome, Outcome::Applied);
+    }
+    let r = decide(&moved, &AssetState::default(), vec![freeze.clone()], now);
+    assert_eq!(decision_for(&r, &freeze).outcome, Outcome::Rejected);
+}

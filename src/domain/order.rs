@@ -152,7 +152,7 @@ impl fmt::Display for Target {
 }
 
 /// A registered asset and the attributes policies read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RegisteredAsset {
     pub key: AssetKey,
     pub issuer_jurisdiction: JurisdictionCode,

@@ -7,6 +7,9 @@ pub mod error;
 pub mod index;
 pub mod suite;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use cedar_policy::{Decision, Entities, Response};
 
 pub use bundle::{PolicyBundle, PolicyOrigin, PolicySources};
@@ -14,19 +17,29 @@ pub use context::{ContextError, PolicyInput};
 pub use error::{PolicyError, PolicyErrors, SourceFile};
 pub use index::PolicyIndex;
 
-use crate::domain::{PolicyId, Priority, Verdict};
+use crate::domain::{PolicyId, Priority, RegisteredAsset, Verdict};
+
+/// How many assets' entity sets are kept built; past that the cache starts over.
+const ASSET_CACHE_CAPACITY: usize = 10_000;
 
 /// A checked bundle ready to decide orders.
 #[derive(Debug)]
 pub struct PolicyEngine {
     bundle: PolicyBundle,
     index: PolicyIndex,
+    /// The bundle's entities with one registered asset added, per asset. Adding an entity
+    /// recomputes the hierarchy (a third of an evaluation), and an asset is decided on many times.
+    with_asset: Mutex<HashMap<RegisteredAsset, Arc<Entities>>>,
 }
 
 impl PolicyEngine {
     pub fn new(bundle: PolicyBundle) -> Self {
         let index = PolicyIndex::new(bundle.policy_set());
-        Self { bundle, index }
+        Self {
+            bundle,
+            index,
+            with_asset: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn bundle(&self) -> &PolicyBundle {
@@ -36,20 +49,42 @@ impl PolicyEngine {
     /// The policies' verdict on one order. An order that cannot be put to the policies (a
     /// release of an unknown hold, a principal the action does not accept) is denied, with why.
     pub fn evaluate(&self, input: &PolicyInput<'_>) -> Verdict {
-        self.evaluate_in(input, self.bundle.entities())
+        let cached = self
+            .with_asset
+            .lock()
+            .ok()
+            .and_then(|built| built.get(input.asset).cloned());
+        let entities = match cached {
+            Some(entities) => entities,
+            None => match with_asset(self.bundle.entities(), input.asset) {
+                Ok(entities) => {
+                    let entities = Arc::new(entities);
+                    if let Ok(mut built) = self.with_asset.lock() {
+                        if built.len() >= ASSET_CACHE_CAPACITY {
+                            built.clear();
+                        }
+                        built.insert(input.asset.clone(), entities.clone());
+                    }
+                    entities
+                }
+                Err(refused) => return refused,
+            },
+        };
+        self.evaluate_with_asset(input, &entities)
     }
 
     /// Like [`Self::evaluate`], against other entities (a test case's overrides).
     pub fn evaluate_in(&self, input: &PolicyInput<'_>, entities: &Entities) -> Verdict {
-        let entities = match entities
-            .clone()
-            .upsert_entities([context::asset_entity(input.asset)], None)
-        {
-            Ok(entities) => entities,
-            Err(e) => return Verdict::deny(Vec::new(), vec![format!("asset entity: {e}")]),
-        };
-        match context::request(input, self.bundle.schema(), &entities) {
-            Ok(request) => self.verdict(&self.index.is_authorized(&request, &entities)),
+        match with_asset(entities, input.asset) {
+            Ok(entities) => self.evaluate_with_asset(input, &entities),
+            Err(refused) => refused,
+        }
+    }
+
+    /// `entities` must already hold the order's asset.
+    fn evaluate_with_asset(&self, input: &PolicyInput<'_>, entities: &Entities) -> Verdict {
+        match context::request(input, self.bundle.schema(), entities) {
+            Ok(request) => self.verdict(&self.index.is_authorized(&request, entities)),
             Err(e) => Verdict::deny(Vec::new(), vec![e.to_string()]),
         }
     }
@@ -81,4 +116,12 @@ impl PolicyEngine {
             Decision::Deny => Verdict::deny(determining, errors),
         }
     }
+}
+
+/// `entities` plus the asset an order targets, or the deny verdict that says why not.
+fn with_asset(entities: &Entities, asset: &RegisteredAsset) -> Result<Entities, Verdict> {
+    entities
+        .clone()
+        .upsert_entities([context::asset_entity(asset)], None)
+        .map_err(|e| Verdict::deny(Vec::new(), vec![format!("asset entity: {e}")]))
 }
