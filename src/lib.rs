@@ -4,12 +4,21 @@
 //! - [`domain`]: the pure core (levels, holds, transitions, conflict resolution).
 //! - [`policy`]: loading, validating and evaluating the Cedar jurisdiction policies.
 //! - [`decide`]: a conflict group put to the policies, then resolved by the core.
+//! - [`storage`], [`intake`], [`sequencer`], [`hub`]: the decision service on Postgres (SPEC §4).
+//! - [`api`], [`auth`], [`app`]: the HTTP API, its tokens, and start-up (SPEC §5–§6).
 
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod api;
+pub mod app;
+pub mod auth;
 pub mod decide;
 pub mod domain;
+pub mod hub;
+pub mod intake;
 pub mod policy;
+pub mod sequencer;
+pub mod storage;

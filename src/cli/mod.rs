@@ -1,7 +1,9 @@
 //! Subcommands. Each returns the process exit code: 0 on success, 1 when what it checked is
 //! wrong (an invalid policy, a failed test case), 2 when it could not run.
 
+mod openapi;
 mod policy;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -19,12 +21,21 @@ enum Command {
     /// Work with jurisdiction policies: validate them, run their test suites.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run a replica: HTTP API, sequencer, notifications.
+    Serve(serve::ServeArgs),
+    /// Mint a development token (HS256) with the local development secret.
+    Token(serve::TokenCommand),
+    /// Print the OpenAPI document.
+    Openapi,
 }
 
 impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Policy(cmd) => cmd.run(),
+            Command::Serve(args) => args.run(),
+            Command::Token(cmd) => cmd.run(),
+            Command::Openapi => openapi::run(),
         }
     }
 }

@@ -63,6 +63,14 @@ macro_rules! checked_string {
             }
         }
 
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                string_schema($what)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let raw = String::deserialize(d)?;
@@ -71,6 +79,30 @@ macro_rules! checked_string {
         }
     };
 }
+
+/// The OpenAPI schema of a string-encoded value.
+fn string_schema(what: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(what))
+        .into()
+}
+
+/// Gives a type that serializes as a string the schema of one.
+macro_rules! string_schema {
+    ($name:ident, $what:literal) => {
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                string_schema($what)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+string_schema!(OrderId, "order id (UUID v7)");
+string_schema!(Amount, "amount in base units, as a decimal string");
 
 fn bounded(s: &str, max: usize) -> Result<(), String> {
     if s.is_empty() {
@@ -292,9 +324,21 @@ impl<'de> Deserialize<'de> for Amount {
 /// A policy priority, `0..=1000`. An order's priority is the highest priority among the permit
 /// policies that allowed it; a denied order has priority 0.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(try_from = "u16", into = "u16")]
+#[schema(value_type = u16, minimum = 0, maximum = 1000)]
 pub struct Priority(u16);
 
 impl Priority {

@@ -3,7 +3,9 @@
 //! Nothing here does I/O, reads a clock or awaits: time comes in as arguments, so every function
 //! is deterministic and can be replayed from the log.
 
+pub mod detect;
 pub mod ids;
+pub mod ledger;
 pub mod order;
 pub mod resolve;
 pub mod state;
@@ -14,7 +16,7 @@ pub use ids::{
 };
 pub use order::{
     AssetKey, Instruction, LeaseTtl, LegalBasis, LockLevel, Order, OrderKind, RegisteredAsset,
-    Target,
+    Target, TargetWire,
 };
 pub use resolve::{
     resolve, Candidate, ConflictGroup, Decision, GroupError, Outcome, Reason, Resolution, Subject,

@@ -13,7 +13,18 @@ use super::ids::{
 
 /// The six lock levels of the design notes. Ordered: a higher level restricts more.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LockLevel {
@@ -36,7 +47,19 @@ impl LockLevel {
 }
 
 /// Every kind of order an authority or coordinator can send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderKind {
     Monitor,
@@ -112,7 +135,10 @@ impl FromStr for OrderKind {
 }
 
 /// An asset on a chain: the unit the sequencer orders decisions for.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
 pub struct AssetKey {
     pub chain: ChainId,
     pub asset: AssetId,
@@ -125,10 +151,54 @@ impl fmt::Display for AssetKey {
 }
 
 /// What an order applies to: a whole asset (every holder), or one holder's balance of it.
+///
+/// On the wire it is flat: `{"chain": …, "asset": …, "holder": …}`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "TargetWire", into = "TargetWire")]
 pub struct Target {
     pub asset: AssetKey,
     pub holder: Option<HolderAddress>,
+}
+
+/// The flat wire form of a [`Target`].
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetWire {
+    pub chain: ChainId,
+    pub asset: AssetId,
+    /// Absent: the order applies to the whole asset, every holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<HolderAddress>,
+}
+
+impl utoipa::PartialSchema for Target {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        TargetWire::schema()
+    }
+}
+
+impl utoipa::ToSchema for Target {}
+
+impl From<TargetWire> for Target {
+    fn from(w: TargetWire) -> Self {
+        Target {
+            asset: AssetKey {
+                chain: w.chain,
+                asset: w.asset,
+            },
+            holder: w.holder,
+        }
+    }
+}
+
+impl From<Target> for TargetWire {
+    fn from(t: Target) -> Self {
+        TargetWire {
+            chain: t.asset.chain,
+            asset: t.asset.asset,
+            holder: t.holder,
+        }
+    }
 }
 
 impl Target {
@@ -161,15 +231,17 @@ pub struct RegisteredAsset {
 
 /// The legal basis an authority cites: the instrument and its reference (docket, warrant number,
 /// designation id, licence number).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LegalBasis {
     pub instrument: Instrument,
     pub reference: String,
 }
 
 /// How long a preemptive lease lasts: short by design, between 1 ms and 5 minutes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "u32", into = "u32")]
+#[schema(value_type = u32, minimum = 1, maximum = 300000)]
 pub struct LeaseTtl(u32);
 
 impl LeaseTtl {
@@ -209,8 +281,8 @@ impl From<LeaseTtl> for u32 {
 
 /// What an order asks for. Each kind carries exactly the fields it needs, so a SUSPEND without an
 /// expiry or a RELEASE without the order it releases cannot be represented.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
 pub enum Instruction {
     Monitor {
         amount: Option<Amount>,
@@ -263,7 +335,8 @@ impl Instruction {
 }
 
 /// An order as accepted at intake: who, on what, why, and when the database received it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Order {
     pub id: OrderId,
     pub issuer: IssuerId,

@@ -146,7 +146,7 @@ impl ConflictGroup {
 }
 
 /// Each order gets exactly one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Outcome {
     Applied,
@@ -155,6 +155,17 @@ pub enum Outcome {
     Superseded,
     /// Irreconcilable without a human; recorded, no state change.
     Escalated,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "APPLIED",
+            Outcome::Rejected => "REJECTED",
+            Outcome::Superseded => "SUPERSEDED",
+            Outcome::Escalated => "ESCALATED",
+        }
+    }
 }
 
 /// What a decision is about: an order, or a hold that expired by itself.

@@ -10,12 +10,25 @@ use super::order::{LockLevel, Order, OrderKind, Target};
 
 /// A monotonically increasing token handed out with each preemptive lease, so that a chain can
 /// refuse a transfer from a coordinator whose lease was revoked and re-granted to another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
+#[schema(value_type = u64)]
 pub struct FencingToken(pub u64);
 
 /// An active hold, placed by one applied order and lifted by a release, an expiry or a revocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Hold {
     pub order_id: OrderId,
     pub issuer: IssuerId,

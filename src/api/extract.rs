@@ -1,0 +1,82 @@
+//! Request parsing shared by the handlers: the caller, JSON bodies, the idempotency key.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::problem::ApiError;
+use super::AppState;
+use crate::auth::{AuthError, Principal, Role};
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(AuthError::Missing)?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| AuthError::Invalid("expected `Authorization: Bearer <token>`".into()))?;
+        Ok(state.verifier.verify(token.trim())?)
+    }
+}
+
+/// Refuses callers with none of `roles`.
+pub fn require(principal: &Principal, roles: &[Role]) -> Result<(), ApiError> {
+    if principal.has_any(roles) {
+        return Ok(());
+    }
+    let names: Vec<String> = roles
+        .iter()
+        .map(|r| {
+            serde_json::to_value(r)
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    Err(ApiError::Forbidden(format!(
+        "this needs one of the roles {}",
+        names.join(", ")
+    )))
+}
+
+/// Parses a JSON body that axum read up to the route's limit.
+pub fn json_body<T: DeserializeOwned>(
+    body: Result<axum::body::Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::MalformedJson(rejection.body_text())
+        }
+    })?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// The `Idempotency-Key` header: required, 1 to 200 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers
+        .get("idempotency-key")
+        .ok_or(ApiError::MissingIdempotencyKey)?;
+    parse_idempotency_key(
+        value
+            .to_str()
+            .map_err(|_| ApiError::InvalidIdempotencyKey)?,
+    )
+}
+
+pub fn parse_idempotency_key(key: &str) -> Result<String, ApiError> {
+    let visible = key.bytes().all(|b| b.is_ascii_graphic());
+    if key.is_empty() || key.len() > 200 || !visible {
+        return Err(ApiError::InvalidIdempotencyKey);
+    }
+    Ok(key.to_owned())
+}

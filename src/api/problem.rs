@@ -1,0 +1,129 @@
+//! The one error type of the HTTP layer, rendered as RFC 9457 problem documents.
+//!
+//! Each variant has a stable `type` (`urn:regulator:problem:<slug>`) clients can match on; the
+//! `detail` is for people and may change.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::AuthError;
+use crate::storage::StorageError;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Stable identifier of the problem kind: `urn:regulator:problem:<slug>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the Idempotency-Key header is required")]
+    MissingIdempotencyKey,
+    #[error("the Idempotency-Key must be 1 to 200 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error("idempotency key {0:?} was already used with a different request")]
+    IdempotencyKeyReused(String),
+    #[error("asset {0} is not registered; register it with PUT /v1/assets/{{chain}}/{{asset}}")]
+    UnknownAsset(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("the body exceeds the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("a batch holds at most {max} orders; this one holds {got}")]
+    BatchTooLarge { max: usize, got: usize },
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("token subject {sub:?} cannot submit as issuer {issuer:?}")]
+    IssuerMismatch { sub: String, issuer: String },
+    #[error("not ready: {0}")]
+    NotReady(String),
+    #[error("internal error")]
+    Internal(#[from] StorageError),
+}
+
+impl ApiError {
+    fn status_and_slug(&self) -> (StatusCode, &'static str) {
+        use ApiError::*;
+        match self {
+            MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json"),
+            InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+            MissingIdempotencyKey => (StatusCode::BAD_REQUEST, "missing-idempotency-key"),
+            InvalidIdempotencyKey => (StatusCode::BAD_REQUEST, "invalid-idempotency-key"),
+            IdempotencyKeyReused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused"),
+            UnknownAsset(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown-asset"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            BatchTooLarge { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "batch-too-large"),
+            Unauthorized(AuthError::Missing) => (StatusCode::UNAUTHORIZED, "missing-token"),
+            Unauthorized(AuthError::Invalid(_)) => (StatusCode::UNAUTHORIZED, "invalid-token"),
+            Unauthorized(AuthError::Expired) => (StatusCode::UNAUTHORIZED, "token-expired"),
+            Unauthorized(AuthError::WrongAudience) => (StatusCode::UNAUTHORIZED, "wrong-audience"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            IssuerMismatch { .. } => (StatusCode::FORBIDDEN, "issuer-mismatch"),
+            NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-ready"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (status, slug) = self.status_and_slug();
+        let detail = match self {
+            // Database details are for the log, not for the caller.
+            ApiError::Internal(e) => {
+                tracing::error!(error = %e, "request failed");
+                "the engine could not complete the request; it has been logged".to_owned()
+            }
+            other => other.to_string(),
+        };
+        Problem {
+            kind: format!("urn:regulator:problem:{slug}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(problem)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Maps a body parse failure: broken JSON is a 400, JSON of the wrong shape a 422.
+impl From<serde_json::Error> for ApiError {
+    fn from(e: serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::MalformedJson(e.to_string())
+            }
+            Category::Data => ApiError::InvalidRequest(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Assets and targets: registration, current lock state with its holds, history.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::extract::{json_body, require};
+use super::orders::raw;
+use super::problem::{ApiError, Problem};
+use super::AppState;
+use crate::auth::{Principal, Role};
+use crate::domain::ledger::TargetState;
+use crate::domain::{
+    AssetClass, AssetId, AssetKey, ChainId, Hold, HolderAddress, JurisdictionCode, RegisteredAsset,
+};
+use crate::storage;
+
+const ASSET_BODY_LIMIT: usize = 16 * 1024;
+
+/// The attributes of an asset that policies read.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssetRequest {
+    /// The jurisdiction of the asset's issuer, e.g. `US`.
+    pub issuer_jurisdiction: JurisdictionCode,
+    /// e.g. `security`, `stablecoin`.
+    pub asset_class: AssetClass,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AssetResponse {
+    pub chain: ChainId,
+    pub asset: AssetId,
+    pub issuer_jurisdiction: JurisdictionCode,
+    pub asset_class: AssetClass,
+}
+
+fn asset_key(chain: &str, asset: &str) -> Result<AssetKey, ApiError> {
+    Ok(AssetKey {
+        chain: ChainId::parse(chain).map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
+        asset: AssetId::parse(asset).map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
+    })
+}
+
+/// Register an asset, or update its attributes (admin).
+#[utoipa::path(
+    put, path = "/v1/assets/{chain}/{asset}", tag = "assets",
+    params(("chain" = String, Path), ("asset" = String, Path)),
+    request_body = AssetRequest,
+    responses(
+        (status = 201, description = "Registered", body = AssetResponse),
+        (status = 200, description = "Attributes updated", body = AssetResponse),
+        (status = 403, body = Problem),
+        (status = 422, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put_asset(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((chain, asset)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<AssetResponse>), ApiError> {
+    require(&principal, &[Role::Admin])?;
+    let key = asset_key(&chain, &asset)?;
+    let request: AssetRequest = json_body(body, ASSET_BODY_LIMIT)?;
+    let registered = RegisteredAsset {
+        key,
+        issuer_jurisdiction: request.issuer_jurisdiction,
+        asset_class: request.asset_class,
+    };
+    let created = storage::upsert_asset(&state.pool, &registered).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(AssetResponse {
+            chain: registered.key.chain,
+            asset: registered.key.asset,
+            issuer_jurisdiction: registered.issuer_jurisdiction,
+            asset_class: registered.asset_class,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TargetQuery {
+    /// One holder's balance; absent: the asset as a whole.
+    pub holder: Option<String>,
+}
+
+/// A target's current lock state and the holds behind it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TargetResponse {
+    pub chain: ChainId,
+    pub asset: AssetId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<HolderAddress>,
+    pub issuer_jurisdiction: JurisdictionCode,
+    pub asset_class: AssetClass,
+    pub state: TargetState,
+    /// With a holder: the holds that cover it. Without: every active hold on the asset.
+    pub holds: Vec<Hold>,
+}
+
+/// Who may read a chain's targets and decisions: a chain only its own.
+pub(super) fn may_read_chain(principal: &Principal, chain: &str) -> Result<(), ApiError> {
+    if principal.has_any(&[
+        Role::Auditor,
+        Role::Admin,
+        Role::Regulator,
+        Role::Coordinator,
+    ]) {
+        return Ok(());
+    }
+    if principal.has(Role::Chain) {
+        if principal.sub == chain {
+            return Ok(());
+        }
+        return Err(ApiError::Forbidden(format!(
+            "a chain token reads only its own chain ({})",
+            principal.sub
+        )));
+    }
+    require(
+        principal,
+        &[
+            Role::Auditor,
+            Role::Admin,
+            Role::Regulator,
+            Role::Coordinator,
+            Role::Chain,
+        ],
+    )
+}
+
+/// The current lock state of an asset, or of one holder's balance of it.
+#[utoipa::path(
+    get, path = "/v1/targets/{chain}/{asset}", tag = "targets",
+    params(("chain" = String, Path), ("asset" = String, Path), TargetQuery),
+    responses(
+        (status = 200, body = TargetResponse),
+        (status = 404, description = "Asset not registered", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_target(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((chain, asset)): Path<(String, String)>,
+    Query(query): Query<TargetQuery>,
+) -> Result<Json<TargetResponse>, ApiError> {
+    may_read_chain(&principal, &chain)?;
+    let key = asset_key(&chain, &asset)?;
+    let holder = query
+        .holder
+        .map(HolderAddress::parse)
+        .transpose()
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let registered = storage::asset(&state.pool, &key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("asset {key}")))?;
+    let asset_state = storage::asset_state(&state.pool, &key).await?;
+    let holds = match &holder {
+        Some(h) => asset_state.holds_covering(Some(h)).cloned().collect(),
+        None => asset_state.holds().cloned().collect(),
+    };
+    Ok(Json(TargetResponse {
+        state: TargetState::of(&asset_state, holder.as_ref()),
+        chain: registered.key.chain,
+        asset: registered.key.asset,
+        holder,
+        issuer_jurisdiction: registered.issuer_jurisdiction,
+        asset_class: registered.asset_class,
+        holds,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Only decisions on this holder's balance or on the whole asset.
+    pub holder: Option<String>,
+    /// Only decisions after this sequence number.
+    pub after: Option<u64>,
+    /// At most this many (1 to 1,000; default 100).
+    pub limit: Option<u32>,
+}
+
+/// A page of decision records in sequence order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DecisionPage {
+    #[schema(value_type = Vec<crate::domain::ledger::DecisionRecord>)]
+    pub decisions: Vec<Box<RawValue>>,
+    /// Pass as `after` for the next page.
+    pub next_after: u64,
+}
+
+impl DecisionPage {
+    pub(super) fn new(
+        decisions: Vec<storage::StoredDecision>,
+        after: u64,
+    ) -> Result<Self, ApiError> {
+        let next_after = decisions.last().map_or(after, |d| d.seq);
+        Ok(Self {
+            decisions: decisions
+                .iter()
+                .map(|d| raw(&d.record))
+                .collect::<Result<_, _>>()?,
+            next_after,
+        })
+    }
+}
+
+pub(super) fn page_limit(limit: Option<u32>) -> Result<i64, ApiError> {
+    match limit.unwrap_or(100) {
+        n @ 1..=1000 => Ok(i64::from(n)),
+        n => Err(ApiError::InvalidRequest(format!(
+            "limit must be between 1 and 1000, not {n}"
+        ))),
+    }
+}
+
+/// The decisions on an asset, oldest first.
+#[utoipa::path(
+    get, path = "/v1/targets/{chain}/{asset}/history", tag = "targets",
+    params(("chain" = String, Path), ("asset" = String, Path), HistoryQuery),
+    responses(
+        (status = 200, body = DecisionPage),
+        (status = 404, description = "Asset not registered", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn history(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((chain, asset)): Path<(String, String)>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<DecisionPage>, ApiError> {
+    may_read_chain(&principal, &chain)?;
+    let key = asset_key(&chain, &asset)?;
+    let limit = page_limit(query.limit)?;
+    if storage::asset(&state.pool, &key).await?.is_none() {
+        return Err(ApiError::NotFound(format!("asset {key}")));
+    }
+    let after = query.after.unwrap_or(0);
+    let decisions =
+        storage::asset_history(&state.pool, &key, query.holder.as_deref(), after, limit).await?;
+    Ok(Json(DecisionPage::new(decisions, after)?))
+}

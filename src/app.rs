@@ -1,0 +1,211 @@
+//! Start-up: configuration in, a running replica out (HTTP server, sequencer, hub, intake).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::auth::{KeyError, KeySource, Verifier};
+use crate::hub::Hub;
+use crate::intake::IntakeQueue;
+use crate::policy::{PolicyBundle, PolicyEngine, PolicyErrors};
+use crate::sequencer::{Sequencer, SequencerConfig};
+use crate::storage::{self, StorageError};
+
+/// Everything a replica needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub policies: PathBuf,
+    /// The conflict window `W`.
+    pub window: chrono::Duration,
+    /// How long a submission waits for its decision before answering 202.
+    pub submit_wait: Duration,
+    pub keys: KeySource,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("refusing to listen on {0}: a non-loopback address needs configured keys (--jwt-public-key or --jwks), not the development secret")]
+    InsecureListen(SocketAddr),
+    #[error("the policies in {dir} do not load:\n{errors}")]
+    Policies { dir: PathBuf, errors: PolicyErrors },
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running replica.
+pub struct App {
+    pub addr: SocketAddr,
+    pub pool: PgPool,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    /// Connects (creating the database and applying migrations) and starts.
+    pub async fn start(config: Config) -> Result<App, StartError> {
+        check_listen(&config)?;
+        let pool = storage::connect(&config.database_url, config.max_connections).await?;
+        Self::start_with_pool(config, pool).await
+    }
+
+    /// Starts on an existing, migrated pool (tests give each app its own database).
+    pub async fn start_with_pool(config: Config, pool: PgPool) -> Result<App, StartError> {
+        check_listen(&config)?;
+        let bundle =
+            PolicyBundle::load_dir(&config.policies).map_err(|errors| StartError::Policies {
+                dir: config.policies.clone(),
+                errors,
+            })?;
+        tracing::info!(
+            policies = bundle.policy_count(),
+            version = bundle.hash(),
+            "policies loaded"
+        );
+        let engine = Arc::new(PolicyEngine::new(bundle));
+        let verifier = Arc::new(Verifier::new(
+            &config.keys,
+            &config.jwt_issuer,
+            &config.jwt_audience,
+        )?);
+
+        let head = storage::ledger_head(&pool).await?;
+        let hub = Arc::new(Hub::new(head.seq));
+        let intake_signal = Arc::new(Notify::new());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let sequencer = Sequencer::new(
+            pool.clone(),
+            Arc::clone(&engine),
+            Arc::clone(&hub),
+            SequencerConfig {
+                window: config.window,
+                ..SequencerConfig::default()
+            },
+            Arc::clone(&intake_signal),
+        );
+        let leading = sequencer.leading();
+        tasks.push(tokio::spawn(sequencer.run(shutdown_rx.clone())));
+        tasks.push(tokio::spawn(Arc::clone(&hub).listen(
+            pool.clone(),
+            Arc::clone(&intake_signal),
+            shutdown_rx.clone(),
+        )));
+
+        let state = AppState {
+            pool: pool.clone(),
+            hub,
+            intake: IntakeQueue::spawn(pool.clone(), Arc::clone(&intake_signal)),
+            intake_signal,
+            verifier,
+            engine,
+            submit_wait: config.submit_wait,
+            metrics: metrics_handle(),
+            leading,
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let mut stop = shutdown_rx;
+        let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(%error, "HTTP server failed");
+            }
+        }));
+        tracing::info!(%addr, "listening");
+        Ok(App {
+            addr,
+            pool,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops accepting requests, lets the sequencer step down, and waits for everything.
+    pub async fn stop(self) {
+        self.shutdown.send_replace(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Ends every task at once, as a crash would: connections drop, the lock goes with them.
+    pub fn kill(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn check_listen(config: &Config) -> Result<(), StartError> {
+    if config.keys.is_development() && !config.listen.ip().is_loopback() {
+        return Err(StartError::InsecureListen(config.listen));
+    }
+    Ok(())
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency_buckets = [
+                0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ];
+            let batch_buckets = [
+                1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("regulator_decision_latency_seconds".into()),
+                    &latency_buckets,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("regulator_sequencer_batch_size".into()),
+                        &batch_buckets,
+                    )
+                });
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+            }
+            handle
+        })
+        .clone()
+}

@@ -1,0 +1,305 @@
+//! Bearer tokens (SPEC §6): who is calling, and with which roles.
+//!
+//! Production verifies RS256/ES256/EdDSA signatures with configured public keys (a PEM file or a
+//! JWKS file). Development uses HS256 with a secret generated into a 0600 file, and
+//! `regulator token` mints tokens with it. A verifier accepts exactly the algorithms of its keys,
+//! so a token cannot pick a weaker one (`alg: none`, or HS256 signed with a public key).
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// API roles a token grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Submits orders as itself (its `sub` is the issuing authority).
+    Regulator,
+    /// A transaction coordinator: takes and releases preemptive leases.
+    Coordinator,
+    PolicyAuthor,
+    /// Reads everything.
+    Auditor,
+    /// A chain's adapter: reads the feed and targets of its own chain (its `sub`).
+    Chain,
+    Admin,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+            format!("unknown role {s:?}; roles are regulator, coordinator, policy_author, auditor, chain, admin")
+        })
+    }
+}
+
+/// The claims the engine reads and checks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    pub iss: String,
+    pub aud: String,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    pub iat: i64,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub sub: String,
+    pub roles: HashSet<Role>,
+}
+
+impl Principal {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn has_any(&self, roles: &[Role]) -> bool {
+        roles.iter().any(|r| self.has(*r))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token expired")]
+    Expired,
+    #[error("token not valid for this audience")]
+    WrongAudience,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {why}")]
+    Bad { path: PathBuf, why: String },
+}
+
+/// Where the keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Development: HS256 with the secret in this file, created (mode 0600) if missing.
+    DevSecret(PathBuf),
+    /// A PEM public key (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
+    PublicKeyPem(PathBuf),
+    /// A JWKS file; tokens pick a key by `kid`.
+    Jwks(PathBuf),
+}
+
+impl KeySource {
+    pub fn is_development(&self) -> bool {
+        matches!(self, KeySource::DevSecret(_))
+    }
+}
+
+struct VerifyingKey {
+    kid: Option<String>,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Checks bearer tokens against the configured keys, issuer and audience.
+pub struct Verifier {
+    keys: Vec<VerifyingKey>,
+}
+
+impl Verifier {
+    pub fn new(source: &KeySource, issuer: &str, audience: &str) -> Result<Self, KeyError> {
+        let validation = |alg: Algorithm| {
+            let mut v = Validation::new(alg);
+            v.set_issuer(&[issuer]);
+            v.set_audience(&[audience]);
+            v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            v.validate_nbf = true;
+            v.leeway = 30;
+            v
+        };
+        let keys = match source {
+            KeySource::DevSecret(path) => vec![VerifyingKey {
+                kid: None,
+                key: DecodingKey::from_secret(&dev_secret(path)?),
+                validation: validation(Algorithm::HS256),
+            }],
+            KeySource::PublicKeyPem(path) => {
+                let pem = read(path)?;
+                let (key, alg) = DecodingKey::from_rsa_pem(&pem)
+                    .map(|k| (k, Algorithm::RS256))
+                    .or_else(|_| DecodingKey::from_ec_pem(&pem).map(|k| (k, Algorithm::ES256)))
+                    .or_else(|_| DecodingKey::from_ed_pem(&pem).map(|k| (k, Algorithm::EdDSA)))
+                    .map_err(|e| KeyError::Bad {
+                        path: path.clone(),
+                        why: format!("not an RSA, EC P-256 or Ed25519 public key: {e}"),
+                    })?;
+                vec![VerifyingKey {
+                    kid: None,
+                    key,
+                    validation: validation(alg),
+                }]
+            }
+            KeySource::Jwks(path) => {
+                let bad = |why: String| KeyError::Bad {
+                    path: path.clone(),
+                    why,
+                };
+                let set: JwkSet = serde_json::from_slice(&read(path)?)
+                    .map_err(|e| bad(format!("not a JWKS: {e}")))?;
+                let mut keys = Vec::new();
+                for jwk in &set.keys {
+                    let alg = match &jwk.algorithm {
+                        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                        AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                        AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                        _ => {
+                            return Err(bad(
+                                "only RSA, EC and OKP public keys are accepted; symmetric keys are for development only".into(),
+                            ))
+                        }
+                    };
+                    let key =
+                        DecodingKey::from_jwk(jwk).map_err(|e| bad(format!("bad key: {e}")))?;
+                    keys.push(VerifyingKey {
+                        kid: jwk.common.key_id.clone(),
+                        key,
+                        validation: validation(alg),
+                    });
+                }
+                if keys.is_empty() {
+                    return Err(bad("the JWKS holds no keys".into()));
+                }
+                keys
+            }
+        };
+        Ok(Self { keys })
+    }
+
+    /// Verifies `token` (without the `Bearer ` prefix).
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let candidates = self.keys.iter().filter(|k| match (&k.kid, &header.kid) {
+            (Some(own), Some(asked)) => own == asked,
+            _ => true,
+        });
+        let mut last = AuthError::Invalid("no key matches the token".into());
+        for k in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &k.key, &k.validation) {
+                Ok(data) => {
+                    return Ok(Principal {
+                        sub: data.claims.sub,
+                        roles: data.claims.roles.into_iter().collect(),
+                    })
+                }
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::ExpiredSignature => AuthError::Expired,
+                        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                        _ => AuthError::Invalid(e.to_string()),
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Mints a development token (HS256) with the secret in `path`.
+pub fn mint_dev_token(
+    path: &Path,
+    issuer: &str,
+    audience: &str,
+    sub: &str,
+    roles: Vec<Role>,
+    ttl: chrono::Duration,
+) -> Result<String, KeyError> {
+    let secret = dev_secret(path)?;
+    let now = chrono::Utc::now().timestamp();
+    let claims = Claims {
+        sub: sub.to_owned(),
+        roles,
+        iss: issuer.to_owned(),
+        aud: audience.to_owned(),
+        exp: now + ttl.num_seconds(),
+        nbf: None,
+        iat: now,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&secret),
+    )
+    .map_err(|e| KeyError::Bad {
+        path: path.to_owned(),
+        why: format!("cannot sign: {e}"),
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads the development secret, generating it (32 random bytes, hex, mode 0600) if missing.
+/// A secret file others can read is refused rather than trusted.
+pub fn dev_secret(path: &Path) -> Result<Vec<u8>, KeyError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(mut file) => {
+            let secret: [u8; 32] = rand::random();
+            file.write_all(hex::encode(secret).as_bytes()).map_err(io)?;
+            tracing::info!(path = %path.display(), "generated a development signing secret");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(e)),
+    }
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Bad {
+            path: path.to_owned(),
+            why: format!(
+                "mode {:o} lets others read the secret; chmod 600 it",
+                mode & 0o777
+            ),
+        });
+    }
+    let secret = std::fs::read_to_string(path).map_err(io)?;
+    let secret = secret.trim();
+    if secret.len() < 32 {
+        return Err(KeyError::Bad {
+            path: path.to_owned(),
+            why: "the secret is shorter than 32 characters".into(),
+        });
+    }
+    Ok(secret.as_bytes().to_vec())
+}

@@ -1,0 +1,159 @@
+//! `regulator serve` and `regulator token`: run a replica; mint a development token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use regulator::app::{App, Config};
+use regulator::auth::{mint_dev_token, KeySource, Role};
+
+/// Where tokens are checked: shared by `serve` and `token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Development signing secret (HS256), generated with mode 0600 if missing. Used only when
+    /// no public key or JWKS is configured.
+    #[arg(
+        long,
+        env = "REGULATOR_DEV_SECRET_FILE",
+        default_value = ".regulator/dev-secret"
+    )]
+    pub dev_secret_file: PathBuf,
+    /// Expected `iss` claim.
+    #[arg(long, env = "REGULATOR_JWT_ISSUER", default_value = "regulator")]
+    pub jwt_issuer: String,
+    /// Expected `aud` claim.
+    #[arg(long, env = "REGULATOR_JWT_AUDIENCE", default_value = "regulator")]
+    pub jwt_audience: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. A non-loopback address needs --jwt-public-key or --jwks.
+    #[arg(long, env = "REGULATOR_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Postgres URL; the database is created if missing and migrated on start.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/regulator"
+    )]
+    database_url: String,
+    /// Directory of the jurisdiction policies.
+    #[arg(long, env = "REGULATOR_POLICIES", default_value = "policies")]
+    policies: PathBuf,
+    /// Conflict window W in milliseconds: orders on one asset this close together are decided
+    /// as one group. 0 is allowed.
+    #[arg(long, env = "REGULATOR_CONFLICT_WINDOW_MS", default_value_t = 100)]
+    conflict_window_ms: u32,
+    /// How long a submission waits for its decision before answering 202, in milliseconds.
+    #[arg(long, env = "REGULATOR_SUBMIT_WAIT_MS", default_value_t = 5_000)]
+    submit_wait_ms: u64,
+    /// PEM public key verifying tokens (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
+    #[arg(long, env = "REGULATOR_JWT_PUBLIC_KEY", conflicts_with = "jwks")]
+    jwt_public_key: Option<PathBuf>,
+    /// JWKS file verifying tokens, keys chosen by `kid`.
+    #[arg(long, env = "REGULATOR_JWKS")]
+    jwks: Option<PathBuf>,
+    /// Database connections per replica.
+    #[arg(long, env = "REGULATOR_DB_CONNECTIONS", default_value_t = 16)]
+    db_connections: u32,
+    /// Log format: `json` (structured) or `text`.
+    #[arg(long, env = "REGULATOR_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+    #[command(flatten)]
+    tokens: TokenArgs,
+}
+
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if format == "text" {
+        builder.try_init()
+    } else {
+        builder.json().flatten_event(true).try_init()
+    };
+}
+
+impl ServeArgs {
+    pub fn run(self) -> ExitCode {
+        init_tracing(&self.log_format);
+        let keys = match (&self.jwt_public_key, &self.jwks) {
+            (Some(pem), _) => KeySource::PublicKeyPem(pem.clone()),
+            (None, Some(jwks)) => KeySource::Jwks(jwks.clone()),
+            (None, None) => KeySource::DevSecret(self.tokens.dev_secret_file.clone()),
+        };
+        let config = Config {
+            listen: self.listen,
+            database_url: self.database_url,
+            policies: self.policies,
+            window: chrono::Duration::milliseconds(i64::from(self.conflict_window_ms)),
+            submit_wait: Duration::from_millis(self.submit_wait_ms),
+            keys,
+            jwt_issuer: self.tokens.jwt_issuer,
+            jwt_audience: self.tokens.jwt_audience,
+            max_connections: self.db_connections,
+        };
+        let runtime = match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: cannot start the runtime: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        runtime.block_on(async move {
+            let app = match App::start(config).await {
+                Ok(app) => app,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start");
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+            app.stop().await;
+            ExitCode::SUCCESS
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCommand {
+    /// The authority or service the token speaks for, e.g. US-SEC.
+    #[arg(long)]
+    sub: String,
+    /// Comma-separated roles: regulator, coordinator, policy_author, auditor, chain, admin.
+    #[arg(long, value_delimiter = ',', required = true)]
+    roles: Vec<Role>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_secs: i64,
+    #[command(flatten)]
+    tokens: TokenArgs,
+}
+
+impl TokenCommand {
+    pub fn run(self) -> ExitCode {
+        match mint_dev_token(
+            &self.tokens.dev_secret_file,
+            &self.tokens.jwt_issuer,
+            &self.tokens.jwt_audience,
+            &self.sub,
+            self.roles,
+            chrono::Duration::seconds(self.ttl_secs),
+        ) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}

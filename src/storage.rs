@@ -1,0 +1,742 @@
+//! Postgres: every SQL statement of the service lives here, with bind parameters only.
+//!
+//! The tables are created by the migrations in `migrations/`. Writers: the API inserts assets and
+//! intake; only the sequencer, over its leadership connection, writes decisions and state.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres, Row};
+use uuid::Uuid;
+
+use crate::domain::ledger::{Head, SealedRecord};
+use crate::domain::{
+    AssetClass, AssetKey, AssetState, HolderAddress, Instruction, IssuerId, JurisdictionCode,
+    LegalBasis, Order, OrderId, RegisteredAsset, Target,
+};
+
+/// The migrations in `migrations/`, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The channel a committed group announces its last sequence number on.
+pub const DECISIONS_CHANNEL: &str = "regulator_decisions";
+/// The channel the intake queue's trigger announces new orders on.
+pub const INTAKE_CHANNEL: &str = "regulator_intake";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value no longer parses: the database was changed outside the engine.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The ledger head moved under this sequencer: another leader has taken over.
+    #[error("deposed: the ledger head is no longer at seq {expected_seq} in epoch {epoch}")]
+    Deposed { expected_seq: u64, epoch: i64 },
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(what.to_string())
+}
+
+/// Creates the database if it is missing, connects, and applies the migrations.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StorageError> {
+    if !Postgres::database_exists(url).await? {
+        tracing::info!("creating database");
+        Postgres::create_database(url).await?;
+    }
+    let options: PgConnectOptions = url.parse()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .connect_with(options)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// Are all embedded migrations applied?
+pub async fn migrations_applied(pool: &PgPool) -> Result<bool, StorageError> {
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await?;
+    Ok(applied as usize >= MIGRATOR.iter().count())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Assets
+
+/// Registers `asset` or updates its attributes; `true` if it was new.
+pub async fn upsert_asset(pool: &PgPool, asset: &RegisteredAsset) -> Result<bool, StorageError> {
+    let created: bool = sqlx::query_scalar(
+        "INSERT INTO assets (chain, asset, issuer_jurisdiction, asset_class)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (chain, asset) DO UPDATE
+            SET issuer_jurisdiction = EXCLUDED.issuer_jurisdiction,
+                asset_class = EXCLUDED.asset_class,
+                updated_at = clock_timestamp()
+         RETURNING (xmax = 0)",
+    )
+    .bind(asset.key.chain.as_str())
+    .bind(asset.key.asset.as_str())
+    .bind(asset.issuer_jurisdiction.as_str())
+    .bind(asset.asset_class.as_str())
+    .fetch_one(pool)
+    .await?;
+    Ok(created)
+}
+
+pub async fn asset(pool: &PgPool, key: &AssetKey) -> Result<Option<RegisteredAsset>, StorageError> {
+    let row = sqlx::query(
+        "SELECT issuer_jurisdiction, asset_class FROM assets WHERE chain = $1 AND asset = $2",
+    )
+    .bind(key.chain.as_str())
+    .bind(key.asset.as_str())
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| registered(key.clone(), r.get(0), r.get(1)))
+        .transpose()
+}
+
+fn registered(
+    key: AssetKey,
+    jurisdiction: String,
+    class: String,
+) -> Result<RegisteredAsset, StorageError> {
+    Ok(RegisteredAsset {
+        key,
+        issuer_jurisdiction: JurisdictionCode::parse(jurisdiction).map_err(corrupt)?,
+        asset_class: AssetClass::parse(class).map_err(corrupt)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Intake
+
+/// An order to accept, before the database stamps its intake time.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub id: OrderId,
+    pub issuer: IssuerId,
+    pub idempotency_key: String,
+    pub request_hash: [u8; 32],
+    pub target: Target,
+    pub body: OrderBody,
+}
+
+/// The part of an order stored as JSON: what it asks and on what legal basis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderBody {
+    pub legal_basis: LegalBasis,
+    pub instruction: Instruction,
+}
+
+/// What intake did with one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intake {
+    /// Written durably and queued for the sequencer.
+    Accepted {
+        order: Box<Order>,
+    },
+    /// The issuer already used this idempotency key; `same_request` tells whether with this body.
+    Existing {
+        order_id: OrderId,
+        same_request: bool,
+    },
+    UnknownAsset,
+}
+
+/// Accepts `orders` in one transaction, all stamped with one database time.
+///
+/// Orders whose asset is not registered, or whose (issuer, idempotency key) was used before,
+/// are not written; the result says which, item by item, in input order.
+pub async fn intake(pool: &PgPool, orders: &[NewOrder]) -> Result<Vec<Intake>, StorageError> {
+    let mut ids = Vec::with_capacity(orders.len());
+    let mut issuers = Vec::with_capacity(orders.len());
+    let mut keys = Vec::with_capacity(orders.len());
+    let mut hashes = Vec::with_capacity(orders.len());
+    let mut chains = Vec::with_capacity(orders.len());
+    let mut assets = Vec::with_capacity(orders.len());
+    let mut holders = Vec::with_capacity(orders.len());
+    let mut kinds = Vec::with_capacity(orders.len());
+    let mut bodies = Vec::with_capacity(orders.len());
+    for o in orders {
+        ids.push(o.id.as_uuid());
+        issuers.push(o.issuer.as_str().to_owned());
+        keys.push(o.idempotency_key.clone());
+        hashes.push(o.request_hash.to_vec());
+        chains.push(o.target.asset.chain.as_str().to_owned());
+        assets.push(o.target.asset.asset.as_str().to_owned());
+        holders.push(o.target.holder.as_ref().map(|h| h.as_str().to_owned()));
+        kinds.push(o.body.instruction.kind().as_str().to_owned());
+        bodies.push(sqlx::types::Json(&o.body));
+    }
+    let rows = sqlx::query(
+        "WITH stamp AS (SELECT clock_timestamp() AS t),
+         input AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[],
+                                  $6::text[], $7::text[], $8::text[], $9::jsonb[])
+                 AS i(order_id, issuer, idempotency_key, request_hash, chain, asset, holder, kind, body)
+         ),
+         accepted AS (
+             INSERT INTO orders (order_id, issuer, idempotency_key, request_hash, chain, asset,
+                                 holder, kind, intake_at, body)
+             SELECT i.order_id, i.issuer, i.idempotency_key, i.request_hash, i.chain, i.asset,
+                    i.holder, i.kind, stamp.t, i.body
+             FROM input i CROSS JOIN stamp
+             WHERE EXISTS (SELECT 1 FROM assets a WHERE a.chain = i.chain AND a.asset = i.asset)
+             ON CONFLICT (issuer, idempotency_key) DO NOTHING
+             RETURNING order_id, chain, asset, intake_at
+         ),
+         queued AS (
+             INSERT INTO intake_queue (order_id, chain, asset, intake_at)
+             SELECT order_id, chain, asset, intake_at FROM accepted
+         )
+         SELECT order_id, intake_at FROM accepted",
+    )
+    .bind(&ids)
+    .bind(&issuers)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&chains)
+    .bind(&assets)
+    .bind(&holders)
+    .bind(&kinds)
+    .bind(&bodies)
+    .fetch_all(pool)
+    .await?;
+    let accepted: HashMap<Uuid, DateTime<Utc>> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+
+    let mut outcomes = Vec::with_capacity(orders.len());
+    let mut refused = Vec::new();
+    for (i, o) in orders.iter().enumerate() {
+        match accepted.get(&o.id.as_uuid()) {
+            Some(at) => outcomes.push(Intake::Accepted {
+                order: Box::new(Order {
+                    id: o.id,
+                    issuer: o.issuer.clone(),
+                    target: o.target.clone(),
+                    legal_basis: o.body.legal_basis.clone(),
+                    instruction: o.body.instruction.clone(),
+                    intake_at: *at,
+                }),
+            }),
+            None => {
+                outcomes.push(Intake::UnknownAsset);
+                refused.push(i);
+            }
+        }
+    }
+    if refused.is_empty() {
+        return Ok(outcomes);
+    }
+
+    // Not written: either the key was used before (also by an earlier item of this same call),
+    // or the asset is unknown. Look the keys up to tell which.
+    let issuers: Vec<&str> = refused.iter().map(|&i| orders[i].issuer.as_str()).collect();
+    let keys: Vec<&str> = refused
+        .iter()
+        .map(|&i| orders[i].idempotency_key.as_str())
+        .collect();
+    let existing = sqlx::query(
+        "SELECT o.issuer, o.idempotency_key, o.order_id, o.request_hash
+         FROM orders o
+         JOIN UNNEST($1::text[], $2::text[]) AS k(issuer, idempotency_key)
+           ON o.issuer = k.issuer AND o.idempotency_key = k.idempotency_key",
+    )
+    .bind(&issuers)
+    .bind(&keys)
+    .fetch_all(pool)
+    .await?;
+    let existing: HashMap<(String, String), (Uuid, Vec<u8>)> = existing
+        .into_iter()
+        .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+        .collect();
+    for i in refused {
+        let o = &orders[i];
+        let key = (o.issuer.as_str().to_owned(), o.idempotency_key.clone());
+        if let Some((id, hash)) = existing.get(&key) {
+            outcomes[i] = Intake::Existing {
+                order_id: OrderId::from_uuid(*id),
+                same_request: hash.as_slice() == o.request_hash.as_slice(),
+            };
+        }
+    }
+    Ok(outcomes)
+}
+
+/// An order and, once decided, the exact text of its decision record.
+#[derive(Debug, Clone)]
+pub struct StoredOrder {
+    pub order: Order,
+    pub decision: Option<String>,
+}
+
+pub async fn order(pool: &PgPool, id: OrderId) -> Result<Option<StoredOrder>, StorageError> {
+    let row = sqlx::query(
+        "SELECT o.order_id, o.issuer, o.chain, o.asset, o.holder, o.intake_at, o.body,
+                d.record::text
+         FROM orders o LEFT JOIN decisions d ON d.order_id = o.order_id
+         WHERE o.order_id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        Ok(StoredOrder {
+            order: order_from_row(&r, 0)?,
+            decision: r.get(7),
+        })
+    })
+    .transpose()
+}
+
+/// Reads an order from columns `at..at+7`: id, issuer, chain, asset, holder, intake_at, body.
+fn order_from_row(r: &sqlx::postgres::PgRow, at: usize) -> Result<Order, StorageError> {
+    let body: sqlx::types::Json<OrderBody> = r.try_get(at + 6)?;
+    let holder: Option<String> = r.get(at + 4);
+    Ok(Order {
+        id: OrderId::from_uuid(r.get(at)),
+        issuer: IssuerId::parse(r.get::<String, _>(at + 1)).map_err(corrupt)?,
+        target: Target {
+            asset: asset_key(r.get(at + 2), r.get(at + 3))?,
+            holder: holder
+                .map(HolderAddress::parse)
+                .transpose()
+                .map_err(corrupt)?,
+        },
+        legal_basis: body.0.legal_basis,
+        instruction: body.0.instruction,
+        intake_at: r.get(at + 5),
+    })
+}
+
+fn asset_key(chain: String, asset: String) -> Result<AssetKey, StorageError> {
+    Ok(AssetKey {
+        chain: crate::domain::ChainId::parse(chain).map_err(corrupt)?,
+        asset: crate::domain::AssetId::parse(asset).map_err(corrupt)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sequencer: leadership, pending work, commit
+
+/// The advisory lock key of the sequencer ("REGSEQ" in ASCII).
+const SEQUENCER_LOCK: i64 = 0x5245_4753_4551;
+
+/// Tries to take the sequencer lock on `conn` (session-scoped: it lasts as long as `conn`).
+/// On success, starts a new epoch and returns it with the ledger head.
+pub async fn try_lead(conn: &mut PgConnection) -> Result<Option<(i64, Head)>, StorageError> {
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(SEQUENCER_LOCK)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !locked {
+        return Ok(None);
+    }
+    let row = sqlx::query("UPDATE ledger_head SET epoch = epoch + 1 RETURNING epoch, seq, hash")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Some((row.get(0), head_from(row.get(1), row.get(2))?)))
+}
+
+fn head_from(seq: i64, hash: Vec<u8>) -> Result<Head, StorageError> {
+    Ok(Head {
+        seq: u64::try_from(seq).map_err(corrupt)?,
+        hash: hash
+            .try_into()
+            .map_err(|_| corrupt("ledger head hash is not 32 bytes"))?,
+    })
+}
+
+pub async fn ledger_head(pool: &PgPool) -> Result<Head, StorageError> {
+    let row = sqlx::query("SELECT seq, hash FROM ledger_head")
+        .fetch_one(pool)
+        .await?;
+    head_from(row.get(0), row.get(1))
+}
+
+/// An undecided order with its asset's attributes, as the sequencer fetches it.
+#[derive(Debug, Clone)]
+pub struct PendingOrder {
+    pub order: Order,
+    pub asset: RegisteredAsset,
+}
+
+/// What the sequencer sees when it looks for work.
+#[derive(Debug)]
+pub struct Work {
+    pub now: DateTime<Utc>,
+    pub pending: Vec<PendingOrder>,
+    /// True when `limit` cut the fetch short.
+    pub truncated: bool,
+    /// Assets with a hold due to expire at `now`.
+    pub expiring: Vec<RegisteredAsset>,
+    /// The earliest expiry still ahead.
+    pub next_expiry: Option<DateTime<Utc>>,
+}
+
+pub async fn fetch_work(conn: &mut PgConnection, limit: i64) -> Result<Work, StorageError> {
+    let clock = sqlx::query(
+        "SELECT clock_timestamp(),
+                (SELECT min(next_expiry) FROM asset_state WHERE next_expiry > clock_timestamp())",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let now: DateTime<Utc> = clock.get(0);
+    let next_expiry: Option<DateTime<Utc>> = clock.get(1);
+
+    let rows = sqlx::query(
+        "SELECT o.order_id, o.issuer, o.chain, o.asset, o.holder, o.intake_at, o.body,
+                a.issuer_jurisdiction, a.asset_class
+         FROM intake_queue q
+         JOIN orders o ON o.order_id = q.order_id
+         JOIN assets a ON a.chain = q.chain AND a.asset = q.asset
+         ORDER BY q.intake_at, q.order_id
+         LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let truncated = rows.len() as i64 >= limit;
+    let pending = rows
+        .iter()
+        .map(|r| {
+            let order = order_from_row(r, 0)?;
+            let asset = registered(order.target.asset.clone(), r.get(7), r.get(8))?;
+            Ok(PendingOrder { order, asset })
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+
+    let expiring = sqlx::query(
+        "SELECT s.chain, s.asset, a.issuer_jurisdiction, a.asset_class
+         FROM asset_state s JOIN assets a USING (chain, asset)
+         WHERE s.next_expiry <= $1",
+    )
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| registered(asset_key(r.get(0), r.get(1))?, r.get(2), r.get(3)))
+    .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(Work {
+        now,
+        pending,
+        truncated,
+        expiring,
+        next_expiry,
+    })
+}
+
+/// Loads the states of `keys`; an asset never touched has the empty state.
+pub async fn load_states(
+    conn: &mut PgConnection,
+    keys: &[AssetKey],
+) -> Result<HashMap<AssetKey, AssetState>, StorageError> {
+    let chains: Vec<&str> = keys.iter().map(|k| k.chain.as_str()).collect();
+    let assets: Vec<&str> = keys.iter().map(|k| k.asset.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT s.chain, s.asset, s.state
+         FROM asset_state s JOIN UNNEST($1::text[], $2::text[]) AS k(chain, asset)
+           ON s.chain = k.chain AND s.asset = k.asset",
+    )
+    .bind(&chains)
+    .bind(&assets)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut states: HashMap<AssetKey, AssetState> = keys
+        .iter()
+        .map(|k| (k.clone(), AssetState::default()))
+        .collect();
+    for r in rows {
+        let state: sqlx::types::Json<AssetState> = r.try_get(2)?;
+        states.insert(asset_key(r.get(0), r.get(1))?, state.0);
+    }
+    Ok(states)
+}
+
+/// One group commit: the sealed records in sequence order, the assets whose state changed,
+/// and the orders decided.
+pub struct Commit<'a> {
+    pub epoch: i64,
+    pub from: Head,
+    pub records: &'a [SealedRecord],
+    pub states: Vec<(&'a AssetKey, &'a AssetState)>,
+}
+
+/// Commits a group in one transaction, compare-and-setting the ledger head from `commit.from`
+/// to the last record, in `commit.epoch`. Anything else moving the head first makes this fail
+/// with [`StorageError::Deposed`] and write nothing.
+pub async fn commit(conn: &mut PgConnection, commit: Commit<'_>) -> Result<Head, StorageError> {
+    let Some(last) = commit.records.last() else {
+        return Ok(commit.from);
+    };
+    let to = Head {
+        seq: last.record.seq,
+        hash: last.hash,
+    };
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let moved =
+        sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2 WHERE seq = $3 AND epoch = $4")
+            .bind(to.seq as i64)
+            .bind(to.hash.as_slice())
+            .bind(commit.from.seq as i64)
+            .bind(commit.epoch)
+            .execute(&mut *tx)
+            .await?;
+    if moved.rows_affected() != 1 {
+        return Err(StorageError::Deposed {
+            expected_seq: commit.from.seq,
+            epoch: commit.epoch,
+        });
+    }
+
+    let n = commit.records.len();
+    let mut seqs = Vec::with_capacity(n);
+    let mut order_ids = Vec::with_capacity(n);
+    let mut expired = Vec::with_capacity(n);
+    let mut chains = Vec::with_capacity(n);
+    let mut assets = Vec::with_capacity(n);
+    let mut holders = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut issuers = Vec::with_capacity(n);
+    let mut outcomes = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    let mut priorities = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut policy_versions = Vec::with_capacity(n);
+    let mut decided = Vec::with_capacity(n);
+    let mut texts = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    for s in commit.records {
+        let r = &s.record;
+        seqs.push(r.seq as i64);
+        match r.subject {
+            crate::domain::Subject::Order { order_id } => {
+                order_ids.push(Some(order_id.as_uuid()));
+                expired.push(None);
+            }
+            crate::domain::Subject::Expiry { hold } => {
+                order_ids.push(None);
+                expired.push(Some(hold.as_uuid()));
+            }
+        }
+        chains.push(r.target.asset.chain.as_str());
+        assets.push(r.target.asset.asset.as_str());
+        holders.push(r.target.holder.as_ref().map(|h| h.as_str()));
+        kinds.push(r.kind.as_str());
+        issuers.push(r.issuer.as_str());
+        outcomes.push(r.outcome.as_str());
+        reasons.push(r.reason_code.as_str());
+        priorities.push(i32::from(r.priority.value()));
+        versions.push(r.state_after.version as i64);
+        policy_versions.push(r.policy_version.as_str());
+        decided.push(r.decided_at);
+        texts.push(s.text.as_str());
+        hashes.push(s.hash.to_vec());
+    }
+    sqlx::query(
+        "INSERT INTO decisions (seq, order_id, expired_hold, chain, asset, holder, kind, issuer,
+                                outcome, reason_code, priority, policy_version, target_version,
+                                decided_at, record, hash)
+         SELECT seq, order_id, expired_hold, chain, asset, holder, kind, issuer, outcome,
+                reason_code, priority, policy_version, target_version, decided_at,
+                record::json, hash
+         FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::text[],
+                     $13::bigint[], $14::timestamptz[], $15::text[], $16::bytea[])
+           AS d(seq, order_id, expired_hold, chain, asset, holder, kind, issuer, outcome,
+                reason_code, priority, policy_version, target_version, decided_at, record, hash)",
+    )
+    .bind(&seqs)
+    .bind(&order_ids)
+    .bind(&expired)
+    .bind(&chains)
+    .bind(&assets)
+    .bind(&holders)
+    .bind(&kinds)
+    .bind(&issuers)
+    .bind(&outcomes)
+    .bind(&reasons)
+    .bind(&priorities)
+    .bind(&policy_versions)
+    .bind(&versions)
+    .bind(&decided)
+    .bind(&texts)
+    .bind(&hashes)
+    .execute(&mut *tx)
+    .await?;
+
+    if !commit.states.is_empty() {
+        let mut chains = Vec::new();
+        let mut assets = Vec::new();
+        let mut versions = Vec::new();
+        let mut states = Vec::new();
+        let mut expiries = Vec::new();
+        for (key, state) in &commit.states {
+            chains.push(key.chain.as_str());
+            assets.push(key.asset.as_str());
+            versions.push(state.version() as i64);
+            states.push(sqlx::types::Json(*state));
+            expiries.push(state.holds().filter_map(|h| h.expires_at).min());
+        }
+        sqlx::query(
+            "INSERT INTO asset_state (chain, asset, version, state, next_expiry)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::jsonb[],
+                                  $5::timestamptz[])
+             ON CONFLICT (chain, asset) DO UPDATE
+                SET version = EXCLUDED.version, state = EXCLUDED.state,
+                    next_expiry = EXCLUDED.next_expiry",
+        )
+        .bind(&chains)
+        .bind(&assets)
+        .bind(&versions)
+        .bind(&states)
+        .bind(&expiries)
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    let decided_orders: Vec<Uuid> = order_ids.iter().flatten().copied().collect();
+    sqlx::query("DELETE FROM intake_queue WHERE order_id = ANY($1)")
+        .bind(&decided_orders)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(DECISIONS_CHANNEL)
+        .bind(to.seq.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(to)
+}
+
+/// How many orders wait at intake.
+pub async fn intake_backlog(conn: &mut PgConnection) -> Result<i64, StorageError> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM intake_queue")
+        .fetch_one(conn)
+        .await?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads: decisions, targets
+
+/// A committed decision: its sequence number, order (if any) and exact record text.
+#[derive(Debug, Clone)]
+pub struct StoredDecision {
+    pub seq: u64,
+    pub order_id: Option<OrderId>,
+    pub record: String,
+}
+
+fn stored_decision(r: sqlx::postgres::PgRow) -> StoredDecision {
+    let seq: i64 = r.get(0);
+    let order_id: Option<Uuid> = r.get(1);
+    StoredDecision {
+        seq: seq.max(0) as u64,
+        order_id: order_id.map(OrderId::from_uuid),
+        record: r.get(2),
+    }
+}
+
+/// Decisions after `after` in sequence order, optionally only `chain`'s.
+pub async fn decisions_after(
+    pool: &PgPool,
+    after: u64,
+    limit: i64,
+    chain: Option<&str>,
+) -> Result<Vec<StoredDecision>, StorageError> {
+    let rows = match chain {
+        Some(chain) => {
+            sqlx::query(
+                "SELECT seq, order_id, record::text FROM decisions
+                 WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(chain)
+            .bind(after as i64)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "SELECT seq, order_id, record::text FROM decisions
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(after as i64)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    Ok(rows.into_iter().map(stored_decision).collect())
+}
+
+/// The decisions for `orders` among those after `after`.
+pub async fn decisions_for_orders(
+    pool: &PgPool,
+    orders: &[Uuid],
+) -> Result<Vec<StoredDecision>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT seq, order_id, record::text FROM decisions WHERE order_id = ANY($1) ORDER BY seq",
+    )
+    .bind(orders)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(stored_decision).collect())
+}
+
+/// The decisions on one asset, optionally only those whose target covers or names `holder`.
+pub async fn asset_history(
+    pool: &PgPool,
+    key: &AssetKey,
+    holder: Option<&str>,
+    after: u64,
+    limit: i64,
+) -> Result<Vec<StoredDecision>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT seq, order_id, record::text FROM decisions
+         WHERE chain = $1 AND asset = $2 AND seq > $3
+           AND ($4::text IS NULL OR holder IS NULL OR holder = $4)
+         ORDER BY seq LIMIT $5",
+    )
+    .bind(key.chain.as_str())
+    .bind(key.asset.as_str())
+    .bind(after as i64)
+    .bind(holder)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(stored_decision).collect())
+}
+
+/// The current state of one asset (the empty state if nothing was ever applied to it).
+pub async fn asset_state(pool: &PgPool, key: &AssetKey) -> Result<AssetState, StorageError> {
+    let state: Option<sqlx::types::Json<AssetState>> =
+        sqlx::query_scalar("SELECT state FROM asset_state WHERE chain = $1 AND asset = $2")
+            .bind(key.chain.as_str())
+            .bind(key.asset.as_str())
+            .fetch_optional(pool)
+            .await?;
+    Ok(state.map(|s| s.0).unwrap_or_default())
+}
+
+/// Every asset's stored state, for comparing with a replay of the log.
+pub async fn all_states(pool: &PgPool) -> Result<HashMap<AssetKey, AssetState>, StorageError> {
+    let rows = sqlx::query("SELECT chain, asset, state FROM asset_state")
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            let state: sqlx::types::Json<AssetState> = r.try_get(2)?;
+            Ok((asset_key(r.get(0), r.get(1))?, state.0))
+        })
+        .collect()
+}
