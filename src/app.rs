@@ -52,6 +52,9 @@ pub enum StartError {
     },
 }
 
+/// How long [`App::stop`] waits for open requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// A running replica.
 pub struct App {
     pub addr: SocketAddr,
@@ -152,11 +155,15 @@ impl App {
         })
     }
 
-    /// Stops accepting requests, lets the sequencer step down, and waits for everything.
+    /// Stops accepting requests, lets the sequencer step down, and waits for everything; open
+    /// streams (SSE, long-polls) get [`SHUTDOWN_GRACE`] to finish before they are cut.
     pub async fn stop(self) {
         self.shutdown.send_replace(true);
-        for task in self.tasks {
-            let _ = task.await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
         }
     }
 

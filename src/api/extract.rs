@@ -61,6 +61,57 @@ pub fn json_body<T: DeserializeOwned>(
     Ok(serde_json::from_slice(&bytes)?)
 }
 
+/// A query string parsed like a body: a bad one is an `invalid-request` problem.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::InvalidRequest(e.body_text()))
+    }
+}
+
+/// The request body's identity for idempotency: JSON with every object's keys sorted, so key
+/// order and whitespace do not make a retry look like another request.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn write(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                out.push('{');
+                for (i, (key, item)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(key.clone()).to_string());
+                    out.push(':');
+                    write(item, out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}
+
 /// The `Idempotency-Key` header: required, 1 to 200 visible ASCII characters.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let value = headers
@@ -79,4 +130,22 @@ pub fn parse_idempotency_key(key: &str) -> Result<String, ApiError> {
         return Err(ApiError::InvalidIdempotencyKey);
     }
     Ok(key.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_json;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_json_ignores_key_order_at_every_depth() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":{"y":[{"q":1,"p":2}],"x":"s"}}"#).unwrap();
+        let b = json!({"a": {"x": "s", "y": [{"p": 2, "q": 1}]}, "b": 1});
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(
+            canonical_json(&b),
+            r#"{"a":{"x":"s","y":[{"p":2,"q":1}]},"b":1}"#
+        );
+    }
 }

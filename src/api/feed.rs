@@ -7,13 +7,14 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use futures::Stream;
 use serde::Deserialize;
 
+use super::extract::ApiQuery;
 use super::problem::{ApiError, Problem};
 use super::targets::{may_read_chain, page_limit, DecisionPage};
 use super::AppState;
@@ -65,7 +66,7 @@ fn chain_filter(principal: &Principal, asked: Option<String>) -> Result<Option<S
 pub async fn poll(
     State(state): State<AppState>,
     principal: Principal,
-    Query(query): Query<FeedQuery>,
+    ApiQuery(query): ApiQuery<FeedQuery>,
 ) -> Result<Json<DecisionPage>, ApiError> {
     let chain = chain_filter(&principal, query.chain)?;
     let limit = page_limit(query.limit)?;
@@ -118,7 +119,7 @@ pub async fn stream(
     State(state): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Query(query): Query<StreamQuery>,
+    ApiQuery(query): ApiQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let chain = chain_filter(&principal, query.chain)?;
     let after = match headers.get("last-event-id") {

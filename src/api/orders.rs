@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use super::extract::{idempotency_key, json_body, parse_idempotency_key, require};
+use super::extract::{canonical_json, idempotency_key, json_body, parse_idempotency_key, require};
 use super::problem::{ApiError, Problem};
 use super::AppState;
 use crate::auth::{Principal, Role};
@@ -105,8 +105,7 @@ fn admit(
         None => IssuerId::parse(principal.sub.as_str())
             .map_err(|e| ApiError::Forbidden(format!("the token's sub is not an issuer: {e}")))?,
     };
-    // serde_json's map is ordered by key, so this hash ignores key order and whitespace.
-    let request_hash: [u8; 32] = Sha256::digest(canonical.to_string().as_bytes()).into();
+    let request_hash: [u8; 32] = Sha256::digest(canonical_json(canonical).as_bytes()).into();
     Ok(NewOrder {
         id: OrderId::new(),
         issuer,

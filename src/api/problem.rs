@@ -47,6 +47,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("token subject {sub:?} cannot submit as issuer {issuer:?}")]
     IssuerMismatch { sub: String, issuer: String },
+    #[error("this route does not accept that method")]
+    MethodNotAllowed,
     #[error("not ready: {0}")]
     NotReady(String),
     #[error("internal error")]
@@ -72,6 +74,7 @@ impl ApiError {
             Unauthorized(AuthError::WrongAudience) => (StatusCode::UNAUTHORIZED, "wrong-audience"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             IssuerMismatch { .. } => (StatusCode::FORBIDDEN, "issuer-mismatch"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-ready"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -2,13 +2,13 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::extract::{json_body, require};
+use super::extract::{json_body, require, ApiQuery};
 use super::orders::raw;
 use super::problem::{ApiError, Problem};
 use super::AppState;
@@ -156,7 +156,7 @@ pub async fn get_target(
     State(state): State<AppState>,
     principal: Principal,
     Path((chain, asset)): Path<(String, String)>,
-    Query(query): Query<TargetQuery>,
+    ApiQuery(query): ApiQuery<TargetQuery>,
 ) -> Result<Json<TargetResponse>, ApiError> {
     may_read_chain(&principal, &chain)?;
     let key = asset_key(&chain, &asset)?;
@@ -243,7 +243,7 @@ pub async fn history(
     State(state): State<AppState>,
     principal: Principal,
     Path((chain, asset)): Path<(String, String)>,
-    Query(query): Query<HistoryQuery>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<DecisionPage>, ApiError> {
     may_read_chain(&principal, &chain)?;
     let key = asset_key(&chain, &asset)?;

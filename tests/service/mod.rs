@@ -57,7 +57,9 @@ impl TestApp {
             KeySource::DevSecret(p) => p.clone(),
             _ => secret_file(),
         };
-        let app = App::start_with_pool(config, pool).await.expect("app starts");
+        let app = App::start_with_pool(config, pool)
+            .await
+            .expect("app starts");
         Self {
             base: format!("http://{}", app.addr),
             app,
@@ -103,7 +105,11 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "{:?}", response.text().await);
+        assert!(
+            response.status().is_success(),
+            "{:?}",
+            response.text().await
+        );
     }
 
     /// Submits `body` with `key` as `token`; returns the status and the JSON answer.
@@ -135,7 +141,13 @@ impl TestApp {
 }
 
 /// An order body in the API's shape.
-pub fn order(chain: &str, asset: &str, instrument: &str, reference: &str, instruction: Value) -> Value {
+pub fn order(
+    chain: &str,
+    asset: &str,
+    instrument: &str,
+    reference: &str,
+    instruction: Value,
+) -> Value {
     json!({
         "target": {"chain": chain, "asset": asset},
         "legal_basis": {"instrument": instrument, "reference": reference},
@@ -147,17 +159,35 @@ pub fn order(chain: &str, asset: &str, instrument: &str, reference: &str, instru
 pub const BOND: (&str, &str) = ("ethereum", "0xACME-BOND-2031");
 
 pub fn sec_freeze() -> Value {
-    order(BOND.0, BOND.1, "court_order", "SEC v. Acme Corp., 26-cv-0142 (S.D.N.Y.)", json!({"kind": "FREEZE"}))
+    order(
+        BOND.0,
+        BOND.1,
+        "court_order",
+        "SEC v. Acme Corp., 26-cv-0142 (S.D.N.Y.)",
+        json!({"kind": "FREEZE"}),
+    )
 }
 
 pub fn doj_seize() -> Value {
-    order(BOND.0, BOND.1, "warrant", "26-MAG-0913", json!({"kind": "SEIZE"}))
+    order(
+        BOND.0,
+        BOND.1,
+        "warrant",
+        "26-MAG-0913",
+        json!({"kind": "SEIZE"}),
+    )
 }
 
 /// Row counts of the tables a request could write.
 pub async fn table_counts(pool: &PgPool) -> Vec<(String, i64)> {
     let mut counts = Vec::new();
-    for table in ["assets", "orders", "intake_queue", "decisions", "asset_state"] {
+    for table in [
+        "assets",
+        "orders",
+        "intake_queue",
+        "decisions",
+        "asset_state",
+    ] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(pool)
             .await

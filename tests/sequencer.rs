@@ -1,0 +1,313 @@
+//! The sequencer's guarantees on a real database: one writer at a time, a deposed leader cannot
+//! write, a killed leader is replaced with nothing lost or duplicated, the sequence is gapless,
+//! the hash chain holds, and the state tables equal a replay of the log.
+
+mod service;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use regulator::domain::ledger::{first_broken_link, DecisionRecord, Head};
+use regulator::domain::{AssetKey, AssetState};
+use regulator::storage;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use service::{order, TestApp};
+use sqlx::{PgPool, Row};
+
+/// Freezes of distinct holders on `assets` bonds, so that each is APPLIED and many groups form.
+fn freeze(asset: usize, holder: usize) -> Value {
+    let mut o = order(
+        "ethereum",
+        &format!("0xBOND-{asset}"),
+        "court_order",
+        "SEC v. Many",
+        json!({"kind": "FREEZE"}),
+    );
+    o["target"]["holder"] = json!(format!("0xH{holder}"));
+    o
+}
+
+async fn register_bonds(app: &TestApp, n: usize) {
+    for i in 0..n {
+        app.register("ethereum", &format!("0xBOND-{i}"), "US", "security")
+            .await;
+    }
+}
+
+/// Every committed record, in sequence order.
+async fn log(pool: &PgPool) -> Vec<(u64, String, [u8; 32])> {
+    sqlx::query("SELECT seq, record::text, hash FROM decisions ORDER BY seq")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let seq: i64 = r.get(0);
+            let hash: Vec<u8> = r.get(2);
+            (seq as u64, r.get(1), hash.try_into().unwrap())
+        })
+        .collect()
+}
+
+/// The ledger's invariants: seqs 1..=n without a gap, the chain unbroken, the head at the last
+/// record, each order decided at most once, and the state tables equal to a replay.
+async fn assert_ledger_sound(pool: &PgPool) -> Vec<DecisionRecord> {
+    let log = log(pool).await;
+    let seqs: Vec<u64> = log.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(seqs, (1..=log.len() as u64).collect::<Vec<_>>(), "gapless");
+    assert_eq!(
+        first_broken_link(
+            Head::GENESIS,
+            log.iter().map(|(s, t, h)| (*s, t.as_str(), *h))
+        ),
+        None,
+        "hash chain"
+    );
+    let head = storage::ledger_head(pool).await.unwrap();
+    assert_eq!(head.seq, log.len() as u64);
+    if let Some((_, _, hash)) = log.last() {
+        assert_eq!(&head.hash, hash);
+    }
+
+    let records: Vec<DecisionRecord> = log
+        .iter()
+        .map(|(_, t, _)| serde_json::from_str(t).unwrap())
+        .collect();
+    let mut seen = HashSet::new();
+    for r in &records {
+        if let Some(o) = &r.order {
+            assert!(seen.insert(o.id), "order {} decided twice", o.id);
+        }
+    }
+
+    let mut replay: BTreeMap<AssetKey, AssetState> = BTreeMap::new();
+    for r in &records {
+        replay
+            .entry(r.target.asset.clone())
+            .or_default()
+            .apply(&r.effects);
+    }
+    replay.retain(|_, s| *s != AssetState::default());
+    let stored: BTreeMap<AssetKey, AssetState> = storage::all_states(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(stored, replay, "state tables equal a replay of the log");
+    records
+}
+
+/// Submits `count` orders through `app`, `concurrency` at a time; returns the order ids.
+async fn submit_many(app: &TestApp, prefix: &str, count: usize, assets: usize) -> Vec<String> {
+    let token = app.regulator("US-SEC");
+    let mut ids = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..count {
+        let client = app.client.clone();
+        let url = app.url("/v1/orders");
+        let token = token.clone();
+        let body = freeze(i % assets, i);
+        let key = format!("{prefix}-{i}");
+        handles.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .bearer_auth(token)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let v: Value = r.json().await.unwrap();
+            assert!(
+                status == StatusCode::CREATED || status == StatusCode::ACCEPTED,
+                "{status} {v}"
+            );
+            v["order_id"].as_str().unwrap().to_owned()
+        }));
+        if handles.len() >= 16 {
+            for h in handles.drain(..) {
+                ids.push(h.await.unwrap());
+            }
+        }
+    }
+    for h in handles {
+        ids.push(h.await.unwrap());
+    }
+    ids
+}
+
+async fn wait_until_decided(pool: &PgPool, orders: usize) {
+    for _ in 0..200 {
+        let decided: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM decisions WHERE order_id IS NOT NULL")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if decided as usize >= orders {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not every order was decided within 10 s");
+}
+
+async fn leading(app: &TestApp) -> bool {
+    let r: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["sequencer_leading"].as_bool().unwrap()
+}
+
+/// Two replicas on one database: both take orders, exactly one sequences them, and the log is
+/// one gapless, unbroken chain.
+#[sqlx::test]
+async fn two_sequencers_on_one_database_never_both_write(pool: PgPool) {
+    let a = TestApp::spawn_with(pool.clone(), 5).await;
+    let b = TestApp::spawn_with(pool.clone(), 5).await;
+    register_bonds(&a, 8).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        [leading(&a).await, leading(&b).await]
+            .iter()
+            .filter(|l| **l)
+            .count(),
+        1,
+        "exactly one leader"
+    );
+
+    let (ids_a, ids_b) = tokio::join!(submit_many(&a, "a", 150, 8), submit_many(&b, "b", 150, 8));
+    wait_until_decided(&pool, 300).await;
+    let records = assert_ledger_sound(&pool).await;
+    let decided: HashSet<String> = records
+        .iter()
+        .filter_map(|r| r.order.as_ref().map(|o| o.id.to_string()))
+        .collect();
+    for id in ids_a.iter().chain(&ids_b) {
+        assert!(decided.contains(id), "order {id} has a decision");
+    }
+    let epochs: i64 = sqlx::query_scalar("SELECT epoch FROM ledger_head")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(epochs, 1, "leadership never changed hands");
+    a.app.stop().await;
+    b.app.stop().await;
+}
+
+/// A leader that lost its lock (its connection died) still believes it leads; its commit is
+/// refused by the compare-and-set on the ledger head and writes nothing.
+#[sqlx::test]
+async fn a_deposed_leader_cannot_write(pool: PgPool) {
+    let mut old = pool.acquire().await.unwrap().detach();
+    let (old_epoch, old_head) = storage::try_lead(&mut old).await.unwrap().unwrap();
+    let mut rival = pool.acquire().await.unwrap().detach();
+    assert!(
+        storage::try_lead(&mut rival).await.unwrap().is_none(),
+        "the lock is exclusive"
+    );
+    drop(old); // the old leader's connection dies, and its lock with it
+    let mut new_epoch = None;
+    for _ in 0..50 {
+        if let Some((epoch, _)) = storage::try_lead(&mut rival).await.unwrap() {
+            new_epoch = Some(epoch);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(new_epoch, Some(old_epoch + 1));
+
+    // The old leader, on any connection, tries to commit a record.
+    let app = TestApp::spawn_with(pool.clone(), 0).await; // only to register and build a record
+    app.register("ethereum", "0xBOND-0", "US", "security").await;
+    app.app.stop().await;
+    let text = "{}".to_owned();
+    let sealed = regulator::domain::ledger::SealedRecord {
+        record: serde_json::from_value(json!({
+            "seq": 1, "subject": {"subject": "expiry", "hold": uuid::Uuid::now_v7()},
+            "target": {"chain": "ethereum", "asset": "0xBOND-0"}, "kind": "FREEZE",
+            "issuer": "US-SEC", "outcome": "APPLIED", "reason_code": "expired", "reason": "x",
+            "reason_detail": {"code": "expired"}, "priority": 0, "determining_policies": [],
+            "policy_version": "x",
+            "asset_attributes": {"issuer_jurisdiction": "US", "asset_class": "security"},
+            "order": null, "decided_at": chrono::Utc::now(),
+            "state_before": {"version": 0, "level": "UNLOCKED", "level_number": 0, "frozen": "none", "holds": []},
+            "state_after": {"version": 0, "level": "UNLOCKED", "level_number": 0, "frozen": "none", "holds": []},
+            "effects": [], "prev_hash": "00"
+        }))
+        .unwrap(),
+        hash: regulator::domain::ledger::record_hash(&text),
+        text,
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    let refused = storage::commit(
+        &mut conn,
+        storage::Commit {
+            epoch: old_epoch,
+            from: old_head,
+            records: std::slice::from_ref(&sealed),
+            states: Vec::new(),
+        },
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(storage::StorageError::Deposed { .. })),
+        "{refused:?}"
+    );
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(written, 0);
+}
+
+/// The leader dies mid-stream (its tasks aborted, its connections dropped, as in a crash).
+/// The standby takes over; every order gets exactly one decision and the log stays gapless.
+#[sqlx::test]
+async fn a_killed_leader_is_replaced_with_nothing_lost_or_duplicated(pool: PgPool) {
+    let first = TestApp::spawn_with(pool.clone(), 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(leading(&first).await);
+    let standby = TestApp::spawn_with(pool.clone(), 0).await;
+    register_bonds(&standby, 4).await;
+
+    let before = submit_many(&standby, "before", 60, 4).await;
+    let stream = {
+        let pool = pool.clone();
+        async move {
+            // Orders keep arriving (through the standby's API) while the leader dies.
+            let during = submit_many(&standby, "during", 120, 4).await;
+            wait_until_decided(&pool, 180).await;
+            (standby, during)
+        }
+    };
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        first.app.kill();
+    };
+    let ((standby, during), ()) = tokio::join!(stream, killer);
+    assert!(leading(&standby).await, "the standby took over");
+
+    let records = assert_ledger_sound(&pool).await;
+    let decided: HashMap<String, u64> = records
+        .iter()
+        .filter_map(|r| r.order.as_ref().map(|o| (o.id.to_string(), r.seq)))
+        .collect();
+    assert_eq!(decided.len(), 180);
+    for id in before.iter().chain(&during) {
+        assert!(decided.contains_key(id), "order {id} lost");
+    }
+    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM ledger_head")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(epoch, 2, "one change of leader");
+    standby.app.stop().await;
+}
