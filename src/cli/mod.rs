@@ -1,6 +1,7 @@
 //! Subcommands. Each returns the process exit code: 0 on success, 1 when what it checked is
 //! wrong (an invalid policy, a failed test case), 2 when it could not run.
 
+mod bench;
 mod openapi;
 mod policy;
 mod serve;
@@ -27,6 +28,10 @@ enum Command {
     Token(serve::TokenCommand),
     /// Print the OpenAPI document.
     Openapi,
+    /// Load-test the real service in-process over loopback HTTP on a fresh bench database
+    /// (dropped and recreated): single orders, batches, or both; prints decisions/s, latency
+    /// percentiles, outcomes and where the CPU went.
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
@@ -36,6 +41,7 @@ impl Cli {
             Command::Serve(args) => args.run(),
             Command::Token(cmd) => cmd.run(),
             Command::Openapi => openapi::run(),
+            Command::Bench(args) => args.run(),
         }
     }
 }
