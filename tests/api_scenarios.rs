@@ -497,3 +497,48 @@ async fn a_chain_follows_the_decision_feed(pool: PgPool) {
     drop(body);
     app.app.stop().await;
 }
+
+/// Operators see the service: liveness, readiness with the policy version, request ids echoed,
+/// and the Prometheus metrics the issue names, moved by a decision.
+#[sqlx::test]
+async fn operators_see_health_readiness_request_ids_and_metrics(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, 0).await;
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(health.headers().contains_key("x-request-id"), "a request id is generated");
+
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.headers()["x-request-id"], "trace-me-42", "and echoed");
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["policies"], 24);
+    assert_eq!(ready["policy_version"].as_str().unwrap().len(), 64);
+
+    app.register(BOND.0, BOND.1, "US", "security").await;
+    let (_, frozen) = app.submit(&app.regulator("US-SEC"), "sec-1", &sec_freeze()).await;
+    assert_eq!(decision(&frozen)["outcome"], "APPLIED");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "regulator_orders_total{kind=\"FREEZE\",outcome=\"APPLIED\"} 1",
+        "regulator_decision_latency_seconds_bucket",
+        "regulator_sequencer_batch_size_count",
+        "regulator_intake_backlog",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+    }
+    app.app.stop().await;
+}
