@@ -39,6 +39,7 @@ CREATE TABLE intake_queue (
     intake_at timestamptz NOT NULL
 );
 CREATE INDEX intake_queue_by_arrival ON intake_queue (intake_at, order_id);
+CREATE INDEX intake_queue_by_asset ON intake_queue (chain, asset, intake_at);
 
 CREATE FUNCTION notify_intake() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -143,6 +143,10 @@ impl Sequencer {
             .then(|| work.pending.last().map(|p| p.order.intake_at))
             .flatten();
 
+        let earliest = work
+            .pending
+            .first()
+            .map(|p| (p.order.target.asset.clone(), p.order.intake_at));
         let mut assets: HashMap<AssetKey, RegisteredAsset> = HashMap::new();
         let pending: Vec<Pending<Order>> = work
             .pending
@@ -158,6 +162,24 @@ impl Sequencer {
             .collect();
         let detection = detect(pending, work.now, self.config.window, horizon);
         let mut groups = detection.groups;
+        let mut next_ready_at = detection.next_ready_at;
+        if groups.is_empty() && work.truncated {
+            // Every fetched window may reach past the fetch limit (a burst inside one window).
+            // Complete the earliest window on its own rather than wait for a fetch that would
+            // return the same rows.
+            if let Some((key, opened)) = earliest {
+                let closes_at = opened + self.config.window;
+                if work.now >= closes_at {
+                    let window = storage::fetch_window(&mut leader.conn, &key, closes_at).await?;
+                    if let Some(first) = window.first() {
+                        assets.insert(key.clone(), first.asset.clone());
+                    }
+                    groups.push((key, window.into_iter().map(|p| p.order).collect()));
+                } else {
+                    next_ready_at = Some(closes_at);
+                }
+            }
+        }
         for asset in work.expiring {
             if !groups.iter().any(|(k, _)| *k == asset.key) {
                 groups.push((asset.key.clone(), Vec::new()));
@@ -166,7 +188,7 @@ impl Sequencer {
         }
 
         if groups.is_empty() {
-            let wake = [detection.next_ready_at, work.next_expiry]
+            let wake = [next_ready_at, work.next_expiry]
                 .into_iter()
                 .flatten()
                 .min();

@@ -405,14 +405,7 @@ pub async fn fetch_work(conn: &mut PgConnection, limit: i64) -> Result<Work, Sto
     .fetch_all(&mut *conn)
     .await?;
     let truncated = rows.len() as i64 >= limit;
-    let pending = rows
-        .iter()
-        .map(|r| {
-            let order = order_from_row(r, 0)?;
-            let asset = registered(order.target.asset.clone(), r.get(7), r.get(8))?;
-            Ok(PendingOrder { order, asset })
-        })
-        .collect::<Result<Vec<_>, StorageError>>()?;
+    let pending = pending_orders(&rows)?;
 
     let expiring = sqlx::query(
         "SELECT s.chain, s.asset, a.issuer_jurisdiction, a.asset_class
@@ -433,6 +426,41 @@ pub async fn fetch_work(conn: &mut PgConnection, limit: i64) -> Result<Work, Sto
         expiring,
         next_expiry,
     })
+}
+
+/// Every pending order on `key` stamped at or before `closes_at`: one whole conflict window,
+/// whatever the fetch limit.
+pub async fn fetch_window(
+    conn: &mut PgConnection,
+    key: &AssetKey,
+    closes_at: DateTime<Utc>,
+) -> Result<Vec<PendingOrder>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT o.order_id, o.issuer, o.chain, o.asset, o.holder, o.intake_at, o.body,
+                a.issuer_jurisdiction, a.asset_class
+         FROM intake_queue q
+         JOIN orders o ON o.order_id = q.order_id
+         JOIN assets a ON a.chain = q.chain AND a.asset = q.asset
+         WHERE q.chain = $1 AND q.asset = $2 AND q.intake_at <= $3
+         ORDER BY q.intake_at, q.order_id",
+    )
+    .bind(key.chain.as_str())
+    .bind(key.asset.as_str())
+    .bind(closes_at)
+    .fetch_all(&mut *conn)
+    .await?;
+    pending_orders(&rows)
+}
+
+/// Reads rows of (order columns, issuer_jurisdiction, asset_class).
+fn pending_orders(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<PendingOrder>, StorageError> {
+    rows.iter()
+        .map(|r| {
+            let order = order_from_row(r, 0)?;
+            let asset = registered(order.target.asset.clone(), r.get(7), r.get(8))?;
+            Ok(PendingOrder { order, asset })
+        })
+        .collect()
 }
 
 /// Loads the states of `keys`; an asset never touched has the empty state.

@@ -311,3 +311,82 @@ async fn a_killed_leader_is_replaced_with_nothing_lost_or_duplicated(pool: PgPoo
     assert_eq!(epoch, 2, "one change of leader");
     standby.app.stop().await;
 }
+
+/// A burst larger than the sequencer's fetch limit lands inside one window on one asset: the
+/// window is completed on its own and decided as one group, instead of waiting forever for a
+/// fetch that would return the same rows.
+#[sqlx::test]
+async fn a_window_larger_than_the_fetch_limit_is_decided_whole(pool: PgPool) {
+    use regulator::domain::{
+        AssetClass, AssetId, ChainId, HolderAddress, Instruction, Instrument, IssuerId,
+        JurisdictionCode, LegalBasis, OrderId, RegisteredAsset, Target,
+    };
+    use regulator::storage::{NewOrder, OrderBody};
+    use std::sync::Arc;
+
+    let key = AssetKey {
+        chain: ChainId::parse("ethereum").unwrap(),
+        asset: AssetId::parse("0xBOND-0").unwrap(),
+    };
+    storage::upsert_asset(
+        &pool,
+        &RegisteredAsset {
+            key: key.clone(),
+            issuer_jurisdiction: JurisdictionCode::parse("US").unwrap(),
+            asset_class: AssetClass::parse("security").unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    let burst: Vec<NewOrder> = (0..30)
+        .map(|i| NewOrder {
+            id: OrderId::new(),
+            issuer: IssuerId::parse("US-SEC").unwrap(),
+            idempotency_key: format!("burst-{i}"),
+            request_hash: [0; 32],
+            target: Target {
+                asset: key.clone(),
+                holder: Some(HolderAddress::parse(format!("0xH{i}")).unwrap()),
+            },
+            body: OrderBody {
+                legal_basis: LegalBasis {
+                    instrument: Instrument::parse("court_order").unwrap(),
+                    reference: "SEC v. Many".into(),
+                },
+                instruction: Instruction::Freeze { amount: None },
+            },
+        })
+        .collect();
+    storage::intake(&pool, &burst).await.unwrap();
+
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let engine = Arc::new(regulator::policy::PolicyEngine::new(
+        regulator::policy::PolicyBundle::load_dir(&policies).unwrap(),
+    ));
+    let sequencer = regulator::sequencer::Sequencer::new(
+        pool.clone(),
+        engine,
+        Arc::new(regulator::hub::Hub::new(0)),
+        regulator::sequencer::SequencerConfig {
+            window: chrono::Duration::milliseconds(200),
+            fetch_limit: 10,
+            poll: Duration::from_millis(50),
+        },
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(sequencer.run(stopped));
+    wait_until_decided(&pool, 30).await;
+    stop.send_replace(true);
+    running.await.unwrap();
+
+    let records = assert_ledger_sound(&pool).await;
+    assert_eq!(records.len(), 30);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.decided_at == records[0].decided_at),
+        "one group, one commit"
+    );
+    assert!(records.iter().all(|r| r.outcome.as_str() == "APPLIED"));
+}
