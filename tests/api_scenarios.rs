@@ -505,7 +505,10 @@ async fn operators_see_health_readiness_request_ids_and_metrics(pool: PgPool) {
     let app = TestApp::spawn_with(pool, 0).await;
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    assert!(health.headers().contains_key("x-request-id"), "a request id is generated");
+    assert!(
+        health.headers().contains_key("x-request-id"),
+        "a request id is generated"
+    );
 
     let ready = app
         .client
@@ -521,7 +524,9 @@ async fn operators_see_health_readiness_request_ids_and_metrics(pool: PgPool) {
     assert_eq!(ready["policy_version"].as_str().unwrap().len(), 64);
 
     app.register(BOND.0, BOND.1, "US", "security").await;
-    let (_, frozen) = app.submit(&app.regulator("US-SEC"), "sec-1", &sec_freeze()).await;
+    let (_, frozen) = app
+        .submit(&app.regulator("US-SEC"), "sec-1", &sec_freeze())
+        .await;
     assert_eq!(decision(&frozen)["outcome"], "APPLIED");
     let metrics = app
         .client
