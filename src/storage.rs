@@ -707,7 +707,7 @@ pub async fn decisions_after(
     Ok(rows.into_iter().map(stored_decision).collect())
 }
 
-/// The decisions for `orders` among those after `after`.
+/// The decisions of `orders` (those decided so far), in sequence order.
 pub async fn decisions_for_orders(
     pool: &PgPool,
     orders: &[Uuid],

@@ -98,8 +98,22 @@ async fn assert_ledger_sound(pool: &PgPool) -> Vec<DecisionRecord> {
     records
 }
 
-/// Submits `count` orders through `app`, `concurrency` at a time; returns the order ids.
+/// Submits `count` orders through `app`, 16 at a time; returns the order ids.
 async fn submit_many(app: &TestApp, prefix: &str, count: usize, assets: usize) -> Vec<String> {
+    submit_many_with_status(app, prefix, count, assets)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Like [`submit_many`], with each answer's status.
+async fn submit_many_with_status(
+    app: &TestApp,
+    prefix: &str,
+    count: usize,
+    assets: usize,
+) -> Vec<(String, StatusCode)> {
     let token = app.regulator("US-SEC");
     let mut ids = Vec::new();
     let mut handles = Vec::new();
@@ -124,7 +138,7 @@ async fn submit_many(app: &TestApp, prefix: &str, count: usize, assets: usize) -
                 status == StatusCode::CREATED || status == StatusCode::ACCEPTED,
                 "{status} {v}"
             );
-            v["order_id"].as_str().unwrap().to_owned()
+            (v["order_id"].as_str().unwrap().to_owned(), status)
         }));
         if handles.len() >= 16 {
             for h in handles.drain(..) {

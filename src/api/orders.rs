@@ -152,7 +152,11 @@ pub async fn submit(
     let new = admit(&principal, request, key, &canonical)?;
 
     let waiter = state.hub.wait_for(new.id);
-    let intake = state.intake.submit(new.clone()).await.map_err(internal)?;
+    let intake = state
+        .intake
+        .submit(new.clone())
+        .await
+        .map_err(intake_unavailable)?;
     match intake {
         Intake::Accepted { order } => {
             let decision = waiter.wait(state.submit_wait).await;
@@ -178,7 +182,7 @@ pub async fn submit(
     }
 }
 
-fn internal(e: crate::intake::IntakeError) -> ApiError {
+fn intake_unavailable(e: crate::intake::IntakeError) -> ApiError {
     ApiError::NotReady(e.to_string())
 }
 
