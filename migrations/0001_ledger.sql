@@ -83,15 +83,25 @@ CREATE TABLE decisions (
 CREATE INDEX decisions_by_asset ON decisions (chain, asset, seq);
 CREATE INDEX decisions_by_chain ON decisions (chain, seq);
 
--- The state tables: each asset's holds, version and lease counter, always equal to a replay of
--- the decisions' effects. `next_expiry` lets the sequencer find holds due to expire.
+-- The state tables, always equal to a replay of the decisions' effects: each asset's version,
+-- lease counter and next expiry, and one row per active hold (so a decision writes only what it
+-- changes, however many holds an asset carries).
 CREATE TABLE asset_state (
-    chain       text        NOT NULL,
-    asset       text        NOT NULL,
-    version     bigint      NOT NULL,
-    state       jsonb       NOT NULL,
-    next_expiry timestamptz,
+    chain              text        NOT NULL,
+    asset              text        NOT NULL,
+    version            bigint      NOT NULL,
+    last_fencing_token bigint      NOT NULL,
+    next_expiry        timestamptz,
     PRIMARY KEY (chain, asset),
     FOREIGN KEY (chain, asset) REFERENCES assets (chain, asset)
 );
 CREATE INDEX asset_state_by_expiry ON asset_state (next_expiry) WHERE next_expiry IS NOT NULL;
+
+CREATE TABLE holds (
+    order_id uuid  PRIMARY KEY REFERENCES orders (order_id),
+    chain    text  NOT NULL,
+    asset    text  NOT NULL,
+    hold     jsonb NOT NULL,
+    FOREIGN KEY (chain, asset) REFERENCES asset_state (chain, asset) DEFERRABLE INITIALLY DEFERRED
+);
+CREATE INDEX holds_by_asset ON holds (chain, asset);

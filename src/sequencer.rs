@@ -243,11 +243,20 @@ impl Sequencer {
             }
         }
 
+        let changes = new_states
+            .iter()
+            .map(|(key, after)| {
+                let before = leader.states.get(key).ok_or_else(|| {
+                    StorageError::Corrupt(format!("no cached state for {key} at commit"))
+                })?;
+                Ok(storage::StateChange { key, before, after })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
         let commit = storage::Commit {
             epoch: leader.epoch,
             from: leader.head,
             records: &records,
-            states: new_states.iter().map(|(k, s)| (k, s)).collect(),
+            states: changes,
         };
         leader.head = storage::commit(&mut leader.conn, commit).await?;
         for (key, state) in new_states {

@@ -470,10 +470,19 @@ pub async fn load_states(
 ) -> Result<HashMap<AssetKey, AssetState>, StorageError> {
     let chains: Vec<&str> = keys.iter().map(|k| k.chain.as_str()).collect();
     let assets: Vec<&str> = keys.iter().map(|k| k.asset.as_str()).collect();
-    let rows = sqlx::query(
-        "SELECT s.chain, s.asset, s.state
+    let heads = sqlx::query(
+        "SELECT s.chain, s.asset, s.version, s.last_fencing_token
          FROM asset_state s JOIN UNNEST($1::text[], $2::text[]) AS k(chain, asset)
            ON s.chain = k.chain AND s.asset = k.asset",
+    )
+    .bind(&chains)
+    .bind(&assets)
+    .fetch_all(&mut *conn)
+    .await?;
+    let holds = sqlx::query(
+        "SELECT h.chain, h.asset, h.hold
+         FROM holds h JOIN UNNEST($1::text[], $2::text[]) AS k(chain, asset)
+           ON h.chain = k.chain AND h.asset = k.asset",
     )
     .bind(&chains)
     .bind(&assets)
@@ -483,20 +492,58 @@ pub async fn load_states(
         .iter()
         .map(|k| (k.clone(), AssetState::default()))
         .collect();
-    for r in rows {
-        let state: sqlx::types::Json<AssetState> = r.try_get(2)?;
-        states.insert(asset_key(r.get(0), r.get(1))?, state.0);
-    }
+    assemble_states(&mut states, heads, holds)?;
     Ok(states)
 }
 
-/// One group commit: the sealed records in sequence order, the assets whose state changed,
-/// and the orders decided.
+/// Builds states from `asset_state` rows (chain, asset, version, last_fencing_token) and
+/// `holds` rows (chain, asset, hold).
+fn assemble_states(
+    states: &mut HashMap<AssetKey, AssetState>,
+    heads: Vec<sqlx::postgres::PgRow>,
+    holds: Vec<sqlx::postgres::PgRow>,
+) -> Result<(), StorageError> {
+    let mut by_asset: HashMap<AssetKey, Vec<crate::domain::Hold>> = HashMap::new();
+    for r in holds {
+        let hold: sqlx::types::Json<crate::domain::Hold> = r.try_get(2)?;
+        by_asset
+            .entry(asset_key(r.get(0), r.get(1))?)
+            .or_default()
+            .push(hold.0);
+    }
+    for r in heads {
+        let key = asset_key(r.get(0), r.get(1))?;
+        let version: i64 = r.get(2);
+        let token: i64 = r.get(3);
+        let holds = by_asset.remove(&key).unwrap_or_default();
+        states.insert(
+            key,
+            AssetState::from_parts(
+                holds,
+                u64::try_from(version).map_err(corrupt)?,
+                u64::try_from(token).map_err(corrupt)?,
+            ),
+        );
+    }
+    if let Some(key) = by_asset.keys().next() {
+        return Err(corrupt(format!("holds on {key} without its asset state")));
+    }
+    Ok(())
+}
+
+/// A changed asset: its state before the round and after it.
+pub struct StateChange<'a> {
+    pub key: &'a AssetKey,
+    pub before: &'a AssetState,
+    pub after: &'a AssetState,
+}
+
+/// One group commit: the sealed records in sequence order and the assets whose state changed.
 pub struct Commit<'a> {
     pub epoch: i64,
     pub from: Head,
     pub records: &'a [SealedRecord],
-    pub states: Vec<(&'a AssetKey, &'a AssetState)>,
+    pub states: Vec<StateChange<'a>>,
 }
 
 /// Commits a group in one transaction, compare-and-setting the ledger head from `commit.from`
@@ -603,33 +650,7 @@ pub async fn commit(conn: &mut PgConnection, commit: Commit<'_>) -> Result<Head,
     .await?;
 
     if !commit.states.is_empty() {
-        let mut chains = Vec::new();
-        let mut assets = Vec::new();
-        let mut versions = Vec::new();
-        let mut states = Vec::new();
-        let mut expiries = Vec::new();
-        for (key, state) in &commit.states {
-            chains.push(key.chain.as_str());
-            assets.push(key.asset.as_str());
-            versions.push(state.version() as i64);
-            states.push(sqlx::types::Json(*state));
-            expiries.push(state.holds().filter_map(|h| h.expires_at).min());
-        }
-        sqlx::query(
-            "INSERT INTO asset_state (chain, asset, version, state, next_expiry)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::jsonb[],
-                                  $5::timestamptz[])
-             ON CONFLICT (chain, asset) DO UPDATE
-                SET version = EXCLUDED.version, state = EXCLUDED.state,
-                    next_expiry = EXCLUDED.next_expiry",
-        )
-        .bind(&chains)
-        .bind(&assets)
-        .bind(&versions)
-        .bind(&states)
-        .bind(&expiries)
-        .execute(&mut *tx)
-        .await?;
+        write_states(&mut tx, &commit.states).await?;
     }
 
     let decided_orders: Vec<Uuid> = order_ids.iter().flatten().copied().collect();
@@ -644,6 +665,77 @@ pub async fn commit(conn: &mut PgConnection, commit: Commit<'_>) -> Result<Head,
         .await?;
     tx.commit().await?;
     Ok(to)
+}
+
+/// Writes only what changed: the assets' version rows, the holds placed, the holds lifted.
+async fn write_states(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    changes: &[StateChange<'_>],
+) -> Result<(), StorageError> {
+    let mut chains = Vec::new();
+    let mut assets = Vec::new();
+    let mut versions = Vec::new();
+    let mut tokens = Vec::new();
+    let mut expiries = Vec::new();
+    let mut placed_ids = Vec::new();
+    let mut placed_chains = Vec::new();
+    let mut placed_assets = Vec::new();
+    let mut placed = Vec::new();
+    let mut lifted = Vec::new();
+    for c in changes {
+        chains.push(c.key.chain.as_str());
+        assets.push(c.key.asset.as_str());
+        versions.push(c.after.version() as i64);
+        tokens.push(c.after.last_fencing_token() as i64);
+        expiries.push(c.after.next_expiry());
+        for hold in c.after.holds() {
+            if c.before.hold(&hold.order_id).is_none() {
+                placed_ids.push(hold.order_id.as_uuid());
+                placed_chains.push(c.key.chain.as_str());
+                placed_assets.push(c.key.asset.as_str());
+                placed.push(sqlx::types::Json(hold));
+            }
+        }
+        for hold in c.before.holds() {
+            if c.after.hold(&hold.order_id).is_none() {
+                lifted.push(hold.order_id.as_uuid());
+            }
+        }
+    }
+    sqlx::query(
+        "INSERT INTO asset_state (chain, asset, version, last_fencing_token, next_expiry)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[],
+                              $5::timestamptz[])
+         ON CONFLICT (chain, asset) DO UPDATE
+            SET version = EXCLUDED.version, last_fencing_token = EXCLUDED.last_fencing_token,
+                next_expiry = EXCLUDED.next_expiry",
+    )
+    .bind(&chains)
+    .bind(&assets)
+    .bind(&versions)
+    .bind(&tokens)
+    .bind(&expiries)
+    .execute(&mut **tx)
+    .await?;
+    if !lifted.is_empty() {
+        sqlx::query("DELETE FROM holds WHERE order_id = ANY($1)")
+            .bind(&lifted)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if !placed.is_empty() {
+        sqlx::query(
+            "INSERT INTO holds (order_id, chain, asset, hold)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[])",
+        )
+        .bind(&placed_ids)
+        .bind(&placed_chains)
+        .bind(&placed_assets)
+        .bind(&placed)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// How many orders wait at intake.
@@ -747,24 +839,20 @@ pub async fn asset_history(
 
 /// The current state of one asset (the empty state if nothing was ever applied to it).
 pub async fn asset_state(pool: &PgPool, key: &AssetKey) -> Result<AssetState, StorageError> {
-    let state: Option<sqlx::types::Json<AssetState>> =
-        sqlx::query_scalar("SELECT state FROM asset_state WHERE chain = $1 AND asset = $2")
-            .bind(key.chain.as_str())
-            .bind(key.asset.as_str())
-            .fetch_optional(pool)
-            .await?;
-    Ok(state.map(|s| s.0).unwrap_or_default())
+    let mut conn = pool.acquire().await?;
+    let mut states = load_states(&mut conn, std::slice::from_ref(key)).await?;
+    Ok(states.remove(key).unwrap_or_default())
 }
 
 /// Every asset's stored state, for comparing with a replay of the log.
 pub async fn all_states(pool: &PgPool) -> Result<HashMap<AssetKey, AssetState>, StorageError> {
-    let rows = sqlx::query("SELECT chain, asset, state FROM asset_state")
+    let heads = sqlx::query("SELECT chain, asset, version, last_fencing_token FROM asset_state")
         .fetch_all(pool)
         .await?;
-    rows.into_iter()
-        .map(|r| {
-            let state: sqlx::types::Json<AssetState> = r.try_get(2)?;
-            Ok((asset_key(r.get(0), r.get(1))?, state.0))
-        })
-        .collect()
+    let holds = sqlx::query("SELECT chain, asset, hold FROM holds")
+        .fetch_all(pool)
+        .await?;
+    let mut states = HashMap::new();
+    assemble_states(&mut states, heads, holds)?;
+    Ok(states)
 }

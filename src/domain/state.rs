@@ -124,6 +124,28 @@ pub struct AssetState {
 }
 
 impl AssetState {
+    /// Rebuilds a state from its stored parts.
+    pub fn from_parts(
+        holds: impl IntoIterator<Item = Hold>,
+        version: u64,
+        last_fencing_token: u64,
+    ) -> Self {
+        Self {
+            holds: holds.into_iter().map(|h| (h.order_id, h)).collect(),
+            version,
+            last_fencing_token,
+        }
+    }
+
+    pub fn last_fencing_token(&self) -> u64 {
+        self.last_fencing_token
+    }
+
+    /// The earliest moment a hold of this asset ends by itself.
+    pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
+        self.holds.values().filter_map(|h| h.expires_at).min()
+    }
+
     pub fn version(&self) -> u64 {
         self.version
     }
