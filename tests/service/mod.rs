@@ -187,6 +187,7 @@ pub async fn table_counts(pool: &PgPool) -> Vec<(String, i64)> {
         "intake_queue",
         "decisions",
         "asset_state",
+        "holds",
     ] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(pool)
