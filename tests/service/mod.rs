@@ -21,9 +21,10 @@ pub struct TestApp {
     pub secret: PathBuf,
 }
 
+/// A fresh development secret path, under cargo's scratch directory for integration tests.
 pub fn secret_file() -> PathBuf {
-    std::env::temp_dir()
-        .join(format!("regulator-test-{}", uuid::Uuid::new_v4()))
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("dev-secret-{}", uuid::Uuid::new_v4()))
         .join("dev-secret")
 }
 
