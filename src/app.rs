@@ -109,6 +109,7 @@ impl App {
         );
         let leading = sequencer.leading();
         tasks.push(tokio::spawn(sequencer.run(shutdown_rx.clone())));
+        tasks.push(tokio::spawn(metrics_upkeep(shutdown_rx.clone())));
         tasks.push(tokio::spawn(Arc::clone(&hub).listen(
             pool.clone(),
             Arc::clone(&intake_signal),
@@ -180,6 +181,18 @@ fn check_listen(config: &Config) -> Result<(), StartError> {
         return Err(StartError::InsecureListen(config.listen));
     }
     Ok(())
+}
+
+/// Drains the recorder's histogram buffers even when nobody scrapes `/metrics`, so they do
+/// not grow without bound.
+async fn metrics_upkeep(mut shutdown: watch::Receiver<bool>) {
+    let handle = metrics_handle();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

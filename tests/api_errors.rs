@@ -12,7 +12,7 @@ use regulator::auth::{mint_dev_token, Claims, KeySource, Role};
 use reqwest::header::{HeaderMap, CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{json, Value};
-use service::{TestApp, AUDIENCE, BOND, ISSUER};
+use service::{sec_freeze, TestApp, AUDIENCE, BOND, ISSUER};
 use sqlx::PgPool;
 
 const PROBLEM_JSON: &str = "application/problem+json";
@@ -885,4 +885,35 @@ async fn bad_query_string_is_a_problem(pool: PgPool) {
         wrong.join("\n")
     );
     assert_nothing_written(&pool, &before).await;
+}
+
+/// The same key twice in one batch is one order: both slots carry its decision.
+#[sqlx::test]
+async fn the_same_key_twice_in_a_batch_is_one_order_with_one_decision(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    app.register(BOND.0, BOND.1, "US", "security").await;
+    let item = json!({"idempotency_key": "dup-1", "order": sec_freeze()});
+    for round in 0..2 {
+        let response = app
+            .client
+            .post(app.url("/v1/orders/batch"))
+            .bearer_auth(app.regulator("US-SEC"))
+            .json(&json!({"orders": [item.clone(), item.clone()]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results[0]["order_id"], results[1]["order_id"]);
+        for r in results {
+            assert_eq!(r["order_status"], "decided", "round {round}: {r}");
+            assert_eq!(r["decision"]["outcome"], "APPLIED");
+        }
+    }
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(orders, 1);
 }

@@ -391,11 +391,16 @@ pub async fn batch(
     let deadline = tokio::time::Instant::now() + state.submit_wait;
     for slot in slots.iter_mut().flatten() {
         if let Slot::Waiting { id, decision, .. } = slot {
-            if let Some(text) = known.remove(id) {
-                *decision = Some(text);
+            // One order may fill several slots (the same key twice in a batch): wait once,
+            // answer every slot.
+            if let Some(text) = known.get(id) {
+                *decision = Some(RecordText::clone(text));
             } else if let Some(waiter) = waiters.remove(id) {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 *decision = waiter.wait(left.max(Duration::from_millis(1))).await;
+                if let Some(text) = decision {
+                    known.insert(*id, RecordText::clone(text));
+                }
             }
         }
     }
