@@ -136,7 +136,12 @@ impl Sequencer {
 
     /// One round. Returns how long to wait before the next, or `None` to go again at once.
     async fn round(&self, leader: &mut Leader) -> Result<Option<StdDuration>, StorageError> {
-        let work = storage::fetch_work(&mut leader.conn, self.config.fetch_limit).await?;
+        let work = storage::fetch_work(
+            &mut leader.conn,
+            self.config.fetch_limit,
+            self.config.window > Duration::zero(),
+        )
+        .await?;
         metrics::gauge!("regulator_intake_backlog").set(work.pending.len() as f64);
         let horizon = work
             .truncated

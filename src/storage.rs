@@ -151,6 +151,10 @@ pub enum Intake {
     UnknownAsset,
 }
 
+/// Intake holds this advisory lock (shared) from before it reads the clock until it commits;
+/// the sequencer takes it exclusively to read a clock that no uncommitted intake is behind.
+const INTAKE_GATE: i64 = 0x5245_4749_4E54;
+
 /// Accepts `orders` in one transaction, all stamped with one database time.
 ///
 /// Orders whose asset is not registered, or whose (issuer, idempotency key) was used before,
@@ -177,7 +181,8 @@ pub async fn intake(pool: &PgPool, orders: &[NewOrder]) -> Result<Vec<Intake>, S
         bodies.push(sqlx::types::Json(&o.body));
     }
     let rows = sqlx::query(
-        "WITH stamp AS (SELECT clock_timestamp() AS t),
+        "WITH gate AS (SELECT pg_advisory_xact_lock_shared($10)),
+         stamp AS (SELECT clock_timestamp() AS t FROM gate),
          input AS (
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[],
                                   $6::text[], $7::text[], $8::text[], $9::jsonb[])
@@ -208,6 +213,7 @@ pub async fn intake(pool: &PgPool, orders: &[NewOrder]) -> Result<Vec<Intake>, S
     .bind(&holders)
     .bind(&kinds)
     .bind(&bodies)
+    .bind(INTAKE_GATE)
     .fetch_all(pool)
     .await?;
     let accepted: HashMap<Uuid, DateTime<Utc>> =
@@ -382,13 +388,29 @@ pub struct Work {
     pub next_expiry: Option<DateTime<Utc>>,
 }
 
-pub async fn fetch_work(conn: &mut PgConnection, limit: i64) -> Result<Work, StorageError> {
-    let clock = sqlx::query(
-        "SELECT clock_timestamp(),
-                (SELECT min(next_expiry) FROM asset_state WHERE next_expiry > clock_timestamp())",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+/// Fetches what there is to decide. With `settle_intake`, first waits for every intake
+/// transaction in flight to commit, so that every order stamped at or before the returned `now`
+/// is visible: a window that has closed by `now` is then complete. (With a window of 0 only
+/// orders of one statement group together, and they commit together, so it is not needed.)
+pub async fn fetch_work(
+    conn: &mut PgConnection,
+    limit: i64,
+    settle_intake: bool,
+) -> Result<Work, StorageError> {
+    const CLOCK: &str = "SELECT clock_timestamp(),
+                (SELECT min(next_expiry) FROM asset_state WHERE next_expiry > clock_timestamp())";
+    let clock = if settle_intake {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(INTAKE_GATE)
+            .execute(&mut *tx)
+            .await?;
+        let clock = sqlx::query(CLOCK).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        clock
+    } else {
+        sqlx::query(CLOCK).fetch_one(&mut *conn).await?
+    };
     let now: DateTime<Utc> = clock.get(0);
     let next_expiry: Option<DateTime<Utc>> = clock.get(1);
 

@@ -404,3 +404,63 @@ async fn a_window_larger_than_the_fetch_limit_is_decided_whole(pool: PgPool) {
     );
     assert!(records.iter().all(|r| r.outcome.as_str() == "APPLIED"));
 }
+
+/// With a window W > 0, an order stamped inside a group's window is always decided in that
+/// group, even when its intake transaction commits after the window's end has passed on the
+/// database clock (the sequencer waits for in-flight intake before reading the clock).
+#[sqlx::test]
+async fn no_order_stamped_inside_a_window_is_left_out_of_its_group(pool: PgPool) {
+    let window_ms = 20;
+    let app = TestApp::spawn_with(pool.clone(), window_ms).await;
+    register_bonds(&app, 5).await;
+    let token = app.regulator("US-SEC");
+    let mut senders = Vec::new();
+    for sender in 0..8 {
+        let client = app.client.clone();
+        let url = app.url("/v1/orders/batch");
+        let token = token.clone();
+        senders.push(tokio::spawn(async move {
+            for batch in 0..6 {
+                let orders: Vec<Value> = (0..60)
+                    .map(|i| {
+                        let n = (sender * 10_000 + batch * 1_000 + i) as usize;
+                        json!({"idempotency_key": format!("k-{n}"), "order": freeze(n % 5, n)})
+                    })
+                    .collect();
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({ "orders": orders }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    wait_until_decided(&pool, 8 * 6 * 60).await;
+    assert_ledger_sound(&pool).await;
+
+    let late: i64 = sqlx::query_scalar(
+        "WITH d AS (
+             SELECT chain, asset, decided_at,
+                    (record::jsonb -> 'order' ->> 'intake_at')::timestamptz AS intake_at
+             FROM decisions WHERE order_id IS NOT NULL),
+         g AS (SELECT chain, asset, decided_at, min(intake_at) AS opened FROM d GROUP BY 1, 2, 3)
+         SELECT count(*) FROM d JOIN g USING (chain, asset)
+         WHERE d.decided_at > g.decided_at
+           AND d.intake_at BETWEEN g.opened AND g.opened + make_interval(secs => $1 / 1000.0)",
+    )
+    .bind(window_ms as f64)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        late, 0,
+        "orders decided after the group whose window they fell in"
+    );
+    app.app.stop().await;
+}
