@@ -45,6 +45,8 @@ pub enum StartError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("cannot start the sequencer's thread: {0}")]
+    Thread(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -60,6 +62,8 @@ pub struct App {
     pub addr: SocketAddr,
     pub pool: PgPool,
     shutdown: watch::Sender<bool>,
+    /// Ends the sequencer's thread at once, dropping its connection mid-flight.
+    kill: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -108,7 +112,8 @@ impl App {
             Arc::clone(&intake_signal),
         );
         let leading = sequencer.leading();
-        tasks.push(tokio::spawn(sequencer.run(shutdown_rx.clone())));
+        let (kill, killed) = watch::channel(false);
+        tasks.push(spawn_sequencer(sequencer, shutdown_rx.clone(), killed)?);
         tasks.push(tokio::spawn(metrics_upkeep(shutdown_rx.clone())));
         tasks.push(tokio::spawn(Arc::clone(&hub).listen(
             pool.clone(),
@@ -152,6 +157,7 @@ impl App {
             addr,
             pool,
             shutdown,
+            kill,
             tasks,
         })
     }
@@ -170,10 +176,47 @@ impl App {
 
     /// Ends every task at once, as a crash would: connections drop, the lock goes with them.
     pub fn kill(self) {
+        self.kill.send_replace(true);
         for task in &self.tasks {
             task.abort();
         }
     }
+}
+
+/// Runs the sequencer on a thread and runtime of its own: it is the one serial step every
+/// decision passes through, so it should not queue behind HTTP handlers for a turn on the
+/// shared runtime. The returned task ends when the sequencer does.
+fn spawn_sequencer(
+    sequencer: Sequencer,
+    shutdown: watch::Receiver<bool>,
+    mut killed: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, StartError> {
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("sequencer".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the sequencer's runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = sequencer.run(shutdown) => {}
+                    _ = killed.wait_for(|k| *k) => {}
+                }
+            });
+            let _ = done.send(());
+        })
+        .map_err(StartError::Thread)?;
+    Ok(tokio::spawn(async move {
+        let _ = finished.await;
+    }))
 }
 
 fn check_listen(config: &Config) -> Result<(), StartError> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{watch, Notify};
 
 use crate::decide::decide_group;
@@ -108,9 +108,10 @@ impl Sequencer {
     }
 
     async fn candidate(&self) -> Result<Option<Leader>, StorageError> {
-        // Detached: when the leader is dropped, the connection closes and the lock goes with it,
-        // instead of returning to the pool still holding the lock.
-        let mut conn = self.pool.acquire().await?.detach();
+        // A connection of its own, outside the pool: when the leader is dropped it closes and
+        // the lock goes with it (a pooled one would return to the pool still holding the lock),
+        // and it lives on the sequencer's own runtime.
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
         match storage::try_lead(&mut conn).await? {
             Some((epoch, head)) => Ok(Some(Leader {
                 conn,
@@ -220,10 +221,15 @@ impl Sequencer {
         let policy_version = self.engine.bundle().hash().to_owned();
         let mut head = leader.head;
         let mut records: Vec<SealedRecord> = Vec::new();
-        let mut new_states: Vec<(AssetKey, AssetState)> = Vec::new();
+        // States after this round's groups so far; an asset may have several groups (windows)
+        // in one round, each meeting the state the previous one left.
+        let mut working: HashMap<AssetKey, AssetState> = HashMap::new();
         for (key, orders) in groups {
-            let (Some(asset), Some(before)) = (assets.get(&key), leader.states.get(&key)) else {
-                continue;
+            let missing = || StorageError::Corrupt(format!("no state or attributes for {key}"));
+            let asset = assets.get(&key).ok_or_else(missing)?;
+            let before = match working.get(&key) {
+                Some(state) => state,
+                None => leader.states.get(&key).ok_or_else(missing)?,
             };
             let resolution =
                 match decide_group(&self.engine, asset, before, orders.clone(), work.now) {
@@ -244,9 +250,10 @@ impl Sequencer {
                 .map_err(|e| StorageError::Corrupt(e.to_string()))?;
             records.extend(sealed);
             if resolution.state != *before {
-                new_states.push((key, resolution.state));
+                working.insert(key, resolution.state);
             }
         }
+        let new_states: Vec<(AssetKey, AssetState)> = working.into_iter().collect();
 
         let changes = new_states
             .iter()

@@ -19,7 +19,8 @@ pub struct Pending<T> {
 /// The groups that can be decided now, and when to look again for the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detection<T> {
-    /// Ready groups, ordered by the intake time of their first order, then by asset.
+    /// Ready groups, ordered by the intake time of their first order, then by asset; one asset's
+    /// consecutive windows come in time order, each its own group.
     pub groups: Vec<(AssetKey, Vec<T>)>,
     /// The earliest moment a group that is not ready yet will be; `None` if nothing waits.
     pub next_ready_at: Option<DateTime<Utc>>,
@@ -44,19 +45,26 @@ pub fn detect<T>(
     let mut ready = Vec::new();
     let mut next_ready_at: Option<DateTime<Utc>> = None;
     for (asset, mut orders) in by_asset {
-        let Some(first) = orders.iter().map(|p| p.intake_at).min() else {
-            continue;
-        };
-        let closes_at = first + window;
-        let complete = horizon.is_none_or(|h| closes_at < h);
-        if now < closes_at || !complete {
-            if complete {
-                next_ready_at = Some(next_ready_at.map_or(closes_at, |n| n.min(closes_at)));
+        orders.sort_by_key(|p| p.intake_at);
+        // Consecutive windows of one asset may all be closed: take each, in order.
+        while let Some(first) = orders.first().map(|p| p.intake_at) {
+            let closes_at = first + window;
+            let complete = horizon.is_none_or(|h| closes_at < h);
+            if now < closes_at || !complete {
+                if complete {
+                    next_ready_at = Some(next_ready_at.map_or(closes_at, |n| n.min(closes_at)));
+                }
+                break;
             }
-            continue;
+            let split = orders.partition_point(|p| p.intake_at <= closes_at);
+            let rest = orders.split_off(split);
+            let group = std::mem::replace(&mut orders, rest);
+            ready.push((
+                first,
+                asset.clone(),
+                group.into_iter().map(|p| p.item).collect(),
+            ));
         }
-        orders.retain(|p| p.intake_at <= closes_at);
-        ready.push((first, asset, orders.into_iter().map(|p| p.item).collect()));
     }
     ready.sort_by(|a: &(DateTime<Utc>, AssetKey, Vec<T>), b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     Detection {
@@ -102,10 +110,29 @@ mod tests {
     }
 
     #[test]
+    fn consecutive_closed_windows_of_one_asset_are_separate_groups_in_order() {
+        let w = Duration::milliseconds(10);
+        let pending = vec![p("a", 30, 4), p("a", 0, 1), p("a", 5, 2), p("a", 20, 3)];
+        let d = detect(pending, at(100), w, None);
+        assert_eq!(
+            d.groups,
+            vec![(key("a"), vec![1, 2]), (key("a"), vec![3, 4])],
+            "[0, 10] then [20, 30]"
+        );
+    }
+
+    #[test]
     fn a_zero_window_groups_only_equal_intake_times() {
         let pending = vec![p("a", 5, 1), p("a", 5, 2), p("a", 6, 3), p("b", 1, 4)];
         let d = detect(pending, at(10), Duration::zero(), None);
-        assert_eq!(d.groups, vec![(key("b"), vec![4]), (key("a"), vec![1, 2])]);
+        assert_eq!(
+            d.groups,
+            vec![
+                (key("b"), vec![4]),
+                (key("a"), vec![1, 2]),
+                (key("a"), vec![3])
+            ]
+        );
         assert_eq!(d.next_ready_at, None);
     }
 
