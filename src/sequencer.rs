@@ -242,6 +242,7 @@ impl Sequencer {
             let ctx = GroupContext {
                 asset,
                 before,
+                after: &resolution.state,
                 orders: &orders,
                 policy_version: &policy_version,
                 decided_at: work.now,
@@ -249,7 +250,8 @@ impl Sequencer {
             let sealed = seal_group(&ctx, &resolution.decisions, &mut head)
                 .map_err(|e| StorageError::Corrupt(e.to_string()))?;
             records.extend(sealed);
-            if resolution.state != *before {
+            // The version moves exactly when a decision changes the state.
+            if resolution.state.version() != before.version() {
                 working.insert(key, resolution.state);
             }
         }
@@ -257,13 +259,8 @@ impl Sequencer {
 
         let changes = new_states
             .iter()
-            .map(|(key, after)| {
-                let before = leader.states.get(key).ok_or_else(|| {
-                    StorageError::Corrupt(format!("no cached state for {key} at commit"))
-                })?;
-                Ok(storage::StateChange { key, before, after })
-            })
-            .collect::<Result<Vec<_>, StorageError>>()?;
+            .map(|(key, after)| storage::StateChange { key, after })
+            .collect();
         let commit = storage::Commit {
             epoch: leader.epoch,
             from: leader.head,

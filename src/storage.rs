@@ -553,10 +553,10 @@ fn assemble_states(
     Ok(())
 }
 
-/// A changed asset: its state before the round and after it.
+/// A changed asset and its state after the round; the holds to write come from the records'
+/// effects.
 pub struct StateChange<'a> {
     pub key: &'a AssetKey,
-    pub before: &'a AssetState,
     pub after: &'a AssetState,
 }
 
@@ -672,7 +672,7 @@ pub async fn commit(conn: &mut PgConnection, commit: Commit<'_>) -> Result<Head,
     .await?;
 
     if !commit.states.is_empty() {
-        write_states(&mut tx, &commit.states).await?;
+        write_states(&mut tx, &commit.states, commit.records).await?;
     }
 
     let decided_orders: Vec<Uuid> = order_ids.iter().flatten().copied().collect();
@@ -689,40 +689,50 @@ pub async fn commit(conn: &mut PgConnection, commit: Commit<'_>) -> Result<Head,
     Ok(to)
 }
 
-/// Writes only what changed: the assets' version rows, the holds placed, the holds lifted.
+/// Writes only what changed: the assets' version rows, and the holds the round's effects placed
+/// and lifted (a hold placed and lifted in the same round is never written).
 async fn write_states(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     changes: &[StateChange<'_>],
+    records: &[SealedRecord],
 ) -> Result<(), StorageError> {
     let mut chains = Vec::new();
     let mut assets = Vec::new();
     let mut versions = Vec::new();
     let mut tokens = Vec::new();
     let mut expiries = Vec::new();
-    let mut placed_ids = Vec::new();
-    let mut placed_chains = Vec::new();
-    let mut placed_assets = Vec::new();
-    let mut placed = Vec::new();
-    let mut lifted = Vec::new();
     for c in changes {
         chains.push(c.key.chain.as_str());
         assets.push(c.key.asset.as_str());
         versions.push(c.after.version() as i64);
         tokens.push(c.after.last_fencing_token() as i64);
         expiries.push(c.after.next_expiry());
-        for hold in c.after.holds() {
-            if c.before.hold(&hold.order_id).is_none() {
-                placed_ids.push(hold.order_id.as_uuid());
-                placed_chains.push(c.key.chain.as_str());
-                placed_assets.push(c.key.asset.as_str());
-                placed.push(sqlx::types::Json(hold));
+    }
+    let mut placed: HashMap<OrderId, &crate::domain::Hold> = HashMap::new();
+    let mut lifted: Vec<Uuid> = Vec::new();
+    for record in records {
+        for effect in &record.record.effects {
+            match effect {
+                crate::domain::Effect::Place { hold } => {
+                    placed.insert(hold.order_id, hold);
+                }
+                crate::domain::Effect::Lift { order_id, .. } => {
+                    if placed.remove(order_id).is_none() {
+                        lifted.push(order_id.as_uuid());
+                    }
+                }
             }
         }
-        for hold in c.before.holds() {
-            if c.after.hold(&hold.order_id).is_none() {
-                lifted.push(hold.order_id.as_uuid());
-            }
-        }
+    }
+    let mut placed_ids = Vec::with_capacity(placed.len());
+    let mut placed_chains = Vec::with_capacity(placed.len());
+    let mut placed_assets = Vec::with_capacity(placed.len());
+    let mut placed_holds = Vec::with_capacity(placed.len());
+    for (id, hold) in placed {
+        placed_ids.push(id.as_uuid());
+        placed_chains.push(hold.target.asset.chain.as_str());
+        placed_assets.push(hold.target.asset.asset.as_str());
+        placed_holds.push(sqlx::types::Json(hold));
     }
     sqlx::query(
         "INSERT INTO asset_state (chain, asset, version, last_fencing_token, next_expiry)
@@ -745,7 +755,7 @@ async fn write_states(
             .execute(&mut **tx)
             .await?;
     }
-    if !placed.is_empty() {
+    if !placed_ids.is_empty() {
         sqlx::query(
             "INSERT INTO holds (order_id, chain, asset, hold)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[])",
@@ -753,7 +763,7 @@ async fn write_states(
         .bind(&placed_ids)
         .bind(&placed_chains)
         .bind(&placed_assets)
-        .bind(&placed)
+        .bind(&placed_holds)
         .execute(&mut **tx)
         .await?;
     }

@@ -314,7 +314,7 @@ pub async fn batch(
     let mut slots: Vec<Option<Slot>> = Vec::with_capacity(request.orders.len());
     let mut admitted: Vec<(usize, NewOrder)> = Vec::new();
     for (index, item) in request.orders.into_iter().enumerate() {
-        let parsed = serde_json::from_value::<BatchItem>(item.clone())
+        let parsed = BatchItem::deserialize(&item)
             .map_err(ApiError::from)
             .and_then(|b| {
                 let key = parse_idempotency_key(&b.idempotency_key)?;

@@ -124,6 +124,8 @@ pub struct GroupContext<'a> {
     pub asset: &'a RegisteredAsset,
     /// The state the group met (before any expiry it contains).
     pub before: &'a AssetState,
+    /// The state the group left.
+    pub after: &'a AssetState,
     /// The group's orders, to embed in their decisions.
     pub orders: &'a [Order],
     pub policy_version: &'a str,
@@ -139,9 +141,12 @@ pub fn seal_group(
     decisions: &[Decision],
     head: &mut Head,
 ) -> Result<Vec<SealedRecord>, serde_json::Error> {
-    let mut state = ctx.before.clone();
+    // A lone decision goes from `before` to `after`; only a longer group needs the states in
+    // between, replayed on a copy.
+    let mut replay: Option<AssetState> = (decisions.len() > 1).then(|| ctx.before.clone());
     let mut sealed = Vec::with_capacity(decisions.len());
     for decision in decisions {
+        let current = replay.as_ref().unwrap_or(ctx.before);
         let (order, target, kind, issuer) = match decision.subject {
             Subject::Order { order_id } => {
                 let Some(order) = ctx.orders.iter().find(|o| o.id == order_id) else {
@@ -157,7 +162,7 @@ pub fn seal_group(
                 )
             }
             Subject::Expiry { hold } => {
-                let Some(h) = state.hold(&hold) else {
+                let Some(h) = current.hold(&hold) else {
                     return Err(serde::ser::Error::custom(format!(
                         "expiry of hold {hold} that is not active"
                     )));
@@ -165,9 +170,14 @@ pub fn seal_group(
                 (None, h.target.clone(), h.kind, h.issuer.clone())
             }
         };
-        let state_before = TargetState::of(&state, target.holder.as_ref());
-        state.apply(&decision.effects);
-        let state_after = TargetState::of(&state, target.holder.as_ref());
+        let state_before = TargetState::of(current, target.holder.as_ref());
+        let state_after = match replay.as_mut() {
+            Some(state) => {
+                state.apply(&decision.effects);
+                TargetState::of(state, target.holder.as_ref())
+            }
+            None => TargetState::of(ctx.after, target.holder.as_ref()),
+        };
         let record = DecisionRecord {
             seq: head.seq + 1,
             subject: decision.subject,

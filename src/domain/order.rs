@@ -204,11 +204,12 @@ impl From<Target> for TargetWire {
 impl Target {
     /// Two scopes overlap when either covers the whole asset or both name the same holder.
     pub fn overlaps(&self, other: &Target) -> bool {
-        self.asset == other.asset
-            && match (&self.holder, &other.holder) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            }
+        // Holders first: within one asset's state they are what differs.
+        let holders_meet = match (&self.holder, &other.holder) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        holders_meet && self.asset == other.asset
     }
 }
 

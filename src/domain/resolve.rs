@@ -567,8 +567,9 @@ fn release(order: &Order, hold: &Hold) -> Result<Vec<Effect>, Reason> {
 fn check_custody(state: &AssetState, candidate: &Candidate) -> Result<(), Reason> {
     let order = &candidate.order;
     let strongest_rival = state
-        .overlapping(&order.target)
+        .holds()
         .filter(|h| h.kind.takes_custody() && h.issuer != order.issuer)
+        .filter(|h| h.target.overlaps(&order.target))
         .max_by_key(|h| (h.priority, Reverse(h.order_id)));
     match strongest_rival {
         None => Ok(()),
@@ -588,8 +589,9 @@ fn check_custody(state: &AssetState, candidate: &Candidate) -> Result<(), Reason
 fn place(state: &AssetState, hold: Hold) -> Vec<Effect> {
     let revoked: Vec<Effect> = if hold.level() >= LockLevel::BLOCKING {
         state
-            .overlapping(&hold.target)
+            .holds()
             .filter(|h| h.kind == OrderKind::Preempt)
+            .filter(|h| h.target.overlaps(&hold.target))
             .map(|lease| Effect::Lift {
                 order_id: lease.order_id,
                 cause: LiftCause::Revoked { by: hold.order_id },

@@ -1,6 +1,7 @@
 //! The lock state of one asset: one hold per order, never a single overwritten status.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -115,9 +116,12 @@ pub enum Frozen {
 }
 
 /// The state of one asset: its active holds, its version and its lease counter.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Holds are shared (`Arc`): the sequencer copies a state for every group it decides, and an
+/// asset may carry many holds, so a copy should not copy them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AssetState {
-    holds: BTreeMap<OrderId, Hold>,
+    holds: BTreeMap<OrderId, Arc<Hold>>,
     /// Bumped once per decision that changes the state; a chain that sees a jump knows it missed one.
     version: u64,
     last_fencing_token: u64,
@@ -131,7 +135,10 @@ impl AssetState {
         last_fencing_token: u64,
     ) -> Self {
         Self {
-            holds: holds.into_iter().map(|h| (h.order_id, h)).collect(),
+            holds: holds
+                .into_iter()
+                .map(|h| (h.order_id, Arc::new(h)))
+                .collect(),
             version,
             last_fencing_token,
         }
@@ -151,11 +158,11 @@ impl AssetState {
     }
 
     pub fn holds(&self) -> impl Iterator<Item = &Hold> {
-        self.holds.values()
+        self.holds.values().map(|h| h.as_ref())
     }
 
     pub fn hold(&self, order_id: &OrderId) -> Option<&Hold> {
-        self.holds.get(order_id)
+        self.holds.get(order_id).map(|h| h.as_ref())
     }
 
     /// The holds that apply to `holder` (asset-wide ones included); `None` asks for the holds that
@@ -164,7 +171,10 @@ impl AssetState {
         &'a self,
         holder: Option<&'a HolderAddress>,
     ) -> impl Iterator<Item = &'a Hold> + 'a {
-        self.holds.values().filter(move |h| h.covers(holder))
+        self.holds
+            .values()
+            .map(|h| h.as_ref())
+            .filter(move |h| h.covers(holder))
     }
 
     /// The maximum level over the active holds that apply to `holder`.
@@ -201,9 +211,7 @@ impl AssetState {
 
     /// Holds that overlap `target` (see [`Target::overlaps`]).
     pub fn overlapping<'a>(&'a self, target: &'a Target) -> impl Iterator<Item = &'a Hold> + 'a {
-        self.holds
-            .values()
-            .filter(move |h| h.target.overlaps(target))
+        self.holds().filter(move |h| h.target.overlaps(target))
     }
 
     /// The next fencing token a lease would get.
@@ -222,7 +230,7 @@ impl AssetState {
                     if let Some(FencingToken(t)) = hold.fencing_token {
                         self.last_fencing_token = self.last_fencing_token.max(t);
                     }
-                    self.holds.insert(hold.order_id, hold.clone());
+                    self.holds.insert(hold.order_id, Arc::new(hold.clone()));
                 }
                 Effect::Lift { order_id, .. } => {
                     self.holds.remove(order_id);
