@@ -7,6 +7,7 @@
 //! covers notifications lost while the listening connection reconnects.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,9 @@ pub type RecordText = Arc<str>;
 pub struct Hub {
     waiters: Mutex<HashMap<OrderId, Vec<oneshot::Sender<RecordText>>>>,
     head: watch::Sender<u64>,
+    /// This replica's sequencer leads: every decision reaches the hub through `deliver_local`,
+    /// so notifications need no catching up.
+    leading: AtomicBool,
 }
 
 impl Hub {
@@ -31,6 +35,7 @@ impl Hub {
         Self {
             waiters: Mutex::new(HashMap::new()),
             head: watch::Sender::new(head),
+            leading: AtomicBool::new(false),
         }
     }
 
@@ -76,6 +81,28 @@ impl Hub {
         });
     }
 
+    /// This replica's sequencer has just taken the lead on `conn`. Taking it waited for the
+    /// previous leader's last commit, so one catch-up now delivers everything decided before;
+    /// from here on, every decision comes through [`Hub::deliver_local`].
+    pub async fn lead(&self, conn: &mut sqlx::PgConnection, head: u64) -> Result<(), StorageError> {
+        let wanted: Vec<uuid::Uuid> = self.lock_waiters().keys().map(|o| o.as_uuid()).collect();
+        if !wanted.is_empty() {
+            for d in storage::decisions_for_orders(&mut *conn, &wanted).await? {
+                if let Some(order) = d.order_id {
+                    self.resolve(order, &d.record);
+                }
+            }
+        }
+        self.advance(head);
+        self.leading.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// This replica's sequencer no longer leads: decisions come from another replica again.
+    pub fn follow(&self) {
+        self.leading.store(false, Ordering::SeqCst);
+    }
+
     /// Records committed by this replica's own sequencer.
     pub fn deliver_local(&self, records: &[SealedRecord]) {
         for s in records {
@@ -90,7 +117,7 @@ impl Hub {
 
     /// The ledger reached `seq` (announced by any replica): deliver what our waiters need.
     async fn catch_up(&self, pool: &PgPool, seq: u64) -> Result<(), StorageError> {
-        if seq <= *self.head.borrow() {
+        if self.leading.load(Ordering::SeqCst) || seq <= *self.head.borrow() {
             // Our own sequencer's commit, already delivered by `deliver_local`.
             return Ok(());
         }

@@ -81,17 +81,23 @@ impl Sequencer {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
             match self.candidate().await {
-                Ok(Some(leader)) => {
+                Ok(Some(mut leader)) => {
                     tracing::info!(
                         epoch = leader.epoch,
                         seq = leader.head.seq,
                         "sequencer leads"
                     );
-                    self.leading.send_replace(true);
-                    let result = tokio::select! {
-                        r = self.lead(leader) => r,
-                        _ = shutdown.changed() => Ok(()),
+                    let result = match self.hub.lead(&mut leader.conn, leader.head.seq).await {
+                        Ok(()) => {
+                            self.leading.send_replace(true);
+                            tokio::select! {
+                                r = self.lead(leader) => r,
+                                _ = shutdown.changed() => Ok(()),
+                            }
+                        }
+                        Err(e) => Err(e),
                     };
+                    self.hub.follow();
                     self.leading.send_replace(false);
                     if let Err(error) = result {
                         tracing::warn!(%error, "sequencer stepped down");

@@ -832,15 +832,15 @@ pub async fn decisions_after(
 }
 
 /// The decisions of `orders` (those decided so far), in sequence order.
-pub async fn decisions_for_orders(
-    pool: &PgPool,
+pub async fn decisions_for_orders<'c>(
+    db: impl sqlx::PgExecutor<'c>,
     orders: &[Uuid],
 ) -> Result<Vec<StoredDecision>, StorageError> {
     let rows = sqlx::query(
         "SELECT seq, order_id, record::text FROM decisions WHERE order_id = ANY($1) ORDER BY seq",
     )
     .bind(orders)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(stored_decision).collect())
 }
