@@ -66,3 +66,51 @@ fn an_unknown_role_is_refused_by_the_token_command() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role"));
 }
+
+#[test]
+fn a_jwks_file_verifies_rs256_tokens_by_kid_and_refuses_symmetric_keys() {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let private = std::fs::read(fixtures.join("rsa-test-private.pem")).unwrap();
+    let signing = EncodingKey::from_rsa_pem(&private).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&signing, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let path = service::secret_file().with_file_name("jwks.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&JwkSet { keys: vec![jwk] }).unwrap(),
+    )
+    .unwrap();
+
+    let verifier = Verifier::new(
+        &KeySource::Jwks(path.clone()),
+        service::ISSUER,
+        service::AUDIENCE,
+    )
+    .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let claims = regulator::auth::Claims {
+        sub: "US-SEC".into(),
+        roles: vec![regulator::auth::Role::Regulator],
+        iss: service::ISSUER.into(),
+        aud: service::AUDIENCE.into(),
+        exp: now + 600,
+        nbf: None,
+        iat: now,
+    };
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let token = jsonwebtoken::encode(&header, &claims, &signing).unwrap();
+    assert_eq!(verifier.verify(&token).unwrap().sub, "US-SEC");
+
+    header.kid = Some("other".into());
+    let unknown_kid = jsonwebtoken::encode(&header, &claims, &signing).unwrap();
+    assert!(verifier.verify(&unknown_kid).is_err());
+
+    std::fs::write(&path, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).unwrap();
+    let refused = Verifier::new(&KeySource::Jwks(path), service::ISSUER, service::AUDIENCE);
+    assert!(refused.err().unwrap().to_string().contains("symmetric"));
+}
