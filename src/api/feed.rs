@@ -58,8 +58,8 @@ fn chain_filter(principal: &Principal, asked: Option<String>) -> Result<Option<S
     params(FeedQuery),
     responses(
         (status = 200, description = "A page of decisions; empty if none came within `wait`", body = DecisionPage),
-        (status = 403, body = Problem),
-        (status = 422, body = Problem),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -111,7 +111,7 @@ pub struct StreamQuery {
     params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this sequence number")),
     responses(
         (status = 200, description = "text/event-stream of `decision` events", content_type = "text/event-stream", body = String),
-        (status = 403, body = Problem),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

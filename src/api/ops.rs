@@ -34,7 +34,7 @@ pub struct Readiness {
 /// The database is reachable, the migrations are applied and the policies are loaded.
 #[utoipa::path(
     get, path = "/readyz", tag = "ops",
-    responses((status = 200, body = Readiness), (status = 503, body = Problem))
+    responses((status = 200, body = Readiness), (status = 503, body = Problem, content_type = "application/problem+json"))
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     let applied = storage::migrations_applied(&state.pool)

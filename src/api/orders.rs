@@ -132,11 +132,11 @@ fn admit(
         (status = 201, description = "Accepted and decided", body = OrderResponse),
         (status = 200, description = "A retry: the original order", body = OrderResponse),
         (status = 202, description = "Accepted, decision pending; see Location", body = OrderResponse),
-        (status = 400, description = "Malformed JSON or missing Idempotency-Key", body = Problem),
-        (status = 401, description = "Missing, invalid or expired token", body = Problem),
-        (status = 403, description = "Wrong role, or issuer is not the token's subject", body = Problem),
-        (status = 413, description = "Body too large", body = Problem),
-        (status = 422, description = "Invalid order, unknown asset, or key reused", body = Problem),
+        (status = 400, description = "Malformed JSON or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong role, or issuer is not the token's subject", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid order, unknown asset, or key reused", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -207,7 +207,7 @@ fn respond(
     params(("order_id" = String, Path, description = "The order's id")),
     responses(
         (status = 200, body = OrderResponse),
-        (status = 404, description = "No such order, or not yours to read", body = Problem),
+        (status = 404, description = "No such order, or not yours to read", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -291,10 +291,10 @@ enum Slot {
     request_body = BatchRequest,
     responses(
         (status = 200, description = "Per-item results, in input order", body = BatchResponse),
-        (status = 400, description = "Malformed JSON", body = Problem),
-        (status = 401, body = Problem),
-        (status = 413, body = Problem),
-        (status = 422, description = "Not a batch, or more than 1,000 items", body = Problem),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a batch, or more than 1,000 items", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -54,8 +54,8 @@ fn asset_key(chain: &str, asset: &str) -> Result<AssetKey, ApiError> {
     responses(
         (status = 201, description = "Registered", body = AssetResponse),
         (status = 200, description = "Attributes updated", body = AssetResponse),
-        (status = 403, body = Problem),
-        (status = 422, body = Problem),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -148,7 +148,7 @@ pub(super) fn may_read_chain(principal: &Principal, chain: &str) -> Result<(), A
     params(("chain" = String, Path), ("asset" = String, Path), TargetQuery),
     responses(
         (status = 200, body = TargetResponse),
-        (status = 404, description = "Asset not registered", body = Problem),
+        (status = 404, description = "Asset not registered", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -235,7 +235,7 @@ pub(super) fn page_limit(limit: Option<u32>) -> Result<i64, ApiError> {
     params(("chain" = String, Path), ("asset" = String, Path), HistoryQuery),
     responses(
         (status = 200, body = DecisionPage),
-        (status = 404, description = "Asset not registered", body = Problem),
+        (status = 404, description = "Asset not registered", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
