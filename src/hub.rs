@@ -85,16 +85,23 @@ impl Hub {
     /// previous leader's last commit, so one catch-up now delivers everything decided before;
     /// from here on, every decision comes through [`Hub::deliver_local`].
     pub async fn lead(&self, conn: &mut sqlx::PgConnection, head: u64) -> Result<(), StorageError> {
-        let wanted: Vec<uuid::Uuid> = self.lock_waiters().keys().map(|o| o.as_uuid()).collect();
-        if !wanted.is_empty() {
-            for d in storage::decisions_for_orders(&mut *conn, &wanted).await? {
-                if let Some(order) = d.order_id {
-                    self.resolve(order, &d.record);
-                }
-            }
-        }
+        self.deliver_waiting(&mut *conn).await?;
         self.advance(head);
         self.leading.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Hands every waiting request whose order is decided its record.
+    async fn deliver_waiting<'c>(&self, db: impl sqlx::PgExecutor<'c>) -> Result<(), StorageError> {
+        let wanted: Vec<uuid::Uuid> = self.lock_waiters().keys().map(|o| o.as_uuid()).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for d in storage::decisions_for_orders(db, &wanted).await? {
+            if let Some(order) = d.order_id {
+                self.resolve(order, &d.record);
+            }
+        }
         Ok(())
     }
 
@@ -121,14 +128,7 @@ impl Hub {
             // Our own sequencer's commit, already delivered by `deliver_local`.
             return Ok(());
         }
-        let wanted: Vec<uuid::Uuid> = self.lock_waiters().keys().map(|o| o.as_uuid()).collect();
-        if !wanted.is_empty() {
-            for d in storage::decisions_for_orders(pool, &wanted).await? {
-                if let Some(order) = d.order_id {
-                    self.resolve(order, &d.record);
-                }
-            }
-        }
+        self.deliver_waiting(pool).await?;
         self.advance(seq);
         Ok(())
     }
