@@ -1,0 +1,56 @@
+//! The database itself keeps the ledger append-only: UPDATE, DELETE and TRUNCATE on the
+//! decision log and the orders are refused, and the refused statement changes nothing.
+
+mod service;
+
+use serde_json::Value;
+use service::{sec_freeze, TestApp, BOND};
+use sqlx::PgPool;
+
+async fn refused(pool: &PgPool, sql: &str) -> String {
+    let error = sqlx::query(sql)
+        .execute(pool)
+        .await
+        .expect_err("the ledger refuses it");
+    error.to_string()
+}
+
+#[sqlx::test]
+async fn the_decision_log_and_the_orders_refuse_update_delete_and_truncate(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    app.register(BOND.0, BOND.1, "US", "security").await;
+    let (_, decided) = app
+        .submit(&app.regulator("US-SEC"), "sec-1", &sec_freeze())
+        .await;
+    assert_eq!(decided["decision"]["outcome"], "APPLIED");
+    app.app.stop().await;
+    let record_before: String = sqlx::query_scalar("SELECT record::text FROM decisions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+
+    for sql in [
+        "UPDATE decisions SET outcome = 'REJECTED'",
+        "DELETE FROM decisions",
+        "TRUNCATE decisions CASCADE",
+        "UPDATE orders SET issuer = 'US-DOJ'",
+        "DELETE FROM orders",
+        "TRUNCATE orders CASCADE",
+    ] {
+        let message = refused(&pool, sql).await;
+        assert!(message.contains("append-only"), "{sql}: {message}");
+    }
+
+    let record_after: String = sqlx::query_scalar("SELECT record::text FROM decisions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(record_after, record_before);
+    let issuer: String = sqlx::query_scalar("SELECT issuer FROM orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(issuer, "US-SEC");
+    let record: Value = serde_json::from_str(&record_after).unwrap();
+    assert_eq!(record["outcome"], "APPLIED");
+}
