@@ -11,14 +11,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{watch, Notify};
 
 use crate::decide::decide_group;
 use crate::domain::detect::{detect, Pending};
 use crate::domain::ledger::{seal_group, GroupContext, Head, SealedRecord};
-use crate::domain::{AssetKey, AssetState, Order, RegisteredAsset, Subject};
+use crate::domain::{AssetKey, AssetState, Order, RegisteredAsset};
 use crate::hub::Hub;
 use crate::policy::PolicyEngine;
 use crate::storage::{self, StorageError};
@@ -303,15 +303,18 @@ fn record_metrics(records: &[SealedRecord]) {
             "outcome" => r.outcome.as_str(),
         )
         .increment(1);
-        if let (Subject::Order { .. }, Some(order)) = (r.subject, &r.order) {
+        // Only order decisions carry an order; expiries have no intake to measure from.
+        if let Some(order) = &r.order {
             metrics::counter!(
                 "regulator_orders_total",
                 "kind" => r.kind.as_str(),
                 "outcome" => r.outcome.as_str(),
             )
             .increment(1);
-            let latency: DateTime<Utc> = r.decided_at;
-            let seconds = (latency - order.intake_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            let seconds = (r.decided_at - order.intake_at)
+                .num_microseconds()
+                .unwrap_or(0) as f64
+                / 1e6;
             metrics::histogram!("regulator_decision_latency_seconds").record(seconds.max(0.0));
         }
     }

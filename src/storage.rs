@@ -368,6 +368,21 @@ pub async fn ledger_head(pool: &PgPool) -> Result<Head, StorageError> {
     head_from(row.get(0), row.get(1))
 }
 
+/// The query for pending orders with their assets' attributes, in the columns
+/// [`pending_orders`] reads, followed by `$tail` (a filter and an order).
+macro_rules! pending_orders_sql {
+    ($tail:literal) => {
+        concat!(
+            "SELECT o.order_id, o.issuer, o.chain, o.asset, o.holder, o.intake_at, o.body,
+                    a.issuer_jurisdiction, a.asset_class
+             FROM intake_queue q
+             JOIN orders o ON o.order_id = q.order_id
+             JOIN assets a ON a.chain = q.chain AND a.asset = q.asset ",
+            $tail
+        )
+    };
+}
+
 /// An undecided order with its asset's attributes, as the sequencer fetches it.
 #[derive(Debug, Clone)]
 pub struct PendingOrder {
@@ -414,15 +429,9 @@ pub async fn fetch_work(
     let now: DateTime<Utc> = clock.get(0);
     let next_expiry: Option<DateTime<Utc>> = clock.get(1);
 
-    let rows = sqlx::query(
-        "SELECT o.order_id, o.issuer, o.chain, o.asset, o.holder, o.intake_at, o.body,
-                a.issuer_jurisdiction, a.asset_class
-         FROM intake_queue q
-         JOIN orders o ON o.order_id = q.order_id
-         JOIN assets a ON a.chain = q.chain AND a.asset = q.asset
-         ORDER BY q.intake_at, q.order_id
-         LIMIT $1",
-    )
+    let rows = sqlx::query(pending_orders_sql!(
+        "ORDER BY q.intake_at, q.order_id LIMIT $1"
+    ))
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
@@ -457,15 +466,10 @@ pub async fn fetch_window(
     key: &AssetKey,
     closes_at: DateTime<Utc>,
 ) -> Result<Vec<PendingOrder>, StorageError> {
-    let rows = sqlx::query(
-        "SELECT o.order_id, o.issuer, o.chain, o.asset, o.holder, o.intake_at, o.body,
-                a.issuer_jurisdiction, a.asset_class
-         FROM intake_queue q
-         JOIN orders o ON o.order_id = q.order_id
-         JOIN assets a ON a.chain = q.chain AND a.asset = q.asset
-         WHERE q.chain = $1 AND q.asset = $2 AND q.intake_at <= $3
-         ORDER BY q.intake_at, q.order_id",
-    )
+    let rows = sqlx::query(pending_orders_sql!(
+        "WHERE q.chain = $1 AND q.asset = $2 AND q.intake_at <= $3
+             ORDER BY q.intake_at, q.order_id"
+    ))
     .bind(key.chain.as_str())
     .bind(key.asset.as_str())
     .bind(closes_at)
@@ -768,13 +772,6 @@ async fn write_states(
         .await?;
     }
     Ok(())
-}
-
-/// How many orders wait at intake.
-pub async fn intake_backlog(conn: &mut PgConnection) -> Result<i64, StorageError> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM intake_queue")
-        .fetch_one(conn)
-        .await?)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ use axum::Json;
 use futures::Stream;
 use serde::Deserialize;
 
-use super::extract::ApiQuery;
+use super::extract::{require, ApiQuery};
 use super::problem::{ApiError, Problem};
 use super::targets::{may_read_chain, page_limit, DecisionPage};
 use super::AppState;
@@ -39,17 +39,13 @@ pub struct FeedQuery {
 
 /// The chain filter the caller gets: a chain token is pinned to its own chain.
 fn chain_filter(principal: &Principal, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    require(principal, &[Role::Chain, Role::Auditor, Role::Admin])?;
     if principal.has_any(&[Role::Auditor, Role::Admin]) {
         return Ok(asked);
     }
-    if principal.has(Role::Chain) {
-        let own = asked.unwrap_or_else(|| principal.sub.clone());
-        may_read_chain(principal, &own)?;
-        return Ok(Some(own));
-    }
-    Err(ApiError::Forbidden(
-        "the feed needs one of the roles \"chain\", \"auditor\", \"admin\"".into(),
-    ))
+    let own = asked.unwrap_or_else(|| principal.sub.clone());
+    may_read_chain(principal, &own)?;
+    Ok(Some(own))
 }
 
 /// Decisions after a sequence number, optionally waiting for new ones.

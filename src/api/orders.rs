@@ -148,7 +148,7 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let canonical: serde_json::Value = json_body(body, ORDER_BODY_LIMIT)?;
-    let request: OrderRequest = serde_json::from_value(canonical.clone())?;
+    let request = OrderRequest::deserialize(&canonical)?;
     let new = admit(&principal, request, key, &canonical)?;
 
     let waiter = state.hub.wait_for(new.id);

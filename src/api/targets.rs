@@ -113,33 +113,23 @@ pub struct TargetResponse {
 
 /// Who may read a chain's targets and decisions: a chain only its own.
 pub(super) fn may_read_chain(principal: &Principal, chain: &str) -> Result<(), ApiError> {
-    if principal.has_any(&[
+    const READ_ANY_CHAIN: [Role; 4] = [
         Role::Auditor,
         Role::Admin,
         Role::Regulator,
         Role::Coordinator,
-    ]) {
+    ];
+    if principal.has_any(&READ_ANY_CHAIN) {
         return Ok(());
     }
-    if principal.has(Role::Chain) {
-        if principal.sub == chain {
-            return Ok(());
-        }
-        return Err(ApiError::Forbidden(format!(
-            "a chain token reads only its own chain ({})",
-            principal.sub
-        )));
+    require(principal, &[Role::Chain])?;
+    if principal.sub == chain {
+        return Ok(());
     }
-    require(
-        principal,
-        &[
-            Role::Auditor,
-            Role::Admin,
-            Role::Regulator,
-            Role::Coordinator,
-            Role::Chain,
-        ],
-    )
+    Err(ApiError::Forbidden(format!(
+        "a chain token reads only its own chain ({})",
+        principal.sub
+    )))
 }
 
 /// The current lock state of an asset, or of one holder's balance of it.
