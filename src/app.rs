@@ -18,6 +18,8 @@ use crate::intake::IntakeQueue;
 use crate::policy::{PolicyBundle, PolicyEngine, PolicyErrors};
 use crate::sequencer::{Sequencer, SequencerConfig};
 use crate::storage::{self, StorageError};
+use crate::webhooks::worker::Worker;
+use crate::webhooks::WebhookConfig;
 
 /// Everything a replica needs to start.
 #[derive(Debug, Clone)]
@@ -33,6 +35,7 @@ pub struct Config {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub max_connections: u32,
+    pub webhooks: WebhookConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,10 @@ pub enum StartError {
     Policies { dir: PathBuf, errors: PolicyErrors },
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot build the webhook client: {0}")]
+    WebhookClient(#[from] reqwest::Error),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("cannot start the sequencer's thread: {0}")]
@@ -78,6 +85,7 @@ impl App {
     /// Starts on an existing, migrated pool (tests give each app its own database).
     pub async fn start_with_pool(config: Config, pool: PgPool) -> Result<App, StartError> {
         check_listen(&config)?;
+        config.webhooks.check().map_err(StartError::Config)?;
         let bundle =
             PolicyBundle::load_dir(&config.policies).map_err(|errors| StartError::Policies {
                 dir: config.policies.clone(),
@@ -121,6 +129,18 @@ impl App {
             shutdown_rx.clone(),
         )));
 
+        let webhook_wake = Arc::new(Notify::new());
+        if config.webhooks.deliver {
+            let worker = Worker::new(
+                pool.clone(),
+                config.webhooks.clone(),
+                hub.head(),
+                Arc::clone(&webhook_wake),
+            )?;
+            tracing::info!(worker = %worker.owner(), "webhook delivery worker started");
+            tasks.push(tokio::spawn(worker.run(shutdown_rx.clone())));
+        }
+
         let state = AppState {
             pool: pool.clone(),
             hub,
@@ -131,6 +151,8 @@ impl App {
             submit_wait: config.submit_wait,
             metrics: metrics_handle(),
             leading,
+            webhooks: Arc::new(config.webhooks.clone()),
+            webhook_wake,
         };
         let listener =
             TcpListener::bind(config.listen)

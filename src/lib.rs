@@ -22,3 +22,4 @@ pub mod intake;
 pub mod policy;
 pub mod sequencer;
 pub mod storage;
+pub mod webhooks;

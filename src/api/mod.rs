@@ -8,6 +8,7 @@ pub mod ops;
 pub mod orders;
 pub mod problem;
 pub mod targets;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::auth::Verifier;
 use crate::hub::Hub;
 use crate::intake::IntakeQueue;
 use crate::policy::PolicyEngine;
+use crate::webhooks::WebhookConfig;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -43,6 +45,9 @@ pub struct AppState {
     pub submit_wait: Duration,
     pub metrics: PrometheusHandle,
     pub leading: watch::Receiver<bool>,
+    pub webhooks: Arc<WebhookConfig>,
+    /// Wakes this replica's webhook worker when a subscription needs delivering.
+    pub webhook_wake: Arc<Notify>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -62,7 +67,35 @@ pub fn router(state: AppState) -> Router {
         .route("/targets/{chain}/{asset}", get(targets::get_target))
         .route("/targets/{chain}/{asset}/history", get(targets::history))
         .route("/decisions", get(feed::poll))
-        .route("/decisions/stream", get(feed::stream));
+        .route("/decisions/stream", get(feed::stream))
+        .route(
+            "/webhooks/subscriptions",
+            post(webhooks::create).get(webhooks::list),
+        )
+        .route(
+            "/webhooks/subscriptions/{id}",
+            get(webhooks::get).delete(webhooks::delete),
+        )
+        .route(
+            "/webhooks/subscriptions/{id}/enable",
+            post(webhooks::enable),
+        )
+        .route(
+            "/webhooks/subscriptions/{id}/disable",
+            post(webhooks::disable),
+        )
+        .route(
+            "/webhooks/subscriptions/{id}/replay",
+            post(webhooks::replay),
+        )
+        .route(
+            "/webhooks/subscriptions/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route(
+            "/webhooks/subscriptions/{id}/attempts",
+            get(webhooks::attempts),
+        );
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(ops::healthz))
@@ -101,6 +134,9 @@ pub fn router(state: AppState) -> Router {
         orders::submit, orders::batch, orders::get,
         targets::put_asset, targets::get_target, targets::history,
         feed::poll, feed::stream,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::delete,
+        webhooks::enable, webhooks::disable, webhooks::replay, webhooks::rotate_secret,
+        webhooks::attempts,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(crate::auth::Role)),
@@ -110,6 +146,7 @@ pub fn router(state: AppState) -> Router {
         (name = "assets", description = "Register the assets orders may target"),
         (name = "targets", description = "Lock state and history of assets and balances"),
         (name = "feed", description = "The ordered decision log, for chains and reconcilers"),
+        (name = "webhooks", description = "Subscriptions that push the decision log to chains (admin)"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]

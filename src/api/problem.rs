@@ -51,6 +51,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("not ready: {0}")]
     NotReady(String),
+    #[error("the webhook URL is refused: {0}")]
+    UrlRefused(#[from] crate::webhooks::guard::UrlRefused),
     #[error("internal error")]
     Internal(#[from] StorageError),
 }
@@ -76,6 +78,7 @@ impl ApiError {
             IssuerMismatch { .. } => (StatusCode::FORBIDDEN, "issuer-mismatch"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-ready"),
+            UrlRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "url-refused"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

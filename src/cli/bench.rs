@@ -274,6 +274,7 @@ impl BenchArgs {
             jwt_issuer: ISSUER.into(),
             jwt_audience: AUDIENCE.into(),
             max_connections: self.db_connections,
+            webhooks: regulator::webhooks::WebhookConfig::default(),
         };
         App::start_with_pool(config, pool)
             .await

@@ -9,6 +9,8 @@ use clap::Args;
 
 use regulator::app::{App, Config};
 use regulator::auth::{mint_dev_token, KeySource, Role};
+use regulator::webhooks::retry::parse_duration;
+use regulator::webhooks::{RetrySchedule, UrlGuard, WebhookConfig};
 
 /// Where tokens are checked: shared by `serve` and `token`.
 #[derive(Debug, Clone, Args)]
@@ -65,6 +67,68 @@ pub struct ServeArgs {
     log_format: String,
     #[command(flatten)]
     tokens: TokenArgs,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
+}
+
+/// Webhook delivery (SPEC §8). Durations are written `250ms`, `10s`, `5m` or `1h`.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Comma-separated hosts subscription URLs may name: `hooks.chain.example` or
+    /// `*.chain.example`. Empty: any host with a public address.
+    #[arg(long, env = "REGULATOR_WEBHOOK_ALLOWED_HOSTS", value_delimiter = ',')]
+    webhook_allowed_hosts: Vec<String>,
+    /// Allow loopback and private addresses, and plain http: for development and tests only.
+    #[arg(long, env = "REGULATOR_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
+    /// Timeout of one delivery request, connection included.
+    #[arg(long, env = "REGULATOR_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration)]
+    webhook_timeout: Duration,
+    /// Delays between attempts; a delivery gets one more attempt than there are delays, then
+    /// its subscription is paused. Each delay is jittered by ±20%; a `Retry-After` replaces it.
+    #[arg(
+        long,
+        env = "REGULATOR_WEBHOOK_RETRY_SCHEDULE",
+        default_value = "1s,5s,30s,2m,10m,30m,1h,4h",
+        value_parser = schedule
+    )]
+    webhook_retry_schedule: RetrySchedule,
+    /// How long a replica's claim on a subscription lasts unrenewed (at least twice the
+    /// timeout plus 500ms); a crashed replica's subscriptions move after this.
+    #[arg(long, env = "REGULATOR_WEBHOOK_LEASE", default_value = "30s", value_parser = duration)]
+    webhook_lease: Duration,
+    /// How long the old secret keeps signing after a rotation, unless the request says.
+    #[arg(long, env = "REGULATOR_WEBHOOK_ROTATION_GRACE", default_value = "24h", value_parser = duration)]
+    webhook_rotation_grace: Duration,
+    /// How long delivery attempts stay in the log.
+    #[arg(long, env = "REGULATOR_WEBHOOK_ATTEMPTS_RETENTION", default_value = "168h", value_parser = duration)]
+    webhook_attempts_retention: Duration,
+    /// Do not run a delivery worker on this replica (others deliver).
+    #[arg(long, env = "REGULATOR_WEBHOOK_NO_DELIVERY")]
+    webhook_no_delivery: bool,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration like 250ms, 10s, 5m or 1h"))
+}
+
+fn schedule(text: &str) -> Result<RetrySchedule, String> {
+    RetrySchedule::parse(text).map_err(|e| e.to_string())
+}
+
+impl WebhookArgs {
+    pub fn config(self) -> WebhookConfig {
+        WebhookConfig {
+            guard: UrlGuard::new(self.webhook_allowed_hosts, self.webhook_allow_private),
+            timeout: self.webhook_timeout,
+            schedule: self.webhook_retry_schedule,
+            lease: self.webhook_lease,
+            rotation_grace: self.webhook_rotation_grace,
+            attempts_retention: self.webhook_attempts_retention,
+            deliver: !self.webhook_no_delivery,
+        }
+    }
 }
 
 pub fn init_tracing(format: &str) {
@@ -96,6 +160,7 @@ impl ServeArgs {
             jwt_issuer: self.tokens.jwt_issuer,
             jwt_audience: self.tokens.jwt_audience,
             max_connections: self.db_connections,
+            webhooks: self.webhooks.config(),
         };
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,

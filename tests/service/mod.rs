@@ -39,6 +39,7 @@ pub fn config(secret: PathBuf, window_ms: i64) -> Config {
         jwt_issuer: ISSUER.into(),
         jwt_audience: AUDIENCE.into(),
         max_connections: 8,
+        webhooks: regulator::webhooks::WebhookConfig::default(),
     }
 }
 

@@ -3,6 +3,8 @@
 //! The tables are created by the migrations in `migrations/`. Writers: the API inserts assets and
 //! intake; only the sequencer, over its leadership connection, writes decisions and state.
 
+pub mod webhooks;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};

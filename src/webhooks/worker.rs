@@ -1,0 +1,515 @@
+//! The delivery worker: each replica runs one; each subscription has at most one deliverer.
+//!
+//! The worker claims the leases of active subscriptions nobody holds and runs one task per
+//! subscription. A task reads the chain's decisions after the subscription's cursor, sends them
+//! one at a time, and after each attempt logs it and moves the cursor (or schedules the retry)
+//! in one statement that also renews the lease. Every write is fenced on the lease and on the
+//! cursor the task started from, so a takeover or an admin's replay stops it cleanly.
+//!
+//! The lease is what keeps two workers from delivering one subscription at once: a task sends
+//! a request only while its lease has more time left than the request's timeout, and another
+//! worker may claim only an expired lease. The cursor moves only after a 2xx, so a worker killed
+//! mid-request leaves that decision to be delivered again by its successor: at least once, in
+//! order, never skipped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use metrics::{counter, gauge, histogram};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sqlx::PgPool;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use super::retry::parse_retry_after;
+use super::signing::{signature_header, Secret};
+use super::{webhook_id, WebhookConfig, DECISION_EVENT, LEASE_MARGIN};
+use crate::storage::webhooks::{
+    self as store, AttemptOutcome, NewAttempt, Pending, Settle, Subscription, SubscriptionStatus,
+};
+use crate::storage::StorageError;
+
+/// Decisions read from the log at a time.
+const FETCH: i64 = 256;
+/// Subscriptions one worker claims at a time.
+const CLAIM_LIMIT: i64 = 64;
+/// The most of a response body read (and logged, up to 200 characters) before it is dropped.
+const RESPONSE_LIMIT: usize = 16 * 1024;
+/// Lag in decisions is counted up to this many.
+const BACKLOG_CAP: i64 = 1_000_000;
+
+/// One replica's delivery worker.
+pub struct Worker {
+    pool: PgPool,
+    client: reqwest::Client,
+    config: WebhookConfig,
+    /// This worker's identity on the leases it holds.
+    owner: Uuid,
+    /// The replica's view of the ledger head: wakes idle tasks when decisions are committed.
+    head: watch::Receiver<u64>,
+    /// Rung by this replica's API when a subscription is created, enabled or replayed.
+    wake: Arc<Notify>,
+}
+
+/// What became of one attempt.
+enum Verdict {
+    Delivered,
+    Gone,
+    Failed { retry_after: Option<Duration> },
+}
+
+impl Worker {
+    pub fn new(
+        pool: PgPool,
+        config: WebhookConfig,
+        head: watch::Receiver<u64>,
+        wake: Arc<Notify>,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            // A redirect could lead anywhere, including past the address guard.
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(config.guard.resolver())
+            .no_proxy()
+            .user_agent(concat!("regulator-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            pool,
+            client,
+            config,
+            owner: Uuid::new_v4(),
+            head,
+            wake,
+        })
+    }
+
+    /// This worker's lease owner id.
+    pub fn owner(&self) -> Uuid {
+        self.owner
+    }
+
+    /// Claims and delivers subscriptions until `shutdown`; then gives its leases up so another
+    /// replica takes over at once. Dropping the future (a crash) aborts every delivery and
+    /// leaves the leases to expire.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let worker = Arc::new(self);
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut running: HashMap<tokio::task::Id, Uuid> = HashMap::new();
+        let tick = (worker.config.lease / 3).min(Duration::from_secs(1));
+        let mut pruned_at: Option<Instant> = None;
+        loop {
+            while let Some(done) = tasks.try_join_next_with_id() {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a webhook delivery task failed");
+                        e.id()
+                    }
+                };
+                running.remove(&id);
+            }
+            let busy: Vec<Uuid> = running.values().copied().collect();
+            match store::claim(
+                &worker.pool,
+                worker.owner,
+                worker.config.lease,
+                &busy,
+                CLAIM_LIMIT,
+            )
+            .await
+            {
+                Ok(claimed) => {
+                    for subscription in claimed {
+                        let task = Arc::clone(&worker).deliver(subscription, shutdown.clone());
+                        let handle = tasks.spawn(task);
+                        running.insert(handle.id(), subscription);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot claim webhook subscriptions"),
+            }
+            if pruned_at.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
+                pruned_at = Some(Instant::now());
+                worker.prune().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = worker.wake.notified() => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+        // Tasks see the shutdown too and stop between attempts; an attempt in flight is
+        // bounded by the timeout.
+        let deadline = tokio::time::Instant::now() + worker.config.timeout;
+        while tokio::time::timeout_at(deadline, tasks.join_next())
+            .await
+            .is_ok_and(|next| next.is_some())
+        {}
+        tasks.abort_all();
+        if let Err(error) = store::release(&worker.pool, worker.owner).await {
+            tracing::warn!(%error, "cannot release webhook leases; they will expire");
+        }
+    }
+
+    async fn prune(&self) {
+        let retention = chrono::Duration::from_std(self.config.attempts_retention)
+            .unwrap_or(chrono::Duration::MAX);
+        let cutoff = Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        match store::prune_attempts(&self.pool, cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "pruned old webhook attempts"),
+            Err(error) => tracing::warn!(%error, "cannot prune webhook attempts"),
+        }
+    }
+
+    async fn deliver(self: Arc<Self>, subscription: Uuid, shutdown: watch::Receiver<bool>) {
+        let label = subscription.to_string();
+        if let Err(error) = self.deliver_until_stopped(subscription, shutdown).await {
+            tracing::warn!(%subscription, %error, "webhook delivery interrupted; it resumes at the next claim");
+        }
+        gauge!("regulator_webhook_lag_decisions", "subscription" => label.clone()).set(0.0);
+        gauge!("regulator_webhook_lag_seconds", "subscription" => label).set(0.0);
+    }
+
+    /// Delivers one subscription while this worker holds its lease and it stays active.
+    async fn deliver_until_stopped(
+        &self,
+        id: Uuid,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), StorageError> {
+        let label = id.to_string();
+        let lease = self.config.lease;
+        let mut head = self.head.clone();
+        let mut queue: VecDeque<Pending> = VecDeque::new();
+        let mut backlog: u64 = 0;
+        // The cursor the queue continues from.
+        let mut queued_after: u64 = 0;
+        let mut renewed_at = Instant::now();
+        let Some(mut sub) = store::renew(&self.pool, id, self.owner, lease).await? else {
+            return Ok(());
+        };
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            // An admin's replay moves the cursor under us: start again from where it points.
+            if sub.cursor_seq != queued_after {
+                queue.clear();
+                queued_after = sub.cursor_seq;
+            }
+            if queue.is_empty() {
+                head.borrow_and_update();
+                queue = store::pending(&self.pool, &sub.chain, sub.cursor_seq, FETCH)
+                    .await?
+                    .into();
+                backlog = if (queue.len() as i64) < FETCH {
+                    queue.len() as u64
+                } else {
+                    store::backlog(&self.pool, &sub.chain, sub.cursor_seq, BACKLOG_CAP).await?
+                };
+            }
+            gauge!("regulator_webhook_lag_decisions", "subscription" => label.clone())
+                .set(backlog as f64);
+            let Some(next) = queue.front() else {
+                gauge!("regulator_webhook_lag_seconds", "subscription" => label.clone()).set(0.0);
+                // Idle until a decision is committed; renew on the way, which also picks up
+                // an admin's change.
+                tokio::select! {
+                    _ = head.changed() => {}
+                    _ = tokio::time::sleep(lease / 3) => {}
+                    _ = shutdown.changed() => {}
+                }
+                let started = Instant::now();
+                let Some(fresh) = store::renew(&self.pool, id, self.owner, lease).await? else {
+                    return Ok(());
+                };
+                sub = fresh;
+                renewed_at = started;
+                continue;
+            };
+            let lag = (Utc::now() - next.decided_at).to_std().unwrap_or_default();
+            gauge!("regulator_webhook_lag_seconds", "subscription" => label.clone())
+                .set(lag.as_secs_f64());
+
+            let backoff = (sub.next_attempt_at - Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            if !backoff.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.min(lease / 3)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                let started = Instant::now();
+                let Some(fresh) = store::renew(&self.pool, id, self.owner, lease).await? else {
+                    return Ok(());
+                };
+                sub = fresh;
+                renewed_at = started;
+                continue;
+            }
+
+            // The request must end while the lease is still ours.
+            if renewed_at.elapsed() + self.config.timeout + LEASE_MARGIN > lease {
+                let started = Instant::now();
+                let Some(fresh) = store::renew(&self.pool, id, self.owner, lease).await? else {
+                    return Ok(());
+                };
+                sub = fresh;
+                renewed_at = started;
+                continue;
+            }
+            let lease_left = lease.saturating_sub(renewed_at.elapsed() + LEASE_MARGIN);
+            let attempt = sub.attempts + 1;
+            let (logged, verdict) = self
+                .attempt(&sub, next, attempt, self.config.timeout.min(lease_left))
+                .await?;
+            counter!("regulator_webhook_attempts_total",
+                "subscription" => label.clone(), "outcome" => logged.outcome.as_str())
+            .increment(1);
+            let settle = match verdict {
+                Verdict::Delivered => {
+                    histogram!("regulator_webhook_delivery_lag_seconds")
+                        .record((Utc::now() - next.decided_at).as_seconds_f64().max(0.0));
+                    Settle {
+                        from_cursor: sub.cursor_seq,
+                        cursor: next.seq,
+                        attempts: 0,
+                        retry_in: Duration::ZERO,
+                        status: SubscriptionStatus::Active,
+                        status_reason: None,
+                        failed_seq: None,
+                    }
+                }
+                Verdict::Gone => Settle {
+                    from_cursor: sub.cursor_seq,
+                    cursor: sub.cursor_seq,
+                    attempts: attempt,
+                    retry_in: Duration::ZERO,
+                    status: SubscriptionStatus::Disabled,
+                    status_reason: Some(format!(
+                        "the receiver answered 410 Gone to the delivery of seq {}",
+                        next.seq
+                    )),
+                    failed_seq: None,
+                },
+                Verdict::Failed { .. } if logged.outcome == AttemptOutcome::Exhausted => Settle {
+                    from_cursor: sub.cursor_seq,
+                    cursor: sub.cursor_seq,
+                    attempts: attempt,
+                    retry_in: Duration::ZERO,
+                    status: SubscriptionStatus::Paused,
+                    status_reason: Some(format!(
+                        "the delivery of seq {} failed {attempt} times; the last attempt: {}",
+                        next.seq,
+                        logged.error.as_deref().unwrap_or("no answer")
+                    )),
+                    failed_seq: Some(next.seq),
+                },
+                Verdict::Failed { retry_after } => Settle {
+                    from_cursor: sub.cursor_seq,
+                    cursor: sub.cursor_seq,
+                    attempts: attempt,
+                    retry_in: self
+                        .config
+                        .schedule
+                        .next_delay(attempt, retry_after, rand::thread_rng().gen())
+                        .unwrap_or_default(),
+                    status: SubscriptionStatus::Active,
+                    status_reason: None,
+                    failed_seq: None,
+                },
+            };
+            if logged.outcome != AttemptOutcome::Delivered {
+                counter!("regulator_webhook_failures_total", "subscription" => label.clone())
+                    .increment(1);
+                tracing::info!(subscription = %id, seq = next.seq, attempt,
+                    outcome = logged.outcome.as_str(), error = logged.error.as_deref().unwrap_or(""),
+                    "webhook attempt failed");
+            }
+            let delivered = logged.outcome == AttemptOutcome::Delivered;
+            let started = Instant::now();
+            let Some(fresh) =
+                store::settle(&self.pool, id, self.owner, lease, &[logged], &settle).await?
+            else {
+                return Ok(());
+            };
+            sub = fresh;
+            renewed_at = started;
+            if delivered {
+                queue.pop_front();
+                backlog = backlog.saturating_sub(1);
+                queued_after = sub.cursor_seq;
+            }
+            if sub.status != SubscriptionStatus::Active {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends one decision once, and says what came of it.
+    async fn attempt(
+        &self,
+        sub: &Subscription,
+        decision: &Pending,
+        attempt: u32,
+        timeout: Duration,
+    ) -> Result<(NewAttempt, Verdict), StorageError> {
+        let webhook_id = webhook_id(sub.id, decision.seq);
+        let body = payload(decision)
+            .map_err(|e| StorageError::Corrupt(format!("decision {}: {e}", decision.seq)))?;
+        let attempted_at = Utc::now();
+        let started = Instant::now();
+        let outcome = self.send(sub, &webhook_id, body, timeout).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        histogram!("regulator_webhook_attempt_duration_seconds").record(latency_ms / 1000.0);
+        let (verdict, response_status, error) = outcome;
+        let outcome = match verdict {
+            Verdict::Delivered => AttemptOutcome::Delivered,
+            Verdict::Gone => AttemptOutcome::Gone,
+            Verdict::Failed { .. } if attempt >= self.config.schedule.attempts() => {
+                AttemptOutcome::Exhausted
+            }
+            Verdict::Failed { .. } => AttemptOutcome::Failed,
+        };
+        Ok((
+            NewAttempt {
+                webhook_id,
+                seq: decision.seq,
+                attempt,
+                attempted_at,
+                outcome,
+                response_status,
+                latency_ms,
+                error,
+            },
+            verdict,
+        ))
+    }
+
+    async fn send(
+        &self,
+        sub: &Subscription,
+        webhook_id: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> (Verdict, Option<u16>, Option<String>) {
+        let failed = |error: String| (Verdict::Failed { retry_after: None }, None, Some(error));
+        // The allowlist may have changed since the subscription was created.
+        let url = match self.config.guard.check(&sub.url) {
+            Ok(url) => url,
+            Err(refused) => return failed(format!("refused by the URL guard: {refused}")),
+        };
+        let mut secrets = Vec::with_capacity(2);
+        for text in std::iter::once(&sub.secret).chain(sub.previous_secret.as_ref()) {
+            match Secret::parse(text) {
+                Ok(secret) => secrets.push(secret),
+                Err(e) => return failed(format!("the stored secret does not parse: {e}")),
+            }
+        }
+        let timestamp = Utc::now().timestamp();
+        let signature = signature_header(&secrets, webhook_id, timestamp, &body);
+        let response = self
+            .client
+            .post(url)
+            .timeout(timeout)
+            .header("content-type", "application/json")
+            .header("webhook-id", webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        let mut response = match response {
+            Ok(r) => r,
+            Err(e) => return failed(error_chain(&e)),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()));
+        // Read a little of the body so the connection can be reused, and for the log.
+        let mut text = Vec::new();
+        while text.len() < RESPONSE_LIMIT {
+            match response.chunk().await {
+                Ok(Some(chunk)) => text.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        let code = Some(status.as_u16());
+        if status.is_success() {
+            (Verdict::Delivered, code, None)
+        } else if status == reqwest::StatusCode::GONE {
+            (Verdict::Gone, code, Some("HTTP 410 Gone".into()))
+        } else {
+            let snippet: String = String::from_utf8_lossy(&text).chars().take(200).collect();
+            let error = if snippet.trim().is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {}", snippet.trim())
+            };
+            (Verdict::Failed { retry_after }, code, Some(error))
+        }
+    }
+}
+
+/// The error and its causes, which is where reqwest says "connection refused" or "timed out".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The notification body: `{type, timestamp, data}`, where `data` holds the decision's record
+/// exactly as the ledger has it, its hash, and the target's resulting state and version.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: chrono::DateTime<Utc>,
+    data: Data<'a>,
+}
+
+#[derive(Serialize)]
+struct Data<'a> {
+    seq: u64,
+    /// Hex SHA-256 of `decision`'s text as stored.
+    hash: &'a str,
+    /// The target's absolute state after the decision, with the asset's version.
+    state: &'a RawValue,
+    decision: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct StateAfter<'a> {
+    #[serde(borrow)]
+    state_after: &'a RawValue,
+}
+
+pub fn payload(decision: &Pending) -> Result<Vec<u8>, serde_json::Error> {
+    let record: &RawValue = serde_json::from_str(&decision.record)?;
+    let after: StateAfter<'_> = serde_json::from_str(&decision.record)?;
+    serde_json::to_vec(&Envelope {
+        kind: DECISION_EVENT,
+        timestamp: decision.decided_at,
+        data: Data {
+            seq: decision.seq,
+            hash: &decision.hash,
+            state: after.state_after,
+            decision: record,
+        },
+    })
+}
