@@ -68,6 +68,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct App {
     pub addr: SocketAddr,
     pub pool: PgPool,
+    /// This replica's webhook worker, as named in the leases it holds.
+    pub webhook_worker: Option<uuid::Uuid>,
     shutdown: watch::Sender<bool>,
     /// Ends the sequencer's thread at once, dropping its connection mid-flight.
     kill: watch::Sender<bool>,
@@ -130,6 +132,7 @@ impl App {
         )));
 
         let webhook_wake = Arc::new(Notify::new());
+        let mut webhook_worker = None;
         if config.webhooks.deliver {
             let worker = Worker::new(
                 pool.clone(),
@@ -138,6 +141,7 @@ impl App {
                 Arc::clone(&webhook_wake),
             )?;
             tracing::info!(worker = %worker.owner(), "webhook delivery worker started");
+            webhook_worker = Some(worker.owner());
             tasks.push(tokio::spawn(worker.run(shutdown_rx.clone())));
         }
 
@@ -178,6 +182,7 @@ impl App {
         Ok(App {
             addr,
             pool,
+            webhook_worker,
             shutdown,
             kill,
             tasks,

@@ -479,7 +479,8 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 struct Envelope<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    timestamp: chrono::DateTime<Utc>,
+    /// When the decision was made, exactly as its record says.
+    timestamp: &'a RawValue,
     data: Data<'a>,
 }
 
@@ -494,21 +495,23 @@ struct Data<'a> {
 }
 
 #[derive(Deserialize)]
-struct StateAfter<'a> {
+struct RecordFields<'a> {
+    #[serde(borrow)]
+    decided_at: &'a RawValue,
     #[serde(borrow)]
     state_after: &'a RawValue,
 }
 
 pub fn payload(decision: &Pending) -> Result<Vec<u8>, serde_json::Error> {
     let record: &RawValue = serde_json::from_str(&decision.record)?;
-    let after: StateAfter<'_> = serde_json::from_str(&decision.record)?;
+    let fields: RecordFields<'_> = serde_json::from_str(&decision.record)?;
     serde_json::to_vec(&Envelope {
         kind: DECISION_EVENT,
-        timestamp: decision.decided_at,
+        timestamp: fields.decided_at,
         data: Data {
             seq: decision.seq,
             hash: &decision.hash,
-            state: after.state_after,
+            state: fields.state_after,
             decision: record,
         },
     })
