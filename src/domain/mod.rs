@@ -6,6 +6,7 @@
 pub mod detect;
 pub mod ids;
 pub mod ledger;
+pub mod merkle;
 pub mod order;
 pub mod resolve;
 pub mod state;
