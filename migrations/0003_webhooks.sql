@@ -21,13 +21,17 @@ CREATE TABLE webhook_subscriptions (
     attempts                   integer     NOT NULL DEFAULT 0,
     next_attempt_at            timestamptz NOT NULL DEFAULT now(),
     failed_seq                 bigint,
+    -- Bumped by every admin change, so a worker's write from before the change is refused.
+    generation                 bigint      NOT NULL DEFAULT 0,
     -- One deliverer per subscription across replicas: whoever holds an unexpired lease.
     lease_owner                uuid,
     lease_expires_at           timestamptz,
     created_by                 text        NOT NULL,
     created_at                 timestamptz NOT NULL DEFAULT now(),
     updated_at                 timestamptz NOT NULL DEFAULT now(),
-    CHECK ((status = 'paused') = (failed_seq IS NOT NULL))
+    -- A paused subscription names its failed delivery; disabling it keeps the failure visible.
+    CHECK (status <> 'paused' OR failed_seq IS NOT NULL),
+    CHECK (status <> 'active' OR failed_seq IS NULL)
 );
 
 -- Every HTTP attempt, for operators and subscribers asking "what happened to seq N?".
@@ -47,3 +51,4 @@ CREATE TABLE webhook_attempts (
     worker          uuid        NOT NULL
 );
 CREATE INDEX webhook_attempts_by_subscription ON webhook_attempts (subscription_id, id);
+CREATE INDEX webhook_attempts_by_time ON webhook_attempts (attempted_at);

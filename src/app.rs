@@ -19,7 +19,7 @@ use crate::policy::{PolicyBundle, PolicyEngine, PolicyErrors};
 use crate::sequencer::{Sequencer, SequencerConfig};
 use crate::storage::{self, StorageError};
 use crate::webhooks::worker::Worker;
-use crate::webhooks::WebhookConfig;
+use crate::webhooks::{Changes, WebhookConfig};
 
 /// Everything a replica needs to start.
 #[derive(Debug, Clone)]
@@ -131,7 +131,7 @@ impl App {
             shutdown_rx.clone(),
         )));
 
-        let webhook_wake = Arc::new(Notify::new());
+        let webhook_wake = Arc::new(Changes::default());
         let mut webhook_worker = None;
         if config.webhooks.deliver {
             let worker = Worker::new(

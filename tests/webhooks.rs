@@ -479,14 +479,28 @@ async fn a_thousand_decisions_arrive_in_order_signed_and_exactly_as_recorded(poo
         .text()
         .await
         .unwrap();
-    for name in [
-        "regulator_webhook_attempts_total",
-        "regulator_webhook_lag_decisions",
-        "regulator_webhook_lag_seconds",
-        "regulator_webhook_delivery_lag_seconds",
-    ] {
-        assert!(metrics.contains(name), "{name} missing from /metrics");
-    }
+    let sample = |name: &str, labels: &[&str]| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} {labels:?} missing from /metrics"))
+    };
+    let this = format!("subscription=\"{id}\"");
+    assert_eq!(
+        sample(
+            "regulator_webhook_attempts_total",
+            &[&this, "outcome=\"delivered\""]
+        ),
+        1000.0
+    );
+    assert_eq!(sample("regulator_webhook_lag_decisions", &[&this]), 0.0);
+    assert_eq!(sample("regulator_webhook_lag_seconds", &[&this]), 0.0);
+    assert_eq!(
+        sample("regulator_webhook_delivery_lag_seconds_count", &[]),
+        1000.0
+    );
 }
 
 /// The exact text of a top-level field of `data` in a delivery body.
@@ -505,7 +519,9 @@ fn raw_field(body: &[u8], field: &str) -> String {
 /// arrives, in order, nothing lost, and the attempts log shows the refused connections.
 #[sqlx::test]
 async fn a_receiver_that_is_down_gets_everything_in_order_when_it_comes_back(pool: PgPool) {
-    let app = spawn(pool.clone(), webhooks("100ms,200ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms")).await;
+    // About 18 s of retries: far more than the outage below, even on a loaded machine.
+    let schedule = ["400ms"; 45].join(",");
+    let app = spawn(pool.clone(), webhooks(&schedule)).await;
     register_bonds(&app, CHAIN, 10).await;
     // A port nobody listens on, until the receiver comes up on it.
     let port = {
@@ -771,6 +787,60 @@ async fn exhausted_retries_pause_and_a_replay_resumes_without_skipping(pool: PgP
     );
 }
 
+/// An admin enables a subscription while its last attempt is in flight. That attempt then
+/// fails, but its outcome does not undo the admin's change: the subscription stays active and
+/// the retries start over.
+#[sqlx::test]
+async fn an_admin_change_during_an_attempt_is_not_undone_by_it(pool: PgPool) {
+    let app = spawn(pool.clone(), webhooks("50ms")).await;
+    register_bonds(&app, CHAIN, 10).await;
+    // Every answer is a 500, after 1.5 s.
+    let receiver = Receiver::start_on(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(|_, _| (500, None)),
+        Duration::from_millis(1500),
+    )
+    .await;
+    let (id, _) = subscribe(&app, CHAIN, &receiver.url()).await;
+    submit_freezes(&app, CHAIN, 0..1).await;
+
+    // Attempt 1 failed; attempt 2, the last, is in flight.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(attempts(&app, &id).await.len() == 1
+        && receiver.state.in_flight.load(Ordering::SeqCst) == 1)
+    {
+        assert!(Instant::now() < deadline, "attempt 2 never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, enabled) = post_admin(
+        &app,
+        &format!("/v1/webhooks/subscriptions/{id}/enable"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(enabled["attempts"], 0);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let logged = loop {
+        let logged = attempts(&app, &id).await;
+        if logged.len() >= 3 {
+            break logged;
+        }
+        assert!(Instant::now() < deadline, "no fresh attempt: {logged:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (logged[1]["attempt"].as_u64(), logged[1]["outcome"].as_str()),
+        (Some(2), Some("exhausted")),
+        "the attempt in flight is logged as it happened"
+    );
+    assert_eq!(logged[2]["attempt"], 1, "but the retries started over");
+    let sub = subscription(&app, &id).await;
+    assert!(sub["failed"].is_null(), "{sub}");
+    assert_eq!(sub["status"], "active");
+}
+
 /// Rotating the secret: during the grace period every delivery carries two signatures, one
 /// with each secret, so a chain can switch at its own pace; after it, only the new one.
 #[sqlx::test]
@@ -781,29 +851,34 @@ async fn a_rotated_secret_signs_alongside_the_old_one_during_the_grace_period(po
     let (id, old) = subscribe(&app, CHAIN, &receiver.url()).await;
     submit_freezes(&app, CHAIN, 0..2).await;
     receiver.wait_for_accepted(2, Duration::from_secs(10)).await;
+    let seq_before = receiver.log()[1].seq();
 
     let (status, rotated) = post_admin(
         &app,
         &format!("/v1/webhooks/subscriptions/{id}/rotate-secret"),
-        json!({"grace_seconds": 3}),
+        json!({"grace_seconds": 5}),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{rotated}");
+    let rotated_at = Instant::now();
     let new = rotated["secret"].as_str().unwrap().to_owned();
     assert_ne!(new, old);
     assert!(rotated["previous_secret_expires_at"].is_string());
 
     submit_freezes(&app, CHAIN, 2..4).await;
     receiver.wait_for_accepted(4, Duration::from_secs(10)).await;
-    for d in &receiver.log()[2..4] {
+    for d in receiver.log().iter().filter(|d| d.seq() > seq_before) {
         assert_eq!(d.signature.split(' ').count(), 2, "{}", d.signature);
         assert!(verify(&old, d) && verify(&new, d));
     }
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The grace period ends.
+    tokio::time::sleep_until((rotated_at + Duration::from_millis(5500)).into()).await;
     submit_freezes(&app, CHAIN, 4..5).await;
     receiver.wait_for_accepted(5, Duration::from_secs(10)).await;
-    let last = &receiver.log()[4];
+    let seq5 = feed(&app, CHAIN).await[4].0;
+    let log = receiver.log();
+    let last = log.iter().rev().find(|d| d.seq() == seq5).unwrap();
     assert_eq!(last.signature.split(' ').count(), 1);
     assert!(verify(&new, last));
     assert!(!verify(&old, last), "the old secret no longer signs");
@@ -816,7 +891,7 @@ async fn a_rotated_secret_signs_alongside_the_old_one_during_the_grace_period(po
 #[sqlx::test]
 async fn two_workers_never_deliver_at_once_and_a_killed_one_is_taken_over(pool: PgPool) {
     let config = WebhookConfig {
-        lease: Duration::from_secs(3),
+        lease: Duration::from_secs(5),
         timeout: Duration::from_secs(1),
         ..webhooks("50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms")
     };
@@ -849,7 +924,7 @@ async fn two_workers_never_deliver_at_once_and_a_killed_one_is_taken_over(pool: 
         (b, a)
     };
     holder.app.kill();
-    let killed_at = Instant::now();
+    let killed_wall = chrono::Utc::now();
     submit_freezes(&survivor, CHAIN, 150..300).await;
     let recorded: Vec<u64> = feed(&survivor, CHAIN)
         .await
@@ -867,16 +942,19 @@ async fn two_workers_never_deliver_at_once_and_a_killed_one_is_taken_over(pool: 
 
     let log = receiver.accepted();
     let delivered = seqs(&log);
-    assert!(
-        delivered.windows(2).all(|w| w[0] <= w[1]),
-        "out of order: {delivered:?}"
-    );
+    // In order, except for one rewind: the survivor starts again from the cursor the killed
+    // worker last wrote, re-sending (in order, same ids) what it had delivered since.
+    let rewinds: Vec<usize> = (1..delivered.len())
+        .filter(|&i| delivered[i] <= delivered[i - 1])
+        .collect();
+    assert!(rewinds.len() <= 1, "out of order: {delivered:?}");
     let mut distinct = delivered.clone();
+    distinct.sort();
     distinct.dedup();
     assert_eq!(distinct, recorded, "nothing lost");
     assert!(
-        delivered.len() - distinct.len() <= 1,
-        "only the one in flight may come twice"
+        delivered.len() - distinct.len() <= 128,
+        "at most one unsaved batch comes twice"
     );
     assert_eq!(
         receiver.state.max_in_flight.load(Ordering::SeqCst),
@@ -884,27 +962,28 @@ async fn two_workers_never_deliver_at_once_and_a_killed_one_is_taken_over(pool: 
         "two deliveries overlapped"
     );
     assert!(log.iter().all(|d| verify(&secret, d)));
-    let first_after_kill = log
+
+    // The survivor's first attempt came once the killed worker's lease (5 s) had run out,
+    // and from then on only the survivor delivered.
+    let logged = attempts(&survivor, &id).await;
+    let survivor_id = survivor.app.webhook_worker.unwrap().to_string();
+    let first = logged
         .iter()
-        .find(|d| d.at > killed_at)
-        .map(|d| d.at - killed_at)
+        .position(|a| a["worker"] == survivor_id.as_str())
+        .expect("the survivor delivered");
+    assert!(first > 0, "the killed worker delivered first");
+    assert!(logged[first..]
+        .iter()
+        .all(|a| a["worker"] == survivor_id.as_str()));
+    let taken_over: chrono::DateTime<chrono::Utc> = logged[first]["attempted_at"]
+        .as_str()
+        .unwrap()
+        .parse()
         .unwrap();
+    let waited = (taken_over - killed_wall).to_std().unwrap_or_default();
     assert!(
-        first_after_kill <= Duration::from_secs(6),
-        "taken over after {first_after_kill:?}"
-    );
-    let workers: Vec<String> = attempts(&survivor, &id)
-        .await
-        .iter()
-        .map(|a| a["worker"].as_str().unwrap().to_owned())
-        .collect();
-    let mut distinct_workers = workers.clone();
-    distinct_workers.sort();
-    distinct_workers.dedup();
-    assert_eq!(
-        distinct_workers.len(),
-        2,
-        "both workers delivered, one after the other"
+        waited <= Duration::from_secs(10),
+        "taken over {waited:?} after the kill"
     );
 }
 
@@ -974,6 +1053,8 @@ async fn the_subscriptions_api_checks_roles_urls_and_ids(pool: PgPool) {
         json!({"chain": CHAIN, "url": "https://hooks.chain.example/x", "secret": "whsec_mine"}),
         json!({"chain": "", "url": "https://hooks.chain.example/x"}),
         json!({"chain": CHAIN, "url": "https://hooks.chain.example/x", "from_seq": 0}),
+        // Nothing is decided yet: starting past the next decision would skip it.
+        json!({"chain": CHAIN, "url": "https://hooks.chain.example/x", "from_seq": 2}),
     ] {
         let answer = create(app.admin(), body.clone()).await.unwrap();
         assert_eq!(
@@ -1017,13 +1098,16 @@ async fn the_subscriptions_api_checks_roles_urls_and_ids(pool: PgPool) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(disabled["status"], "disabled");
     assert_eq!(disabled["status_reason"], "disabled by ops");
-    let (status, _) = post_admin(
-        &app,
-        &format!("/v1/webhooks/subscriptions/{id}/replay"),
-        json!({"from_seq": 0}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    for from_seq in [0, 2] {
+        // 2 is past the next undelivered decision: a replay never skips.
+        let (status, problem) = post_admin(
+            &app,
+            &format!("/v1/webhooks/subscriptions/{id}/replay"),
+            json!({ "from_seq": from_seq }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    }
     let (status, _) = post_admin(
         &app,
         &format!("/v1/webhooks/subscriptions/{id}/rotate-secret"),

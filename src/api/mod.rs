@@ -29,7 +29,7 @@ use crate::auth::Verifier;
 use crate::hub::Hub;
 use crate::intake::IntakeQueue;
 use crate::policy::PolicyEngine;
-use crate::webhooks::WebhookConfig;
+use crate::webhooks::{Changes, WebhookConfig};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -47,7 +47,7 @@ pub struct AppState {
     pub leading: watch::Receiver<bool>,
     pub webhooks: Arc<WebhookConfig>,
     /// Wakes this replica's webhook worker when a subscription needs delivering.
-    pub webhook_wake: Arc<Notify>,
+    pub webhook_wake: Arc<Changes>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -17,6 +17,7 @@ use super::problem::{ApiError, Problem};
 use super::AppState;
 use crate::auth::{Principal, Role};
 use crate::domain::ChainId;
+use crate::storage;
 use crate::storage::webhooks::{
     self as store, Attempt, AttemptOutcome, Change, NewSubscription, Subscription,
     SubscriptionStatus,
@@ -68,8 +69,8 @@ pub struct SubscriptionView {
     pub attempts: u32,
     /// When the next attempt may start, while one is being retried.
     pub next_attempt_at: Option<DateTime<Utc>>,
-    /// The delivery that exhausted its retries, while paused. Replay from its `seq` (or enable)
-    /// to try again.
+    /// The delivery that exhausted its retries (while paused, or disabled after that). Replay
+    /// from its `seq`, or enable, to try again.
     pub failed: Option<FailedDelivery>,
     /// While a rotation's grace period lasts, deliveries carry a signature with the previous
     /// secret too, until this time.
@@ -148,10 +149,11 @@ pub async fn create(
         ));
     }
     let from_seq = request.from_seq.unwrap_or(1);
-    if from_seq == 0 {
-        return Err(ApiError::InvalidRequest(
-            "from_seq starts at 1, the first decision".into(),
-        ));
+    let next = storage::ledger_head(&state.pool).await?.seq + 1;
+    if from_seq == 0 || from_seq > next {
+        return Err(ApiError::InvalidRequest(format!(
+            "from_seq must be between 1 and {next}, the next decision"
+        )));
     }
     let secret = Secret::generate();
     let created = store::create(
@@ -167,7 +169,7 @@ pub async fn create(
         },
     )
     .await?;
-    state.webhook_wake.notify_one();
+    state.webhook_wake.announce();
     tracing::info!(subscription = %created.id, chain = %created.chain, by = %principal.sub, "webhook subscription created");
     let mut headers = HeaderMap::new();
     if let Ok(location) =
@@ -259,17 +261,19 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Applies an admin's change, wakes this replica's worker, and logs who did what.
 async fn apply(
     state: &AppState,
     principal: &Principal,
     id: Uuid,
     change: Change<'_>,
+    what: &str,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    require(principal, &[Role::Admin])?;
     let changed = store::change(&state.pool, id, change)
         .await?
         .ok_or_else(|| not_found(id))?;
-    state.webhook_wake.notify_one();
+    state.webhook_wake.announce();
+    tracing::info!(subscription = %id, by = %principal.sub, "webhook subscription {what}");
     Ok(Json(changed.into()))
 }
 
@@ -288,8 +292,8 @@ pub async fn enable(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    tracing::info!(subscription = %id, by = %principal.sub, "webhook subscription enabled");
-    apply(&state, &principal, id, Change::Enable).await
+    require(&principal, &[Role::Admin])?;
+    apply(&state, &principal, id, Change::Enable, "enabled").await
 }
 
 /// Disable a subscription: deliveries stop at the cursor until it is enabled.
@@ -307,16 +311,24 @@ pub async fn disable(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
+    require(&principal, &[Role::Admin])?;
     let reason = format!("disabled by {}", principal.sub);
-    tracing::info!(subscription = %id, by = %principal.sub, "webhook subscription disabled");
-    apply(&state, &principal, id, Change::Disable { reason: &reason }).await
+    apply(
+        &state,
+        &principal,
+        id,
+        Change::Disable { reason: &reason },
+        "disabled",
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// Deliver again from this sequence number on (the chain's decisions only), even those
-    /// already delivered; they keep their `webhook-id`.
+    /// already delivered; they keep their `webhook-id`. At most the next undelivered one
+    /// (`delivered_through + 1`): a replay never skips.
     pub from_seq: u64,
 }
 
@@ -340,12 +352,16 @@ pub async fn replay(
 ) -> Result<Json<SubscriptionView>, ApiError> {
     require(&principal, &[Role::Admin])?;
     let request: ReplayRequest = json_body(body, BODY_LIMIT)?;
-    if request.from_seq == 0 {
-        return Err(ApiError::InvalidRequest(
-            "from_seq starts at 1, the first decision".into(),
-        ));
+    let current = store::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    // Replaying moves the cursor back (or keeps it): it never skips a decision.
+    let furthest = current.cursor_seq + 1;
+    if request.from_seq == 0 || request.from_seq > furthest {
+        return Err(ApiError::InvalidRequest(format!(
+            "from_seq must be between 1 and {furthest}, the next undelivered decision: a replay never skips decisions"
+        )));
     }
-    tracing::info!(subscription = %id, from_seq = request.from_seq, by = %principal.sub, "webhook subscription replayed");
     apply(
         &state,
         &principal,
@@ -353,6 +369,7 @@ pub async fn replay(
         Change::Replay {
             from_seq: request.from_seq,
         },
+        &format!("replayed from seq {}", request.from_seq),
     )
     .await
 }
@@ -409,6 +426,7 @@ pub async fn rotate_secret(
     )
     .await?
     .ok_or_else(|| not_found(id))?;
+    state.webhook_wake.announce();
     tracing::info!(subscription = %id, by = %principal.sub, grace_secs = grace.as_secs(), "webhook secret rotated");
     Ok(Json(SubscriptionWithSecret {
         subscription: rotated.into(),

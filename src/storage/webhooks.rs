@@ -97,7 +97,11 @@ pub struct Subscription {
     pub cursor_seq: u64,
     pub attempts: u32,
     pub next_attempt_at: DateTime<Utc>,
+    /// How long until `next_attempt_at`, on the database's clock, when this was read.
+    pub retry_wait: Duration,
     pub failed_seq: Option<u64>,
+    /// Bumped by every admin change; a worker's settle is fenced on it.
+    pub generation: i64,
     pub lease_owner: Option<Uuid>,
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub created_by: String,
@@ -109,7 +113,8 @@ const COLUMNS: &str = "id, chain, url, description, status, status_reason, secre
     CASE WHEN previous_secret_expires_at > now() THEN previous_secret END,
     CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END,
     cursor_seq, attempts, next_attempt_at, failed_seq, lease_owner, lease_expires_at,
-    created_by, created_at, updated_at";
+    created_by, created_at, updated_at,
+    GREATEST(EXTRACT(epoch FROM next_attempt_at - now()), 0)::float8, generation";
 
 fn subscription(r: PgRow) -> Result<Subscription, StorageError> {
     let cursor: i64 = r.try_get(9)?;
@@ -134,6 +139,8 @@ fn subscription(r: PgRow) -> Result<Subscription, StorageError> {
         created_by: r.try_get(15)?,
         created_at: r.try_get(16)?,
         updated_at: r.try_get(17)?,
+        retry_wait: Duration::try_from_secs_f64(r.try_get(18)?).unwrap_or_default(),
+        generation: r.try_get(19)?,
     })
 }
 
@@ -237,7 +244,7 @@ pub async fn change(
     change: Change<'_>,
 ) -> Result<Option<Subscription>, StorageError> {
     const RESUME: &str = "status = 'active', status_reason = NULL, failed_seq = NULL,
-        attempts = 0, next_attempt_at = now(), updated_at = now()";
+        attempts = 0, next_attempt_at = now(), updated_at = now(), generation = generation + 1";
     let row = match change {
         Change::Enable => {
             sqlx::query(&format!(
@@ -250,7 +257,8 @@ pub async fn change(
         Change::Disable { reason } => {
             sqlx::query(&format!(
                 "UPDATE webhook_subscriptions
-                 SET status = 'disabled', status_reason = $2, failed_seq = NULL, updated_at = now()
+                 SET status = 'disabled', status_reason = $2, updated_at = now(),
+                     generation = generation + 1
                  WHERE id = $1 RETURNING {COLUMNS}"
             ))
             .bind(id)
@@ -273,7 +281,7 @@ pub async fn change(
                 "UPDATE webhook_subscriptions
                  SET previous_secret = secret, secret = $2,
                      previous_secret_expires_at = now() + make_interval(secs => $3),
-                     updated_at = now()
+                     updated_at = now(), generation = generation + 1
                  WHERE id = $1 RETURNING {COLUMNS}"
             ))
             .bind(id)
@@ -482,6 +490,9 @@ pub struct NewAttempt {
 pub struct Settle {
     /// The cursor the worker started from: if it moved (a replay), nothing is written.
     pub from_cursor: u64,
+    /// The generation the worker read: if an admin changed the subscription since, nothing
+    /// is written, so the change is not undone.
+    pub generation: i64,
     pub cursor: u64,
     /// Failed attempts at the new head delivery.
     pub attempts: u32,
@@ -536,6 +547,7 @@ pub async fn settle(
              updated_at = CASE WHEN $14 = 'active' THEN updated_at ELSE now() END,
              lease_expires_at = now() + make_interval(secs => $17)
          WHERE id = $1 AND lease_owner = $2 AND status = 'active' AND cursor_seq = $18
+           AND generation = $19
          RETURNING {COLUMNS}"
     ))
     .bind(id)
@@ -556,16 +568,62 @@ pub async fn settle(
     .bind(settle.failed_seq.map(seq))
     .bind(secs(lease))
     .bind(seq(settle.from_cursor))
+    .bind(settle.generation)
     .fetch_optional(pool)
     .await?;
     row.map(subscription).transpose()
 }
 
-/// Deletes attempts logged before `cutoff`; returns how many.
+/// Deletes attempts logged before `cutoff`, a batch at a time so that no statement runs
+/// long; returns how many.
 pub async fn prune_attempts(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<u64, StorageError> {
-    let done = sqlx::query("DELETE FROM webhook_attempts WHERE attempted_at < $1")
+    let mut total = 0;
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM webhook_attempts WHERE id IN (
+                 SELECT id FROM webhook_attempts WHERE attempted_at < $1 LIMIT 10000)",
+        )
         .bind(cutoff)
         .execute(pool)
         .await?;
-    Ok(done.rows_affected())
+        total += done.rows_affected();
+        if done.rows_affected() < 10_000 {
+            return Ok(total);
+        }
+    }
+}
+
+/// How far a subscription is behind the log.
+#[derive(Debug, Clone)]
+pub struct Lag {
+    pub id: Uuid,
+    /// Decisions of its chain after its cursor, counted up to the cap.
+    pub decisions: u64,
+    /// The age of the oldest of them; zero when there is none.
+    pub seconds: f64,
+}
+
+/// The lag of every subscription, paused and disabled ones included.
+pub async fn lags(pool: &PgPool, cap: i64) -> Result<Vec<Lag>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT s.id,
+                (SELECT count(*) FROM (SELECT 1 FROM decisions d
+                     WHERE d.chain = s.chain AND d.seq > s.cursor_seq LIMIT $1) x),
+                COALESCE((SELECT EXTRACT(epoch FROM now() - d.decided_at)::float8 FROM decisions d
+                     WHERE d.chain = s.chain AND d.seq > s.cursor_seq ORDER BY d.seq LIMIT 1), 0)
+         FROM webhook_subscriptions s",
+    )
+    .bind(cap)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let n: i64 = r.try_get(1)?;
+            Ok(Lag {
+                id: r.try_get(0)?,
+                decisions: u64::try_from(n).unwrap_or(0),
+                seconds: r.try_get(2)?,
+            })
+        })
+        .collect()
 }

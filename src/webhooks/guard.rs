@@ -19,7 +19,8 @@ pub struct UrlGuard {
     /// Host patterns: `chain.example` (that host) or `*.chain.example` (its subdomains).
     /// Empty: any host with a public address.
     allowed_hosts: Vec<String>,
-    /// Allows loopback and private addresses, and plain `http`: for development and tests.
+    /// Allows loopback and private addresses, and plain `http` to them: for development and
+    /// tests.
     allow_private: bool,
 }
 
@@ -60,9 +61,20 @@ impl UrlGuard {
     /// Checks a subscription URL; the returned URL is the one to store and call.
     pub fn check(&self, text: &str) -> Result<Url, UrlRefused> {
         let url = Url::parse(text).map_err(|e| UrlRefused::Malformed(e.to_string()))?;
+        // Plain http only to this machine or a private network, and only when allowed: a
+        // signed payload never crosses the internet in clear text.
+        let local = match url.host() {
+            Some(url::Host::Ipv4(ip)) => !is_public(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => !is_public(IpAddr::V6(ip)),
+            Some(url::Host::Domain(d)) => {
+                let d = d.to_ascii_lowercase();
+                d == "localhost" || d.ends_with(".localhost")
+            }
+            None => false,
+        };
         match url.scheme() {
             "https" => {}
-            "http" if self.allow_private => {}
+            "http" if self.allow_private && local => {}
             _ => return Err(UrlRefused::NotHttps),
         }
         if !url.username().is_empty() || url.password().is_some() {
@@ -150,6 +162,21 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         let [.., hi, lo] = s;
         return is_public_v4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
     }
+    // 6to4 (2002::/16) reaches the IPv4 address in its second and third segments.
+    if s[0] == 0x2002 {
+        return is_public_v4(Ipv4Addr::from((u32::from(s[1]) << 16) | u32::from(s[2])));
+    }
+    // Teredo (2001::/32), local-use NAT64 (64:ff9b:1::/48), the discard prefix (100::/64),
+    // site-local (fec0::/10) and SIIT (::ffff:0:0/96) can all lead to addresses that are not
+    // public; a webhook has no business with them.
+    if (s[0] == 0x2001 && s[1] == 0)
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+        || (s[0] == 0x100 && s[1..4] == [0, 0, 0])
+        || (s[0] & 0xffc0) == 0xfec0
+        || (s[0..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0)
+    {
+        return false;
+    }
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
@@ -231,6 +258,10 @@ mod tests {
             "https://[fe80::1]/x",
             "https://[::ffff:127.0.0.1]/x",
             "https://[64:ff9b::a00:1]/x",
+            "https://[2002:a00:1::1]/x",
+            "https://[2001:0:4136:e378::1]/x",
+            "https://[fec0::1]/x",
+            "https://[100::1]/x",
         ] {
             assert!(
                 matches!(strict().check(url), Err(UrlRefused::PrivateAddress(_))),
@@ -248,6 +279,16 @@ mod tests {
         let dev = UrlGuard::new(vec![], true);
         assert!(dev.check("http://127.0.0.1:9000/hook").is_ok());
         assert!(dev.check("http://localhost:9000/hook").is_ok());
+        assert!(dev.check("http://10.0.0.7/hook").is_ok());
+        // Even then, plain http never goes to a public host.
+        assert_eq!(
+            dev.check("http://hooks.example/x"),
+            Err(UrlRefused::NotHttps)
+        );
+        assert_eq!(
+            dev.check("http://93.184.216.34/x"),
+            Err(UrlRefused::NotHttps)
+        );
     }
 
     #[test]

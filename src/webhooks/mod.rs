@@ -14,8 +14,10 @@ pub mod retry;
 pub mod signing;
 pub mod worker;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 pub use guard::UrlGuard;
@@ -80,3 +82,28 @@ pub fn webhook_id(subscription: Uuid, seq: u64) -> String {
 
 /// The `type` of a decision notification.
 pub const DECISION_EVENT: &str = "decision.recorded";
+
+/// Admin changes to subscriptions made through this replica's API. Delivery tasks compare the
+/// count before each send, so a rotation or replay takes effect at this replica's next
+/// delivery; waiting tasks and the claim loop are woken. (Another replica's tasks learn of a
+/// change when their next write is refused by its fence.)
+#[derive(Debug, Default)]
+pub struct Changes {
+    count: AtomicU64,
+    notify: Notify,
+}
+
+impl Changes {
+    pub fn announce(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub fn seen(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}

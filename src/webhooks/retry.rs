@@ -54,8 +54,9 @@ impl RetrySchedule {
 
     /// The wait after failed attempt number `failed` (1-based), or `None` when that was the
     /// last. `draw` is uniform in `[0, 1)`: the delay is spread by ±20% around the schedule.
-    /// A receiver's `Retry-After` replaces the schedule's delay (it knows when it will be
-    /// back), up to [`MAX_RETRY_AFTER`], without jitter.
+    /// A receiver's `Retry-After` lengthens the wait (it knows when it will be back), up to
+    /// [`MAX_RETRY_AFTER`]; it never shortens it, or a receiver answering `Retry-After: 1`
+    /// through a long outage would use up every attempt in seconds.
     pub fn next_delay(
         &self,
         failed: u32,
@@ -63,11 +64,12 @@ impl RetrySchedule {
         draw: f64,
     ) -> Option<Duration> {
         let scheduled = self.delays.get(failed.checked_sub(1)? as usize)?;
-        if let Some(asked) = retry_after {
-            return Some(asked.min(MAX_RETRY_AFTER));
-        }
         let factor = 1.0 + JITTER * (2.0 * draw.clamp(0.0, 1.0) - 1.0);
-        Some(scheduled.mul_f64(factor))
+        let jittered = scheduled.mul_f64(factor);
+        Some(match retry_after {
+            Some(asked) => jittered.max(asked.min(MAX_RETRY_AFTER)),
+            None => jittered,
+        })
     }
 }
 
@@ -146,11 +148,15 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_replaces_the_schedule_up_to_a_bound() {
-        let s = RetrySchedule::parse("10ms,10ms").unwrap();
+    fn retry_after_lengthens_the_wait_but_never_shortens_it() {
+        let s = RetrySchedule::parse("10ms,10s").unwrap();
         assert_eq!(
-            s.next_delay(1, Some(Duration::from_secs(2)), 0.9),
+            s.next_delay(1, Some(Duration::from_secs(2)), 0.5),
             Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            s.next_delay(2, Some(Duration::from_secs(1)), 0.5),
+            Some(Duration::from_secs(10))
         );
         assert_eq!(
             s.next_delay(1, Some(Duration::from_secs(10 * 24 * 3600)), 0.0),

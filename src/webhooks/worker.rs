@@ -22,13 +22,13 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::PgPool;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::retry::parse_retry_after;
 use super::signing::{signature_header, Secret};
-use super::{webhook_id, WebhookConfig, DECISION_EVENT, LEASE_MARGIN};
+use super::{webhook_id, Changes, WebhookConfig, DECISION_EVENT, LEASE_MARGIN};
 use crate::storage::webhooks::{
     self as store, AttemptOutcome, NewAttempt, Pending, Settle, Subscription, SubscriptionStatus,
 };
@@ -40,6 +40,10 @@ const FETCH: i64 = 256;
 const CLAIM_LIMIT: i64 = 64;
 /// The most of a response body read (and logged, up to 200 characters) before it is dropped.
 const RESPONSE_LIMIT: usize = 16 * 1024;
+/// Most deliveries written to the database in one statement.
+const SAVE_BATCH: usize = 128;
+/// Longest a delivered attempt waits to be written, while deliveries continue.
+const SAVE_EVERY: Duration = Duration::from_millis(20);
 /// Lag in decisions is counted up to this many.
 const BACKLOG_CAP: i64 = 1_000_000;
 
@@ -53,7 +57,7 @@ pub struct Worker {
     /// The replica's view of the ledger head: wakes idle tasks when decisions are committed.
     head: watch::Receiver<u64>,
     /// Rung by this replica's API when a subscription is created, enabled or replayed.
-    wake: Arc<Notify>,
+    wake: Arc<Changes>,
 }
 
 /// What became of one attempt.
@@ -68,7 +72,7 @@ impl Worker {
         pool: PgPool,
         config: WebhookConfig,
         head: watch::Receiver<u64>,
-        wake: Arc<Notify>,
+        wake: Arc<Changes>,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -103,16 +107,10 @@ impl Worker {
         let mut running: HashMap<tokio::task::Id, Uuid> = HashMap::new();
         let tick = (worker.config.lease / 3).min(Duration::from_secs(1));
         let mut pruned_at: Option<Instant> = None;
+        let mut lag_at: Option<Instant> = None;
         loop {
             while let Some(done) = tasks.try_join_next_with_id() {
-                let id = match done {
-                    Ok((id, ())) => id,
-                    Err(e) => {
-                        tracing::error!(error = %e, "a webhook delivery task failed");
-                        e.id()
-                    }
-                };
-                running.remove(&id);
+                running.remove(&finished(done));
             }
             let busy: Vec<Uuid> = running.values().copied().collect();
             match store::claim(
@@ -135,28 +133,59 @@ impl Worker {
             }
             if pruned_at.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
                 pruned_at = Some(Instant::now());
-                worker.prune().await;
+                // Its own task: a long prune must not hold up claiming.
+                tasks.spawn(Arc::clone(&worker).prune());
+            }
+            if lag_at.is_none_or(|at| at.elapsed() > LAG_INTERVAL) {
+                lag_at = Some(Instant::now());
+                worker.report_lags().await;
+            }
+            if stopping(&shutdown) {
+                break;
             }
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = worker.wake.notified() => {}
-                _ = shutdown.wait_for(|s| *s) => break,
+                _ = shutdown.changed() => {}
+                // A task that stopped for an admin's change is claimed again at once.
+                Some(done) = tasks.join_next_with_id() => {
+                    running.remove(&finished(done));
+                }
             }
         }
-        // Tasks see the shutdown too and stop between attempts; an attempt in flight is
-        // bounded by the timeout.
-        let deadline = tokio::time::Instant::now() + worker.config.timeout;
+        // Tasks see the shutdown too and stop between attempts. An attempt in flight gets a
+        // little time, within the replica's shutdown grace, so the leases can be given up.
+        let deadline =
+            tokio::time::Instant::now() + worker.config.timeout.min(Duration::from_secs(3));
         while tokio::time::timeout_at(deadline, tasks.join_next())
             .await
             .is_ok_and(|next| next.is_some())
         {}
         tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
         if let Err(error) = store::release(&worker.pool, worker.owner).await {
             tracing::warn!(%error, "cannot release webhook leases; they will expire");
         }
     }
 
-    async fn prune(&self) {
+    /// Sets the lag gauges of every subscription from the database, whoever delivers it, so a
+    /// paused or disabled subscription shows how far behind it is.
+    async fn report_lags(&self) {
+        match store::lags(&self.pool, BACKLOG_CAP).await {
+            Ok(lags) => {
+                for lag in lags {
+                    let label = lag.id.to_string();
+                    gauge!("regulator_webhook_lag_decisions", "subscription" => label.clone())
+                        .set(lag.decisions as f64);
+                    gauge!("regulator_webhook_lag_seconds", "subscription" => label)
+                        .set(lag.seconds);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot measure webhook lag"),
+        }
+    }
+
+    async fn prune(self: Arc<Self>) {
         let retention = chrono::Duration::from_std(self.config.attempts_retention)
             .unwrap_or(chrono::Duration::MAX);
         let cutoff = Utc::now()
@@ -170,15 +199,20 @@ impl Worker {
     }
 
     async fn deliver(self: Arc<Self>, subscription: Uuid, shutdown: watch::Receiver<bool>) {
-        let label = subscription.to_string();
         if let Err(error) = self.deliver_until_stopped(subscription, shutdown).await {
             tracing::warn!(%subscription, %error, "webhook delivery interrupted; it resumes at the next claim");
+            // Not straight back: the claim loop retries at once when a task ends.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        gauge!("regulator_webhook_lag_decisions", "subscription" => label.clone()).set(0.0);
-        gauge!("regulator_webhook_lag_seconds", "subscription" => label).set(0.0);
     }
 
     /// Delivers one subscription while this worker holds its lease and it stays active.
+    ///
+    /// 2xx answers are written to the database in batches (up to [`SAVE_BATCH`] of them, or
+    /// every [`SAVE_EVERY`], and always before idling, backing off or renewing), so the
+    /// database round trip does not cap the delivery rate. Until a batch is written, the
+    /// cursor in the database trails what was delivered; a crash then re-sends at most that
+    /// batch, in order, with the same ids: at least once.
     async fn deliver_until_stopped(
         &self,
         id: Uuid,
@@ -187,169 +221,273 @@ impl Worker {
         let label = id.to_string();
         let lease = self.config.lease;
         let mut head = self.head.clone();
-        let mut queue: VecDeque<Pending> = VecDeque::new();
-        let mut backlog: u64 = 0;
-        // The cursor the queue continues from.
-        let mut queued_after: u64 = 0;
-        let mut renewed_at = Instant::now();
+        let started = Instant::now();
+        let mut seen = self.wake.seen();
         let Some(mut sub) = store::renew(&self.pool, id, self.owner, lease).await? else {
             return Ok(());
         };
+        let mut renewed_at = started;
+        let mut retry_at = Instant::now() + sub.retry_wait;
+        let mut queue: VecDeque<Pending> = VecDeque::new();
+        // The last seq delivered: the queue continues after it.
+        let mut queued_after = sub.cursor_seq;
+        let mut backlog: u64 = 0;
+        // Deliveries answered 2xx whose attempts and cursor are not written yet.
+        let mut unsaved: Vec<NewAttempt> = Vec::new();
+        let mut unsaved_since = Instant::now();
         loop {
-            if *shutdown.borrow() {
+            if stopping(&shutdown) {
+                if !unsaved.is_empty() {
+                    self.save_delivered(id, &sub, &unsaved, queued_after)
+                        .await?;
+                }
                 return Ok(());
             }
             // An admin's replay moves the cursor under us: start again from where it points.
-            if sub.cursor_seq != queued_after {
+            // (`sub` is read afresh only when nothing is unsaved.)
+            if unsaved.is_empty() && sub.cursor_seq != queued_after {
                 queue.clear();
                 queued_after = sub.cursor_seq;
             }
             if queue.is_empty() {
+                if !unsaved.is_empty() {
+                    let started = Instant::now();
+                    seen = self.wake.seen();
+                    let Some(fresh) = self
+                        .save_delivered(id, &sub, &unsaved, queued_after)
+                        .await?
+                    else {
+                        return Ok(());
+                    };
+                    unsaved.clear();
+                    sub = fresh;
+                    renewed_at = started;
+                    retry_at = Instant::now() + sub.retry_wait;
+                    continue;
+                }
                 head.borrow_and_update();
-                queue = store::pending(&self.pool, &sub.chain, sub.cursor_seq, FETCH)
+                queue = store::pending(&self.pool, &sub.chain, queued_after, FETCH)
                     .await?
                     .into();
                 backlog = if (queue.len() as i64) < FETCH {
                     queue.len() as u64
                 } else {
-                    store::backlog(&self.pool, &sub.chain, sub.cursor_seq, BACKLOG_CAP).await?
+                    store::backlog(&self.pool, &sub.chain, queued_after, BACKLOG_CAP).await?
                 };
-            }
-            gauge!("regulator_webhook_lag_decisions", "subscription" => label.clone())
-                .set(backlog as f64);
-            let Some(next) = queue.front() else {
-                gauge!("regulator_webhook_lag_seconds", "subscription" => label.clone()).set(0.0);
-                // Idle until a decision is committed; renew on the way, which also picks up
-                // an admin's change.
-                tokio::select! {
-                    _ = head.changed() => {}
-                    _ = tokio::time::sleep(lease / 3) => {}
-                    _ = shutdown.changed() => {}
+                gauge!("regulator_webhook_lag_decisions", "subscription" => label.clone())
+                    .set(backlog as f64);
+                if queue.is_empty() {
+                    gauge!("regulator_webhook_lag_seconds", "subscription" => label.clone())
+                        .set(0.0);
+                    // Idle until a decision is committed. A new decision goes straight to
+                    // delivery; anything else (an admin's change, time passing) renews first,
+                    // which also reads the change.
+                    let decided = tokio::select! {
+                        changed = head.changed() => changed.is_ok(),
+                        _ = tokio::time::sleep(lease / 3) => false,
+                        _ = self.wake.notified() => false,
+                        _ = shutdown.changed() => false,
+                    };
+                    if !decided || renewed_at.elapsed() > lease / 3 {
+                        let started = Instant::now();
+                        seen = self.wake.seen();
+                        let Some(fresh) = store::renew(&self.pool, id, self.owner, lease).await?
+                        else {
+                            return Ok(());
+                        };
+                        sub = fresh;
+                        renewed_at = started;
+                        retry_at = Instant::now() + sub.retry_wait;
+                    }
+                    continue;
                 }
-                let started = Instant::now();
-                let Some(fresh) = store::renew(&self.pool, id, self.owner, lease).await? else {
-                    return Ok(());
-                };
-                sub = fresh;
-                renewed_at = started;
+            }
+            let Some(next) = queue.front() else {
                 continue;
             };
             let lag = (Utc::now() - next.decided_at).to_std().unwrap_or_default();
             gauge!("regulator_webhook_lag_seconds", "subscription" => label.clone())
                 .set(lag.as_secs_f64());
 
-            let backoff = (sub.next_attempt_at - Utc::now())
-                .to_std()
-                .unwrap_or_default();
-            if !backoff.is_zero() {
+            // Backoff after a failure (which wrote everything before it), measured on this
+            // machine's monotonic clock from the wait the database computed: the two hosts'
+            // wall clocks may disagree.
+            let backoff = retry_at.saturating_duration_since(Instant::now());
+            if !backoff.is_zero() && unsaved.is_empty() {
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.min(lease / 3)) => {}
+                    _ = self.wake.notified() => {}
                     _ = shutdown.changed() => {}
                 }
                 let started = Instant::now();
+                seen = self.wake.seen();
                 let Some(fresh) = store::renew(&self.pool, id, self.owner, lease).await? else {
                     return Ok(());
                 };
                 sub = fresh;
                 renewed_at = started;
+                retry_at = Instant::now() + sub.retry_wait;
                 continue;
             }
 
-            // The request must end while the lease is still ours.
-            if renewed_at.elapsed() + self.config.timeout + LEASE_MARGIN > lease {
+            // The request must end while the lease is still ours, and be signed and addressed
+            // as the subscription now stands after an admin's change on this replica.
+            if renewed_at.elapsed() + self.config.timeout + LEASE_MARGIN > lease
+                || self.wake.seen() != seen
+            {
                 let started = Instant::now();
-                let Some(fresh) = store::renew(&self.pool, id, self.owner, lease).await? else {
+                seen = self.wake.seen();
+                let fresh = if unsaved.is_empty() {
+                    store::renew(&self.pool, id, self.owner, lease).await?
+                } else {
+                    self.save_delivered(id, &sub, &unsaved, queued_after)
+                        .await?
+                };
+                let Some(fresh) = fresh else {
                     return Ok(());
                 };
+                unsaved.clear();
                 sub = fresh;
                 renewed_at = started;
+                retry_at = Instant::now() + sub.retry_wait;
                 continue;
             }
             let lease_left = lease.saturating_sub(renewed_at.elapsed() + LEASE_MARGIN);
             let attempt = sub.attempts + 1;
             let (logged, verdict) = self
                 .attempt(&sub, next, attempt, self.config.timeout.min(lease_left))
-                .await?;
+                .await;
             counter!("regulator_webhook_attempts_total",
                 "subscription" => label.clone(), "outcome" => logged.outcome.as_str())
             .increment(1);
-            let settle = match verdict {
-                Verdict::Delivered => {
-                    histogram!("regulator_webhook_delivery_lag_seconds")
-                        .record((Utc::now() - next.decided_at).as_seconds_f64().max(0.0));
-                    Settle {
-                        from_cursor: sub.cursor_seq,
-                        cursor: next.seq,
-                        attempts: 0,
-                        retry_in: Duration::ZERO,
-                        status: SubscriptionStatus::Active,
-                        status_reason: None,
-                        failed_seq: None,
-                    }
+
+            if let Verdict::Delivered = verdict {
+                histogram!("regulator_webhook_delivery_lag_seconds")
+                    .record((Utc::now() - next.decided_at).as_seconds_f64().max(0.0));
+                queued_after = next.seq;
+                // The next decision starts counting afresh (the database learns at the save).
+                sub.attempts = 0;
+                queue.pop_front();
+                backlog = backlog.saturating_sub(1);
+                if unsaved.is_empty() {
+                    unsaved_since = Instant::now();
                 }
-                Verdict::Gone => Settle {
-                    from_cursor: sub.cursor_seq,
-                    cursor: sub.cursor_seq,
-                    attempts: attempt,
-                    retry_in: Duration::ZERO,
-                    status: SubscriptionStatus::Disabled,
-                    status_reason: Some(format!(
+                unsaved.push(logged);
+                if unsaved.len() >= SAVE_BATCH || unsaved_since.elapsed() >= SAVE_EVERY {
+                    let started = Instant::now();
+                    seen = self.wake.seen();
+                    let Some(fresh) = self
+                        .save_delivered(id, &sub, &unsaved, queued_after)
+                        .await?
+                    else {
+                        return Ok(());
+                    };
+                    unsaved.clear();
+                    sub = fresh;
+                    renewed_at = started;
+                    retry_at = Instant::now() + sub.retry_wait;
+                }
+                continue;
+            }
+
+            counter!("regulator_webhook_failures_total", "subscription" => label.clone())
+                .increment(1);
+            tracing::info!(subscription = %id, seq = next.seq, attempt,
+                outcome = logged.outcome.as_str(), error = logged.error.as_deref().unwrap_or(""),
+                "webhook attempt failed");
+            let (status, status_reason, failed_seq, retry_in) = match verdict {
+                Verdict::Gone => (
+                    SubscriptionStatus::Disabled,
+                    Some(format!(
                         "the receiver answered 410 Gone to the delivery of seq {}",
                         next.seq
                     )),
-                    failed_seq: None,
-                },
-                Verdict::Failed { .. } if logged.outcome == AttemptOutcome::Exhausted => Settle {
-                    from_cursor: sub.cursor_seq,
-                    cursor: sub.cursor_seq,
-                    attempts: attempt,
-                    retry_in: Duration::ZERO,
-                    status: SubscriptionStatus::Paused,
-                    status_reason: Some(format!(
+                    None,
+                    Duration::ZERO,
+                ),
+                _ if logged.outcome == AttemptOutcome::Exhausted => (
+                    SubscriptionStatus::Paused,
+                    Some(format!(
                         "the delivery of seq {} failed {attempt} times; the last attempt: {}",
                         next.seq,
                         logged.error.as_deref().unwrap_or("no answer")
                     )),
-                    failed_seq: Some(next.seq),
-                },
-                Verdict::Failed { retry_after } => Settle {
-                    from_cursor: sub.cursor_seq,
-                    cursor: sub.cursor_seq,
-                    attempts: attempt,
-                    retry_in: self
-                        .config
+                    Some(next.seq),
+                    Duration::ZERO,
+                ),
+                Verdict::Failed { retry_after } => (
+                    SubscriptionStatus::Active,
+                    None,
+                    None,
+                    self.config
                         .schedule
                         .next_delay(attempt, retry_after, rand::thread_rng().gen())
                         .unwrap_or_default(),
-                    status: SubscriptionStatus::Active,
-                    status_reason: None,
-                    failed_seq: None,
-                },
+                ),
+                Verdict::Delivered => continue,
             };
-            if logged.outcome != AttemptOutcome::Delivered {
-                counter!("regulator_webhook_failures_total", "subscription" => label.clone())
-                    .increment(1);
-                tracing::info!(subscription = %id, seq = next.seq, attempt,
-                    outcome = logged.outcome.as_str(), error = logged.error.as_deref().unwrap_or(""),
-                    "webhook attempt failed");
-            }
-            let delivered = logged.outcome == AttemptOutcome::Delivered;
+            unsaved.push(logged);
+            let settle = Settle {
+                from_cursor: sub.cursor_seq,
+                generation: sub.generation,
+                cursor: queued_after,
+                attempts: attempt,
+                retry_in,
+                status,
+                status_reason,
+                failed_seq,
+            };
             let started = Instant::now();
-            let Some(fresh) =
-                store::settle(&self.pool, id, self.owner, lease, &[logged], &settle).await?
-            else {
+            seen = self.wake.seen();
+            let saved = store::settle(&self.pool, id, self.owner, lease, &unsaved, &settle).await?;
+            unsaved.clear();
+            let Some(fresh) = saved else {
                 return Ok(());
             };
             sub = fresh;
             renewed_at = started;
-            if delivered {
-                queue.pop_front();
-                backlog = backlog.saturating_sub(1);
-                queued_after = sub.cursor_seq;
-            }
+            retry_at = Instant::now() + sub.retry_wait;
             if sub.status != SubscriptionStatus::Active {
                 return Ok(());
             }
+        }
+    }
+
+    /// Writes delivered attempts and moves the cursor to `cursor`, renewing the lease.
+    ///
+    /// If an admin changed the subscription meanwhile without moving its cursor (a rotation,
+    /// say), the write is refused by its fence; the deliveries stand, so it is made again
+    /// against the changed subscription rather than sending them twice.
+    async fn save_delivered(
+        &self,
+        id: Uuid,
+        sub: &Subscription,
+        delivered: &[NewAttempt],
+        cursor: u64,
+    ) -> Result<Option<Subscription>, StorageError> {
+        let lease = self.config.lease;
+        let mut settle = Settle {
+            from_cursor: sub.cursor_seq,
+            generation: sub.generation,
+            cursor,
+            attempts: 0,
+            retry_in: Duration::ZERO,
+            status: SubscriptionStatus::Active,
+            status_reason: None,
+            failed_seq: None,
+        };
+        if let Some(saved) =
+            store::settle(&self.pool, id, self.owner, lease, delivered, &settle).await?
+        {
+            return Ok(Some(saved));
+        }
+        match store::renew(&self.pool, id, self.owner, lease).await? {
+            Some(now) if now.cursor_seq == sub.cursor_seq => {
+                settle.generation = now.generation;
+                // The attempts were logged by the refused write already.
+                store::settle(&self.pool, id, self.owner, lease, &[], &settle).await
+            }
+            _ => Ok(None),
         }
     }
 
@@ -360,13 +498,20 @@ impl Worker {
         decision: &Pending,
         attempt: u32,
         timeout: Duration,
-    ) -> Result<(NewAttempt, Verdict), StorageError> {
+    ) -> (NewAttempt, Verdict) {
         let webhook_id = webhook_id(sub.id, decision.seq);
-        let body = payload(decision)
-            .map_err(|e| StorageError::Corrupt(format!("decision {}: {e}", decision.seq)))?;
         let attempted_at = Utc::now();
         let started = Instant::now();
-        let outcome = self.send(sub, &webhook_id, body, timeout).await;
+        // A record that cannot be sent fails like an unanswered request, so it is retried,
+        // logged, and finally pauses the subscription instead of stalling it unseen.
+        let outcome = match payload(decision) {
+            Ok(body) => self.send(sub, &webhook_id, body, timeout).await,
+            Err(e) => (
+                Verdict::Failed { retry_after: None },
+                None,
+                Some(format!("the stored record cannot be sent: {e}")),
+            ),
+        };
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         histogram!("regulator_webhook_attempt_duration_seconds").record(latency_ms / 1000.0);
         let (verdict, response_status, error) = outcome;
@@ -378,7 +523,7 @@ impl Worker {
             }
             Verdict::Failed { .. } => AttemptOutcome::Failed,
         };
-        Ok((
+        (
             NewAttempt {
                 webhook_id,
                 seq: decision.seq,
@@ -390,7 +535,7 @@ impl Worker {
                 error,
             },
             verdict,
-        ))
+        )
     }
 
     async fn send(
@@ -407,7 +552,12 @@ impl Worker {
             Err(refused) => return failed(format!("refused by the URL guard: {refused}")),
         };
         let mut secrets = Vec::with_capacity(2);
-        for text in std::iter::once(&sub.secret).chain(sub.previous_secret.as_ref()) {
+        // `sub` may have been read a while ago: the grace period can end in between.
+        let previous = sub.previous_secret.as_ref().filter(|_| {
+            sub.previous_secret_expires_at
+                .is_some_and(|t| t > Utc::now())
+        });
+        for text in std::iter::once(&sub.secret).chain(previous) {
             match Secret::parse(text) {
                 Ok(secret) => secrets.push(secret),
                 Err(e) => return failed(format!("the stored secret does not parse: {e}")),
@@ -460,6 +610,27 @@ impl Worker {
         }
     }
 }
+
+/// The id of a finished task, which the running map is keyed by.
+fn finished(done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
+    match done {
+        Ok((id, ())) => id,
+        Err(e) => {
+            if !e.is_cancelled() {
+                tracing::error!(error = %e, "a webhook delivery task failed");
+            }
+            e.id()
+        }
+    }
+}
+
+/// Shutting down: asked to, or the replica that owns the signal is gone.
+fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
+/// How often every subscription's lag is measured from the database.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The error and its causes, which is where reqwest says "connection refused" or "timed out".
 fn error_chain(error: &dyn std::error::Error) -> String {
