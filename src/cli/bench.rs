@@ -57,9 +57,9 @@ use sqlx::{ConnectOptions, Connection, PgConnection};
 use regulator::app::{App, Config};
 use regulator::auth::{mint_dev_token, KeySource, Role};
 
-const ISSUER: &str = "regulator";
-const AUDIENCE: &str = "regulator";
-const CHAIN: &str = "ethereum";
+pub(crate) const ISSUER: &str = "regulator";
+pub(crate) const AUDIENCE: &str = "regulator";
+pub(crate) const CHAIN: &str = "ethereum";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -142,7 +142,7 @@ pub struct BenchArgs {
 
 /// Why the bench could not run (exit code 2).
 #[derive(Debug)]
-struct Failure(String);
+pub(crate) struct Failure(pub(crate) String);
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,7 +150,7 @@ impl std::fmt::Display for Failure {
     }
 }
 
-trait Context<T> {
+pub(crate) trait Context<T> {
     fn context(self, what: &str) -> Result<T, Failure>;
 }
 
@@ -210,56 +210,7 @@ impl BenchArgs {
 
     /// Recreates the database and starts the service on it.
     async fn start(&self, secret: PathBuf) -> Result<App, Failure> {
-        let options: PgConnectOptions = self
-            .database_url
-            .parse()
-            .context("--database-url is not a Postgres URL")?;
-        let name = options
-            .get_database()
-            .ok_or_else(|| Failure("--database-url names no database".into()))?
-            .to_owned();
-        if !name.contains("bench") {
-            return Err(Failure(format!(
-                "refusing to drop database {name:?}: a bench database's name must contain \"bench\""
-            )));
-        }
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        let mut admin = options
-            .clone()
-            .database("postgres")
-            .connect()
-            .await
-            .context("cannot connect to the postgres database")?;
-        for statement in [
-            format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"),
-            format!("CREATE DATABASE {quoted}"),
-            // The server default, pinned so that a changed server default cannot flatter us.
-            format!("ALTER DATABASE {quoted} SET synchronous_commit = on"),
-        ] {
-            sqlx::raw_sql(&statement)
-                .execute(&mut admin)
-                .await
-                .context(&statement)?;
-        }
-        for setting in &self.db_settings {
-            let (key, value) = setting
-                .split_once('=')
-                .filter(|(k, _)| {
-                    !k.is_empty()
-                        && k.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-                })
-                .ok_or_else(|| Failure(format!("--db-setting {setting:?}: expected NAME=VALUE")))?;
-            let statement = format!(
-                "ALTER DATABASE {quoted} SET {key} = '{}'",
-                value.replace('\'', "''")
-            );
-            sqlx::raw_sql(&statement)
-                .execute(&mut admin)
-                .await
-                .context(&statement)?;
-        }
-        let _ = admin.close().await;
+        recreate_database(&self.database_url, &self.db_settings).await?;
 
         let pool = regulator::storage::connect(&self.database_url, self.db_connections)
             .await
@@ -406,6 +357,64 @@ impl BenchArgs {
     }
 }
 
+/// Drops and recreates the bench database of `database_url` (refusing a name without `bench`),
+/// pins `synchronous_commit = on` on it, then applies `db_settings` (`NAME=VALUE`).
+pub(crate) async fn recreate_database(
+    database_url: &str,
+    db_settings: &[String],
+) -> Result<(), Failure> {
+    let options: PgConnectOptions = database_url
+        .parse()
+        .context("--database-url is not a Postgres URL")?;
+    let name = options
+        .get_database()
+        .ok_or_else(|| Failure("--database-url names no database".into()))?
+        .to_owned();
+    if !name.contains("bench") {
+        return Err(Failure(format!(
+            "refusing to drop database {name:?}: a bench database's name must contain \"bench\""
+        )));
+    }
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    let mut admin = options
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .context("cannot connect to the postgres database")?;
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"),
+        format!("CREATE DATABASE {quoted}"),
+        // The server default, pinned so that a changed server default cannot flatter us.
+        format!("ALTER DATABASE {quoted} SET synchronous_commit = on"),
+    ] {
+        sqlx::raw_sql(&statement)
+            .execute(&mut admin)
+            .await
+            .context(&statement)?;
+    }
+    for setting in db_settings {
+        let (key, value) = setting
+            .split_once('=')
+            .filter(|(k, _)| {
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            })
+            .ok_or_else(|| Failure(format!("--db-setting {setting:?}: expected NAME=VALUE")))?;
+        let statement = format!(
+            "ALTER DATABASE {quoted} SET {key} = '{}'",
+            value.replace('\'', "''")
+        );
+        sqlx::raw_sql(&statement)
+            .execute(&mut admin)
+            .await
+            .context(&statement)?;
+    }
+    let _ = admin.close().await;
+    Ok(())
+}
+
 /// What every worker shares.
 struct Ctx {
     client: reqwest::Client,
@@ -420,11 +429,17 @@ struct Ctx {
 impl Ctx {
     /// Order number `n`: a FREEZE on a target of its own.
     fn order(&self, n: u64) -> String {
-        format!(
-            r#"{{"target":{{"chain":"{CHAIN}","asset":"0xBENCH-{}","holder":"0xH{n}"}},"legal_basis":{{"instrument":"court_order","reference":"SEC v. Bench Holder {n}, 26-cv-{n} (S.D.N.Y.)"}},"instruction":{{"kind":"FREEZE"}}}}"#,
-            n % self.assets
-        )
+        order_body(n, self.assets)
     }
+}
+
+/// Order number `n` over `assets` assets: a FREEZE of holder `0xH<n>` of asset
+/// `0xBENCH-<n % assets>`, on a court order, which the U.S. policy applies.
+pub(crate) fn order_body(n: u64, assets: u64) -> String {
+    format!(
+        r#"{{"target":{{"chain":"{CHAIN}","asset":"0xBENCH-{}","holder":"0xH{n}"}},"legal_basis":{{"instrument":"court_order","reference":"SEC v. Bench Holder {n}, 26-cv-{n} (S.D.N.Y.)"}},"instruction":{{"kind":"FREEZE"}}}}"#,
+        n % assets
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -677,7 +692,10 @@ fn record(h: &mut Histogram<u64>, elapsed: Duration) {
     h.saturating_record(micros.max(1));
 }
 
-async fn wait_until_leading(client: &reqwest::Client, base: &str) -> Result<(), Failure> {
+pub(crate) async fn wait_until_leading(
+    client: &reqwest::Client,
+    base: &str,
+) -> Result<(), Failure> {
     #[derive(Deserialize)]
     struct Ready {
         sequencer_leading: bool,
@@ -701,7 +719,7 @@ async fn wait_until_leading(client: &reqwest::Client, base: &str) -> Result<(), 
     }
 }
 
-async fn register_assets(
+pub(crate) async fn register_assets(
     client: &reqwest::Client,
     base: &str,
     admin: &str,
@@ -735,34 +753,34 @@ async fn register_assets(
 }
 
 /// Database and process counters, read before and after a measured phase.
-struct Stats {
-    conn: PgConnection,
+pub(crate) struct Stats {
+    pub(crate) conn: PgConnection,
     clock_ticks: f64,
 }
 
 #[derive(Debug, Default)]
-struct Snapshot {
-    at: Option<Instant>,
+pub(crate) struct Snapshot {
+    pub(crate) at: Option<Instant>,
     /// CPU seconds of this process's threads, by thread name.
-    threads: BTreeMap<String, f64>,
+    pub(crate) threads: BTreeMap<String, f64>,
     /// CPU seconds of the bench database's backends and of the server's auxiliary processes,
     /// by pid, with their backend type.
-    postgres: HashMap<i32, (String, f64)>,
-    xact_commit: i64,
-    wal_records: i64,
-    wal_bytes: f64,
-    wal_sync: i64,
-    wal_write: i64,
+    pub(crate) postgres: HashMap<i32, (String, f64)>,
+    pub(crate) xact_commit: i64,
+    pub(crate) wal_records: i64,
+    pub(crate) wal_bytes: f64,
+    pub(crate) wal_sync: i64,
+    pub(crate) wal_write: i64,
     /// `regulator_sequencer_batch_size` sum and count: records committed, rounds committed.
-    seq_records: f64,
-    seq_rounds: f64,
+    pub(crate) seq_records: f64,
+    pub(crate) seq_rounds: f64,
     /// `regulator_decision_latency_seconds` sum and count (intake to decision, database clock).
-    latency_sum: f64,
-    latency_count: f64,
+    pub(crate) latency_sum: f64,
+    pub(crate) latency_count: f64,
 }
 
 impl Stats {
-    async fn connect(url: &str) -> Result<Self, Failure> {
+    pub(crate) async fn connect(url: &str) -> Result<Self, Failure> {
         let options: PgConnectOptions = url.parse().context("--database-url")?;
         let conn = options
             .application_name("regulator-bench-stats")
@@ -775,7 +793,7 @@ impl Stats {
         })
     }
 
-    async fn settings(&mut self) -> Result<Vec<(String, String)>, Failure> {
+    pub(crate) async fn settings(&mut self) -> Result<Vec<(String, String)>, Failure> {
         let mut out = Vec::new();
         for name in [
             "server_version",
@@ -803,7 +821,7 @@ impl Stats {
         Ok(out)
     }
 
-    async fn snapshot(&mut self) -> Result<Snapshot, Failure> {
+    pub(crate) async fn snapshot(&mut self) -> Result<Snapshot, Failure> {
         // Backends publish their statistics at most once a second when busy.
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         let _ = sqlx::query("SELECT pg_stat_clear_snapshot()")
@@ -847,13 +865,7 @@ impl Stats {
             }
         }
         let metrics = regulator::app::metrics_handle().render();
-        let metric = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
+        let metric = |name: &str| metric(&metrics, name);
         Ok(Snapshot {
             at: Some(Instant::now()),
             threads,
@@ -869,6 +881,15 @@ impl Stats {
             latency_count: metric("regulator_decision_latency_seconds_count"),
         })
     }
+}
+
+/// The sum of metric `name`'s samples (all label sets) in a Prometheus text rendering.
+pub(crate) fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// utime + stime in clock ticks from a `/proc/…/stat` file.

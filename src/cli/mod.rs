@@ -1,7 +1,9 @@
 //! Subcommands. Each returns the process exit code: 0 on success, 1 when what it checked is
 //! wrong (an invalid policy, a failed test case), 2 when it could not run.
 
+mod audit;
 mod bench;
+mod bench_webhooks;
 mod openapi;
 mod policy;
 mod serve;
@@ -22,6 +24,9 @@ enum Command {
     /// Work with jurisdiction policies: validate them, run their test suites.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Check the ledger in the database: `regulator audit verify`.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Run a replica: HTTP API, sequencer, notifications.
     Serve(serve::ServeArgs),
     /// Mint a development token (HS256) with the local development secret.
@@ -32,16 +37,22 @@ enum Command {
     /// (dropped and recreated): single orders, batches, or both; prints decisions/s, latency
     /// percentiles, outcomes and where the CPU went.
     Bench(bench::BenchArgs),
+    /// Measure webhook delivery lag (decided → received) to a loopback receiver under a paced
+    /// load of single orders on a fresh bench database (dropped and recreated); prints lag
+    /// percentiles, deliveries, duplicates and ordering, PASS/FAIL against the p99 target.
+    BenchWebhooks(bench_webhooks::BenchWebhooksArgs),
 }
 
 impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Policy(cmd) => cmd.run(),
+            Command::Audit(cmd) => cmd.run(),
             Command::Serve(args) => args.run(),
             Command::Token(cmd) => cmd.run(),
             Command::Openapi => openapi::run(),
             Command::Bench(args) => args.run(),
+            Command::BenchWebhooks(args) => args.run(),
         }
     }
 }

@@ -221,6 +221,56 @@ pub fn reason_code(reason: &Reason) -> String {
         .unwrap_or_default()
 }
 
+/// Why a record does not continue the chain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokenLink {
+    #[error("expected seq {expected}: the log has a gap or a duplicate")]
+    Gap { expected: u64 },
+    #[error("the stored hash {stored} is not SHA-256 of the record text ({computed}): the record or its hash was altered")]
+    HashMismatch { stored: String, computed: String },
+    #[error("the record text does not parse as a decision record: {0}")]
+    Unreadable(String),
+    #[error("the record says seq {0}")]
+    WrongSeq(u64),
+    #[error("prev_hash {found} does not name the previous record ({expected}): this record or the one before it was altered")]
+    WrongPredecessor { found: String, expected: String },
+}
+
+/// Checks that the record `seq` with `text` and `stored_hash` continues `head`; returns the
+/// new head.
+pub fn check_link(
+    head: Head,
+    seq: u64,
+    text: &str,
+    stored_hash: [u8; 32],
+) -> Result<Head, BrokenLink> {
+    if seq != head.seq + 1 {
+        return Err(BrokenLink::Gap {
+            expected: head.seq + 1,
+        });
+    }
+    let hash = record_hash(text);
+    if hash != stored_hash {
+        return Err(BrokenLink::HashMismatch {
+            stored: hex::encode(stored_hash),
+            computed: hex::encode(hash),
+        });
+    }
+    let record: DecisionRecord =
+        serde_json::from_str(text).map_err(|e| BrokenLink::Unreadable(e.to_string()))?;
+    if record.seq != seq {
+        return Err(BrokenLink::WrongSeq(record.seq));
+    }
+    let expected = hex::encode(head.hash);
+    if record.prev_hash != expected {
+        return Err(BrokenLink::WrongPredecessor {
+            found: record.prev_hash,
+            expected,
+        });
+    }
+    Ok(Head { seq, hash })
+}
+
 /// Checks that `records` (texts in sequence order, starting after `start`) form an unbroken
 /// chain; returns the seq of the first record that does not.
 pub fn first_broken_link<'a>(
@@ -229,15 +279,10 @@ pub fn first_broken_link<'a>(
 ) -> Option<u64> {
     let mut head = start;
     for (seq, text, stored_hash) in records {
-        let hash = record_hash(text);
-        let parsed: Option<DecisionRecord> = serde_json::from_str(text).ok();
-        let links = parsed
-            .as_ref()
-            .is_some_and(|r| r.seq == seq && r.prev_hash == hex::encode(head.hash));
-        if seq != head.seq + 1 || hash != stored_hash || !links {
-            return Some(seq);
+        match check_link(head, seq, text, stored_hash) {
+            Ok(next) => head = next,
+            Err(_) => return Some(seq),
         }
-        head = Head { seq, hash };
     }
     None
 }

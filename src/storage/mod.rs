@@ -830,6 +830,33 @@ pub async fn decisions_after(
     Ok(rows.into_iter().map(stored_decision).collect())
 }
 
+/// Decisions after `after` as the chain check needs them: seq, exact record text, stored hash.
+pub async fn chain_links(
+    pool: &PgPool,
+    after: u64,
+    limit: i64,
+) -> Result<Vec<(u64, String, [u8; 32])>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT seq, record::text, hash FROM decisions WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(after as i64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let seq: i64 = r.try_get(0)?;
+            let hash: Vec<u8> = r.try_get(2)?;
+            Ok((
+                u64::try_from(seq).map_err(corrupt)?,
+                r.try_get(1)?,
+                hash.try_into()
+                    .map_err(|_| corrupt(format!("decision {seq}: hash is not 32 bytes")))?,
+            ))
+        })
+        .collect()
+}
+
 /// The decisions of `orders` (those decided so far), in sequence order.
 pub async fn decisions_for_orders<'c>(
     db: impl sqlx::PgExecutor<'c>,
