@@ -60,6 +60,26 @@ pub struct Worker {
     wake: Arc<Changes>,
 }
 
+/// A subscription as its delivery task last read it, and when.
+struct Held {
+    sub: Subscription,
+    /// When the last write that renewed the lease was sent.
+    renewed_at: Instant,
+    /// When the next attempt may start (backoff).
+    retry_at: Instant,
+    /// The count of this replica's admin changes when `sub` was read.
+    seen: u64,
+}
+
+/// The writes a delivery task makes; each also renews its lease.
+enum Write<'a> {
+    Renew,
+    /// Deliveries answered 2xx, moving the cursor to the seq given.
+    Delivered(&'a [NewAttempt], u64),
+    /// A failed attempt (after any unsaved deliveries) and where it leaves the subscription.
+    Failed(&'a [NewAttempt], Settle),
+}
+
 /// What became of one attempt.
 enum Verdict {
     Delivered,
@@ -221,16 +241,12 @@ impl Worker {
         let label = id.to_string();
         let lease = self.config.lease;
         let mut head = self.head.clone();
-        let started = Instant::now();
-        let mut seen = self.wake.seen();
-        let Some(mut sub) = store::renew(&self.pool, id, self.owner, lease).await? else {
+        let Some(mut held) = self.first_hold(id).await? else {
             return Ok(());
         };
-        let mut renewed_at = started;
-        let mut retry_at = Instant::now() + sub.retry_wait;
         let mut queue: VecDeque<Pending> = VecDeque::new();
         // The last seq delivered: the queue continues after it.
-        let mut queued_after = sub.cursor_seq;
+        let mut queued_after = held.sub.cursor_seq;
         let mut backlog: u64 = 0;
         // Deliveries answered 2xx whose attempts and cursor are not written yet.
         let mut unsaved: Vec<NewAttempt> = Vec::new();
@@ -238,41 +254,34 @@ impl Worker {
         loop {
             if stopping(&shutdown) {
                 if !unsaved.is_empty() {
-                    self.save_delivered(id, &sub, &unsaved, queued_after)
+                    self.write(id, &mut held, Write::Delivered(&unsaved, queued_after))
                         .await?;
                 }
                 return Ok(());
             }
             // An admin's replay moves the cursor under us: start again from where it points.
-            // (`sub` is read afresh only when nothing is unsaved.)
-            if unsaved.is_empty() && sub.cursor_seq != queued_after {
+            // (`held` is read afresh only when nothing is unsaved.)
+            if unsaved.is_empty() && held.sub.cursor_seq != queued_after {
                 queue.clear();
-                queued_after = sub.cursor_seq;
+                queued_after = held.sub.cursor_seq;
             }
             if queue.is_empty() {
                 if !unsaved.is_empty() {
-                    let started = Instant::now();
-                    seen = self.wake.seen();
-                    let Some(fresh) = self
-                        .save_delivered(id, &sub, &unsaved, queued_after)
-                        .await?
-                    else {
+                    let saved = Write::Delivered(&unsaved, queued_after);
+                    if !self.write(id, &mut held, saved).await? {
                         return Ok(());
-                    };
+                    }
                     unsaved.clear();
-                    sub = fresh;
-                    renewed_at = started;
-                    retry_at = Instant::now() + sub.retry_wait;
                     continue;
                 }
                 head.borrow_and_update();
-                queue = store::pending(&self.pool, &sub.chain, queued_after, FETCH)
+                queue = store::pending(&self.pool, &held.sub.chain, queued_after, FETCH)
                     .await?
                     .into();
                 backlog = if (queue.len() as i64) < FETCH {
                     queue.len() as u64
                 } else {
-                    store::backlog(&self.pool, &sub.chain, queued_after, BACKLOG_CAP).await?
+                    store::backlog(&self.pool, &held.sub.chain, queued_after, BACKLOG_CAP).await?
                 };
                 gauge!("regulator_webhook_lag_decisions", "subscription" => label.clone())
                     .set(backlog as f64);
@@ -288,16 +297,10 @@ impl Worker {
                         _ = self.wake.notified() => false,
                         _ = shutdown.changed() => false,
                     };
-                    if !decided || renewed_at.elapsed() > lease / 3 {
-                        let started = Instant::now();
-                        seen = self.wake.seen();
-                        let Some(fresh) = store::renew(&self.pool, id, self.owner, lease).await?
-                        else {
-                            return Ok(());
-                        };
-                        sub = fresh;
-                        renewed_at = started;
-                        retry_at = Instant::now() + sub.retry_wait;
+                    if (!decided || held.renewed_at.elapsed() > lease / 3)
+                        && !self.write(id, &mut held, Write::Renew).await?
+                    {
+                        return Ok(());
                     }
                     continue;
                 }
@@ -312,50 +315,44 @@ impl Worker {
             // Backoff after a failure (which wrote everything before it), measured on this
             // machine's monotonic clock from the wait the database computed: the two hosts'
             // wall clocks may disagree.
-            let backoff = retry_at.saturating_duration_since(Instant::now());
+            let backoff = held.retry_at.saturating_duration_since(Instant::now());
             if !backoff.is_zero() && unsaved.is_empty() {
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.min(lease / 3)) => {}
                     _ = self.wake.notified() => {}
                     _ = shutdown.changed() => {}
                 }
-                let started = Instant::now();
-                seen = self.wake.seen();
-                let Some(fresh) = store::renew(&self.pool, id, self.owner, lease).await? else {
+                if !self.write(id, &mut held, Write::Renew).await? {
                     return Ok(());
-                };
-                sub = fresh;
-                renewed_at = started;
-                retry_at = Instant::now() + sub.retry_wait;
+                }
                 continue;
             }
 
             // The request must end while the lease is still ours, and be signed and addressed
             // as the subscription now stands after an admin's change on this replica.
-            if renewed_at.elapsed() + self.config.timeout + LEASE_MARGIN > lease
-                || self.wake.seen() != seen
+            if held.renewed_at.elapsed() + self.config.timeout + LEASE_MARGIN > lease
+                || self.wake.seen() != held.seen
             {
-                let started = Instant::now();
-                seen = self.wake.seen();
-                let fresh = if unsaved.is_empty() {
-                    store::renew(&self.pool, id, self.owner, lease).await?
+                let write = if unsaved.is_empty() {
+                    Write::Renew
                 } else {
-                    self.save_delivered(id, &sub, &unsaved, queued_after)
-                        .await?
+                    Write::Delivered(&unsaved, queued_after)
                 };
-                let Some(fresh) = fresh else {
+                if !self.write(id, &mut held, write).await? {
                     return Ok(());
-                };
+                }
                 unsaved.clear();
-                sub = fresh;
-                renewed_at = started;
-                retry_at = Instant::now() + sub.retry_wait;
                 continue;
             }
-            let lease_left = lease.saturating_sub(renewed_at.elapsed() + LEASE_MARGIN);
-            let attempt = sub.attempts + 1;
+            let lease_left = lease.saturating_sub(held.renewed_at.elapsed() + LEASE_MARGIN);
+            let attempt = held.sub.attempts + 1;
             let (logged, verdict) = self
-                .attempt(&sub, next, attempt, self.config.timeout.min(lease_left))
+                .attempt(
+                    &held.sub,
+                    next,
+                    attempt,
+                    self.config.timeout.min(lease_left),
+                )
                 .await;
             counter!("regulator_webhook_attempts_total",
                 "subscription" => label.clone(), "outcome" => logged.outcome.as_str())
@@ -366,7 +363,7 @@ impl Worker {
                     .record((Utc::now() - next.decided_at).as_seconds_f64().max(0.0));
                 queued_after = next.seq;
                 // The next decision starts counting afresh (the database learns at the save).
-                sub.attempts = 0;
+                held.sub.attempts = 0;
                 queue.pop_front();
                 backlog = backlog.saturating_sub(1);
                 if unsaved.is_empty() {
@@ -374,18 +371,11 @@ impl Worker {
                 }
                 unsaved.push(logged);
                 if unsaved.len() >= SAVE_BATCH || unsaved_since.elapsed() >= SAVE_EVERY {
-                    let started = Instant::now();
-                    seen = self.wake.seen();
-                    let Some(fresh) = self
-                        .save_delivered(id, &sub, &unsaved, queued_after)
-                        .await?
-                    else {
+                    let saved = Write::Delivered(&unsaved, queued_after);
+                    if !self.write(id, &mut held, saved).await? {
                         return Ok(());
-                    };
+                    }
                     unsaved.clear();
-                    sub = fresh;
-                    renewed_at = started;
-                    retry_at = Instant::now() + sub.retry_wait;
                 }
                 continue;
             }
@@ -428,8 +418,8 @@ impl Worker {
             };
             unsaved.push(logged);
             let settle = Settle {
-                from_cursor: sub.cursor_seq,
-                generation: sub.generation,
+                from_cursor: held.sub.cursor_seq,
+                generation: held.sub.generation,
                 cursor: queued_after,
                 attempts: attempt,
                 retry_in,
@@ -437,23 +427,59 @@ impl Worker {
                 status_reason,
                 failed_seq,
             };
-            let started = Instant::now();
-            seen = self.wake.seen();
-            let saved = store::settle(&self.pool, id, self.owner, lease, &unsaved, &settle).await?;
+            let still_ours = self
+                .write(id, &mut held, Write::Failed(&unsaved, settle))
+                .await?;
             unsaved.clear();
-            let Some(fresh) = saved else {
-                return Ok(());
-            };
-            sub = fresh;
-            renewed_at = started;
-            retry_at = Instant::now() + sub.retry_wait;
-            if sub.status != SubscriptionStatus::Active {
+            if !still_ours || held.sub.status != SubscriptionStatus::Active {
                 return Ok(());
             }
         }
     }
 
-    /// Writes delivered attempts and moves the cursor to `cursor`, renewing the lease.
+    /// Takes up a claimed subscription: renews its lease and reads it.
+    async fn first_hold(&self, id: Uuid) -> Result<Option<Held>, StorageError> {
+        let (started, seen) = (Instant::now(), self.wake.seen());
+        let fresh = store::renew(&self.pool, id, self.owner, self.config.lease).await?;
+        Ok(fresh.map(|sub| Held {
+            retry_at: Instant::now() + sub.retry_wait,
+            sub,
+            renewed_at: started,
+            seen,
+        }))
+    }
+
+    /// Makes one write (each renews the lease) and holds the subscription it returns; `false`
+    /// when the subscription is no longer this task's to deliver.
+    async fn write(
+        &self,
+        id: Uuid,
+        held: &mut Held,
+        write: Write<'_>,
+    ) -> Result<bool, StorageError> {
+        let lease = self.config.lease;
+        let (started, seen) = (Instant::now(), self.wake.seen());
+        let fresh = match write {
+            Write::Renew => store::renew(&self.pool, id, self.owner, lease).await?,
+            Write::Delivered(delivered, cursor) => {
+                self.save_delivered(id, &held.sub, delivered, cursor)
+                    .await?
+            }
+            Write::Failed(attempts, settle) => {
+                store::settle(&self.pool, id, self.owner, lease, attempts, &settle).await?
+            }
+        };
+        let Some(sub) = fresh else {
+            return Ok(false);
+        };
+        held.retry_at = Instant::now() + sub.retry_wait;
+        held.sub = sub;
+        held.renewed_at = started;
+        held.seen = seen;
+        Ok(true)
+    }
+
+    /// Writes delivered attempts and moves the cursor to `cursor`.
     ///
     /// If an admin changed the subscription meanwhile without moving its cursor (a rotation,
     /// say), the write is refused by its fence; the deliveries stand, so it is made again
