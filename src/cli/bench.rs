@@ -210,26 +210,19 @@ impl BenchArgs {
 
     /// Recreates the database and starts the service on it.
     async fn start(&self, secret: PathBuf) -> Result<App, Failure> {
-        recreate_database(&self.database_url, &self.db_settings).await?;
-
-        let pool = regulator::storage::connect(&self.database_url, self.db_connections)
-            .await
-            .context("cannot connect to the bench database")?;
-        let config = Config {
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url: self.database_url.clone(),
-            policies: self.policies.clone(),
-            window: chrono::Duration::milliseconds(i64::from(self.window_ms)),
-            submit_wait: Duration::from_millis(self.submit_wait_ms),
-            keys: KeySource::DevSecret(secret),
-            jwt_issuer: ISSUER.into(),
-            jwt_audience: AUDIENCE.into(),
-            max_connections: self.db_connections,
-            webhooks: regulator::webhooks::WebhookConfig::default(),
-        };
-        App::start_with_pool(config, pool)
-            .await
-            .context("cannot start the service")
+        start_service(
+            ServiceSetup {
+                database_url: &self.database_url,
+                db_settings: &self.db_settings,
+                db_connections: self.db_connections,
+                policies: &self.policies,
+                window_ms: self.window_ms,
+                submit_wait_ms: self.submit_wait_ms,
+            },
+            secret,
+            regulator::webhooks::WebhookConfig::default(),
+        )
+        .await
     }
 
     /// Registers the assets, runs the modes, prints the report.
@@ -355,6 +348,44 @@ impl BenchArgs {
         let _ = stats.conn.close().await;
         Ok(())
     }
+}
+
+/// What a load generator's in-process service runs with.
+pub(crate) struct ServiceSetup<'a> {
+    pub database_url: &'a str,
+    pub db_settings: &'a [String],
+    pub db_connections: u32,
+    pub policies: &'a std::path::Path,
+    pub window_ms: u32,
+    pub submit_wait_ms: u64,
+}
+
+/// Recreates the bench database and starts the real service on it, on a loopback port with
+/// a development secret.
+pub(crate) async fn start_service(
+    setup: ServiceSetup<'_>,
+    secret: PathBuf,
+    webhooks: regulator::webhooks::WebhookConfig,
+) -> Result<App, Failure> {
+    recreate_database(setup.database_url, setup.db_settings).await?;
+    let pool = regulator::storage::connect(setup.database_url, setup.db_connections)
+        .await
+        .context("cannot connect to the bench database")?;
+    let config = Config {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: setup.database_url.to_owned(),
+        policies: setup.policies.to_path_buf(),
+        window: chrono::Duration::milliseconds(i64::from(setup.window_ms)),
+        submit_wait: Duration::from_millis(setup.submit_wait_ms),
+        keys: KeySource::DevSecret(secret),
+        jwt_issuer: ISSUER.into(),
+        jwt_audience: AUDIENCE.into(),
+        max_connections: setup.db_connections,
+        webhooks,
+    };
+    App::start_with_pool(config, pool)
+        .await
+        .context("cannot start the service")
 }
 
 /// Drops and recreates the bench database of `database_url` (refusing a name without `bench`),

@@ -61,14 +61,14 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use regulator::app::{App, Config};
-use regulator::auth::{mint_dev_token, KeySource, Role};
+use regulator::app::App;
+use regulator::auth::{mint_dev_token, Role};
 use regulator::webhooks::signing::Secret;
 use regulator::webhooks::{webhook_id, UrlGuard, WebhookConfig};
 
 use super::bench::{
-    metric, order_body, recreate_database, register_assets, wait_until_leading, Context, Failure,
-    Snapshot, Stats, AUDIENCE, CHAIN, ISSUER,
+    metric, order_body, register_assets, start_service, wait_until_leading, Context, Failure,
+    ServiceSetup, Snapshot, Stats, AUDIENCE, CHAIN, ISSUER,
 };
 
 /// The authority the orders come from, and its roles.
@@ -223,28 +223,22 @@ impl BenchWebhooksArgs {
 
     /// Recreates the database and starts the service on it, webhooks allowed to loopback.
     async fn start(&self, secret: PathBuf) -> Result<App, Failure> {
-        recreate_database(&self.database_url, &self.db_settings).await?;
-        let pool = regulator::storage::connect(&self.database_url, self.db_connections)
-            .await
-            .context("cannot connect to the bench database")?;
-        let config = Config {
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url: self.database_url.clone(),
-            policies: self.policies.clone(),
-            window: chrono::Duration::milliseconds(i64::from(self.window_ms)),
-            submit_wait: Duration::from_millis(self.submit_wait_ms),
-            keys: KeySource::DevSecret(secret),
-            jwt_issuer: ISSUER.into(),
-            jwt_audience: AUDIENCE.into(),
-            max_connections: self.db_connections,
-            webhooks: WebhookConfig {
+        start_service(
+            ServiceSetup {
+                database_url: &self.database_url,
+                db_settings: &self.db_settings,
+                db_connections: self.db_connections,
+                policies: &self.policies,
+                window_ms: self.window_ms,
+                submit_wait_ms: self.submit_wait_ms,
+            },
+            secret,
+            WebhookConfig {
                 guard: UrlGuard::new(vec![], true),
                 ..WebhookConfig::default()
             },
-        };
-        App::start_with_pool(config, pool)
-            .await
-            .context("cannot start the service")
+        )
+        .await
     }
 
     /// Subscribes the receiver, registers the assets, sends, drains, reports; `Ok(false)` when
