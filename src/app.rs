@@ -12,6 +12,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
+use crate::audit::signer::CheckpointKey;
 use crate::auth::{KeyError, KeySource, Verifier};
 use crate::hub::Hub;
 use crate::intake::IntakeQueue;
@@ -36,6 +37,10 @@ pub struct Config {
     pub jwt_audience: String,
     pub max_connections: u32,
     pub webhooks: WebhookConfig,
+    /// The Ed25519 key that signs checkpoints (PKCS#8 PEM; created, mode 0600, if missing).
+    pub checkpoint_key: PathBuf,
+    /// How often a checkpoint is published when there are new decisions.
+    pub checkpoint_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,8 @@ pub enum StartError {
     Keys(#[from] KeyError),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    CheckpointKey(#[from] crate::audit::signer::CheckpointKeyError),
     #[error("cannot build the webhook client: {0}")]
     WebhookClient(#[from] reqwest::Error),
     #[error(transparent)]
@@ -105,6 +112,9 @@ impl App {
             &config.jwt_audience,
         )?);
 
+        let checkpoint_key = Arc::new(CheckpointKey::load_or_create(&config.checkpoint_key)?);
+        tracing::info!(key_id = checkpoint_key.key_id(), "checkpoint key loaded");
+
         let head = storage::ledger_head(&pool).await?;
         let hub = Arc::new(Hub::new(head.seq));
         let intake_signal = Arc::new(Notify::new());
@@ -131,6 +141,12 @@ impl App {
             shutdown_rx.clone(),
         )));
 
+        tasks.push(tokio::spawn(checkpoints(
+            pool.clone(),
+            Arc::clone(&checkpoint_key),
+            config.checkpoint_interval,
+            shutdown_rx.clone(),
+        )));
         let webhook_wake = Arc::new(Changes::default());
         let mut webhook_worker = None;
         if config.webhooks.deliver {
@@ -157,6 +173,7 @@ impl App {
             leading,
             webhooks: Arc::new(config.webhooks.clone()),
             webhook_wake,
+            checkpoint_key,
         };
         let listener =
             TcpListener::bind(config.listen)
@@ -251,6 +268,39 @@ fn check_listen(config: &Config) -> Result<(), StartError> {
         return Err(StartError::InsecureListen(config.listen));
     }
     Ok(())
+}
+
+/// Publishes a signed checkpoint every `interval` when decisions were added. Every replica
+/// runs this; the tree's row lock serializes building, and one checkpoint per size stands.
+async fn checkpoints(
+    pool: PgPool,
+    key: Arc<CheckpointKey>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let latest = match crate::storage::audit::latest_checkpoint(&pool).await {
+            Ok(latest) => latest.map_or(0, |c| c.tree_size),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the latest checkpoint");
+                continue;
+            }
+        };
+        match storage::ledger_head(&pool).await {
+            Ok(head) if head.seq > latest => {
+                match crate::api::audit::publish_checkpoint(&pool, &key).await {
+                    Ok(cp) => tracing::info!(tree_size = cp.tree_size, "checkpoint published"),
+                    Err(error) => tracing::warn!(%error, "cannot publish a checkpoint"),
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot read the ledger head"),
+        }
+    }
 }
 
 /// Drains the recorder's histogram buffers even when nobody scrapes `/metrics`, so they do

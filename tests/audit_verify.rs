@@ -74,7 +74,7 @@ async fn an_untouched_ledger_verifies(pool: PgPool) {
     );
     let (code, out) = verify_cli(&pool);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("ledger sound: 5 decisions"), "{out}");
+    assert!(out.contains("hash chain sound: 5 decisions"), "{out}");
 }
 
 /// An outcome rewritten in place: the record no longer hashes to its stored hash.

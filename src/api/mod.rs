@@ -2,6 +2,7 @@
 //!
 //! Every error leaves through [`problem::ApiError`] as an RFC 9457 problem document.
 
+pub mod audit;
 pub mod extract;
 pub mod feed;
 pub mod ops;
@@ -48,6 +49,7 @@ pub struct AppState {
     pub webhooks: Arc<WebhookConfig>,
     /// Wakes this replica's webhook worker when a subscription needs delivering.
     pub webhook_wake: Arc<Changes>,
+    pub checkpoint_key: Arc<crate::audit::signer::CheckpointKey>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -95,7 +97,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/webhooks/subscriptions/{id}/attempts",
             get(webhooks::attempts),
-        );
+        )
+        .route("/audit/checkpoints", post(audit::publish))
+        .route("/audit/checkpoints/latest", get(audit::latest))
+        .route("/audit/public-key", get(audit::public_key))
+        .route("/audit/proofs/inclusion", get(audit::inclusion))
+        .route("/audit/proofs/consistency", get(audit::consistency));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(ops::healthz))
@@ -137,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete,
         webhooks::enable, webhooks::disable, webhooks::replay, webhooks::rotate_secret,
         webhooks::attempts,
+        audit::latest, audit::publish, audit::public_key, audit::inclusion, audit::consistency,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(crate::auth::Role)),
@@ -147,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         (name = "targets", description = "Lock state and history of assets and balances"),
         (name = "feed", description = "The ordered decision log, for chains and reconcilers"),
         (name = "webhooks", description = "Subscriptions that push the decision log to chains (admin)"),
+        (name = "audit", description = "Signed checkpoints of the Merkle tree over the log, and proofs (auditor)"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use sqlx::postgres::PgPoolOptions;
 
-use regulator::audit::{verify_chain, ChainCheck};
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use ed25519_dalek::VerifyingKey;
+use regulator::audit::{verify, ChainCheck, CheckpointCheck};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -24,6 +26,10 @@ pub struct VerifyArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/regulator"
     )]
     database_url: String,
+    /// The checkpoint key's public half (PEM, as `GET /v1/audit/public-key` serves it), to
+    /// check the checkpoints' signatures. Without it, roots are checked but not signatures.
+    #[arg(long)]
+    public_key: Option<std::path::PathBuf>,
 }
 
 impl AuditCommand {
@@ -39,6 +45,22 @@ impl AuditCommand {
                 return ExitCode::from(2);
             }
         };
+        let key = match &args.public_key {
+            None => None,
+            Some(path) => match std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| VerifyingKey::from_public_key_pem(&pem).map_err(|e| e.to_string()))
+            {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    eprintln!(
+                        "error: {} is not an Ed25519 public key PEM: {e}",
+                        path.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+        };
         runtime.block_on(async move {
             let pool = match PgPoolOptions::new()
                 .max_connections(1)
@@ -51,20 +73,26 @@ impl AuditCommand {
                     return ExitCode::from(2);
                 }
             };
-            match verify_chain(&pool).await {
-                Ok(ChainCheck::Sound { decisions, head }) => {
-                    println!(
-                        "ledger sound: {decisions} decisions, head seq {} hash {}",
-                        head.seq,
-                        hex::encode(head.hash)
-                    );
-                    ExitCode::SUCCESS
+            let verification = match verify(&pool, key.as_ref()).await {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
                 }
-                Ok(ChainCheck::Broken { seq, reason }) => {
+            };
+            let mut sound = true;
+            match verification.chain {
+                ChainCheck::Sound { decisions, head } => println!(
+                    "hash chain sound: {decisions} decisions, head seq {} hash {}",
+                    head.seq,
+                    hex::encode(head.hash)
+                ),
+                ChainCheck::Broken { seq, reason } => {
+                    sound = false;
                     println!("first bad entry: seq {seq}: {reason}");
-                    ExitCode::from(1)
                 }
-                Ok(ChainCheck::HeadMismatch { head, last }) => {
+                ChainCheck::HeadMismatch { head, last } => {
+                    sound = false;
                     println!(
                         "first bad entry: the ledger head names seq {} ({}) but the last record is seq {} ({})",
                         head.seq,
@@ -72,12 +100,32 @@ impl AuditCommand {
                         last.seq,
                         hex::encode(last.hash)
                     );
-                    ExitCode::from(1)
                 }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
+            }
+            match verification.checkpoints {
+                CheckpointCheck::Sound {
+                    checkpoints,
+                    signatures_checked,
+                } => println!(
+                    "checkpoints sound: {checkpoints} roots recomputed from the log{}",
+                    if signatures_checked {
+                        ", signatures verified"
+                    } else {
+                        "; signatures not checked (pass --public-key)"
+                    }
+                ),
+                CheckpointCheck::Bad { tree_size, reason } => {
+                    sound = false;
+                    println!("first bad checkpoint: tree size {tree_size}: {reason}");
                 }
+                CheckpointCheck::Skipped => {
+                    println!("checkpoints not checked: the hash chain is broken");
+                }
+            }
+            if sound {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
         })
     }

@@ -368,6 +368,10 @@ pub(crate) async fn start_service(
     webhooks: regulator::webhooks::WebhookConfig,
 ) -> Result<App, Failure> {
     recreate_database(setup.database_url, setup.db_settings).await?;
+    let secret_dir = secret
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
     let pool = regulator::storage::connect(setup.database_url, setup.db_connections)
         .await
         .context("cannot connect to the bench database")?;
@@ -382,6 +386,8 @@ pub(crate) async fn start_service(
         jwt_audience: AUDIENCE.into(),
         max_connections: setup.db_connections,
         webhooks,
+        checkpoint_key: secret_dir.join("checkpoint-key.pem"),
+        checkpoint_interval: Duration::from_secs(60),
     };
     App::start_with_pool(config, pool)
         .await

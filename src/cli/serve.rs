@@ -69,6 +69,17 @@ pub struct ServeArgs {
     tokens: TokenArgs,
     #[command(flatten)]
     webhooks: WebhookArgs,
+    /// The Ed25519 key that signs checkpoints of the decision log (PKCS#8 PEM), created with
+    /// mode 0600 if missing. Give every replica the same key.
+    #[arg(
+        long,
+        env = "REGULATOR_CHECKPOINT_KEY",
+        default_value = ".regulator/checkpoint-key.pem"
+    )]
+    checkpoint_key: PathBuf,
+    /// How often a checkpoint is published when there are new decisions.
+    #[arg(long, env = "REGULATOR_CHECKPOINT_INTERVAL", default_value = "60s", value_parser = duration)]
+    checkpoint_interval: Duration,
 }
 
 /// Webhook delivery (SPEC §8). Durations are written `250ms`, `10s`, `5m` or `1h`.
@@ -161,6 +172,8 @@ impl ServeArgs {
             jwt_audience: self.tokens.jwt_audience,
             max_connections: self.db_connections,
             webhooks: self.webhooks.config(),
+            checkpoint_key: self.checkpoint_key,
+            checkpoint_interval: self.checkpoint_interval,
         };
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,

@@ -244,6 +244,85 @@ pub fn verify_consistency(
     Ok(())
 }
 
+/// The right edge of a growing tree: for each set bit `l` of its size, the perfect subtree of
+/// `2^l` leaves that is still waiting for a right sibling. Appending a leaf completes the
+/// perfect subtrees it closes, which are the only new nodes; the root is these subtrees folded
+/// right to left.
+#[derive(Debug, Clone)]
+pub struct Frontier {
+    size: u64,
+    /// By level: the pending left subtree at that level, if the size has that bit.
+    pending: Vec<Option<Hash>>,
+}
+
+/// A perfect subtree's coordinates and hash: `2^level` leaves starting at `index << level`.
+pub type Node = (u32, u64, Hash);
+
+impl Frontier {
+    pub fn empty() -> Self {
+        Self {
+            size: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The perfect subtrees a tree of `size` leaves keeps pending: `(level, index)` for each set
+    /// bit of `size`.
+    pub fn coordinates(size: u64) -> Vec<(u32, u64)> {
+        (0..64)
+            .filter(|l| size >> l & 1 == 1)
+            .map(|l| (l, (size >> l) - 1))
+            .collect()
+    }
+
+    /// Rebuilds the frontier of a tree of `size` leaves from its pending subtrees, given in the
+    /// order of [`Frontier::coordinates`]; `None` if one is missing.
+    pub fn restore(size: u64, mut lookup: impl FnMut(u32, u64) -> Option<Hash>) -> Option<Self> {
+        let mut pending = vec![None; 64 - size.leading_zeros() as usize];
+        for (level, index) in Self::coordinates(size) {
+            pending[level as usize] = Some(lookup(level, index)?);
+        }
+        Some(Self { size, pending })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends a leaf hash; pushes the leaf and every perfect subtree it completes to `out`.
+    pub fn push(&mut self, leaf: Hash, out: &mut Vec<Node>) {
+        let (mut level, mut index, mut hash) = (0u32, self.size, leaf);
+        out.push((0, index, hash));
+        while index & 1 == 1 {
+            // A right child: its left sibling is the subtree pending at this level.
+            let Some(left) = self.pending.get_mut(level as usize).and_then(Option::take) else {
+                break;
+            };
+            hash = node_hash(&left, &hash);
+            level += 1;
+            index >>= 1;
+            out.push((level, index, hash));
+        }
+        if self.pending.len() <= level as usize {
+            self.pending.resize(level as usize + 1, None);
+        }
+        self.pending[level as usize] = Some(hash);
+        self.size += 1;
+    }
+
+    /// The root of the tree so far.
+    pub fn root(&self) -> Hash {
+        let mut root: Option<Hash> = None;
+        for subtree in self.pending.iter().flatten() {
+            root = Some(match root {
+                None => *subtree,
+                Some(right) => node_hash(subtree, &right),
+            });
+        }
+        root.unwrap_or_else(empty_root)
+    }
+}
+
 /// Perfect subtrees computed from the leaf hashes, each time they are asked for.
 pub struct Leaves<'a>(pub &'a [Hash]);
 
@@ -484,11 +563,52 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_frontier_grows_the_reference_tree() {
+        let leaves = vector_leaves();
+        let mut frontier = Frontier::empty();
+        let mut nodes = Vec::new();
+        assert_eq!(frontier.root(), root(&Leaves(&leaves), 0).unwrap());
+        for (n, leaf) in leaves.iter().enumerate() {
+            frontier.push(*leaf, &mut nodes);
+            assert_eq!(frontier.root(), unhex(ROOTS[n]), "{n}");
+        }
+        // Every perfect subtree was emitted once: 8 leaves, 4 + 2 + 1 nodes above them.
+        assert_eq!(nodes.len(), 15);
+        for (level, index, hash) in &nodes {
+            assert_eq!(*hash, Leaves(&leaves).perfect(*level, *index).unwrap());
+        }
+    }
+
     fn leaves(n: usize) -> Vec<Hash> {
         (0..n as u32).map(|i| leaf_hash(&i.to_be_bytes())).collect()
     }
 
     proptest! {
+        /// A frontier restored from stored subtrees at any size continues exactly like one that
+        /// never stopped.
+        #[test]
+        fn a_restored_frontier_continues_the_tree(total in 1usize..300, cut in any::<prop::sample::Index>()) {
+            let all = leaves(total);
+            let at = cut.index(total + 1);
+            let mut whole = Frontier::empty();
+            let mut nodes = Vec::new();
+            for leaf in &all[..at] {
+                whole.push(*leaf, &mut nodes);
+            }
+            let stored: std::collections::HashMap<(u32, u64), Hash> =
+                nodes.iter().map(|(l, i, h)| ((*l, *i), *h)).collect();
+            let mut restored =
+                Frontier::restore(at as u64, |l, i| stored.get(&(l, i)).copied()).unwrap();
+            prop_assert_eq!(restored.size(), whole.size());
+            prop_assert_eq!(restored.root(), whole.root());
+            let mut rest = Vec::new();
+            for leaf in &all[at..] {
+                restored.push(*leaf, &mut rest);
+            }
+            prop_assert_eq!(restored.root(), root(&Leaves(&all), total as u64).unwrap());
+        }
+
         /// Every leaf of every tree up to 200 leaves has a proof that verifies, and only for
         /// its own index.
         #[test]

@@ -3,6 +3,7 @@
 //! The tables are created by the migrations in `migrations/`. Writers: the API inserts assets and
 //! intake; only the sequencer, over its leadership connection, writes decisions and state.
 
+pub mod audit;
 pub mod webhooks;
 
 use std::collections::HashMap;
@@ -42,7 +43,7 @@ pub enum StorageError {
     Deposed { expected_seq: u64, epoch: i64 },
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StorageError {
+pub fn corrupt(what: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt(what.to_string())
 }
 
@@ -828,6 +829,19 @@ pub async fn decisions_after(
         }
     };
     Ok(rows.into_iter().map(stored_decision).collect())
+}
+
+/// The stored hash of decision `seq`'s record.
+pub async fn record_hash(pool: &PgPool, seq: u64) -> Result<Option<[u8; 32]>, StorageError> {
+    let hash: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM decisions WHERE seq = $1")
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .fetch_optional(pool)
+        .await?;
+    hash.map(|h| {
+        h.try_into()
+            .map_err(|_| corrupt(format!("decision {seq}: hash is not 32 bytes")))
+    })
+    .transpose()
 }
 
 /// Decisions after `after` as the chain check needs them: seq, exact record text, stored hash.

@@ -29,6 +29,7 @@ pub fn secret_file() -> PathBuf {
 }
 
 pub fn config(secret: PathBuf, window_ms: i64) -> Config {
+    let checkpoint_key = secret.with_file_name("checkpoint-key.pem");
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: String::new(),
@@ -40,6 +41,8 @@ pub fn config(secret: PathBuf, window_ms: i64) -> Config {
         jwt_audience: AUDIENCE.into(),
         max_connections: 8,
         webhooks: regulator::webhooks::WebhookConfig::default(),
+        checkpoint_key,
+        checkpoint_interval: Duration::from_secs(3600),
     }
 }
 

@@ -1,0 +1,167 @@
+//! Tamper evidence for the decision log (SPEC §7).
+//!
+//! - This module: checking the ledger in the database against itself (every record's hash,
+//!   every link of the chain, the head); `regulator audit verify` runs it and names the first
+//!   bad entry.
+//! - [`tree`]: the RFC 6962 Merkle tree in Postgres, extended as decisions commit, and proofs.
+//! - [`signer`]: the Ed25519 key that signs checkpoints of the tree.
+
+pub mod signer;
+pub mod tree;
+
+use ed25519_dalek::VerifyingKey;
+use sqlx::PgPool;
+
+use crate::domain::ledger::{check_link, BrokenLink, Head};
+use crate::domain::merkle::{leaf_hash, Frontier};
+use crate::storage::{self, StorageError};
+use signer::verify_checkpoint;
+
+/// Records read at a time: bounded memory for any length of log.
+const PAGE: i64 = 10_000;
+
+/// What the check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainCheck {
+    /// Every record from seq 1 links to the one before, and the head names the last.
+    Sound { decisions: u64, head: Head },
+    /// The first record that does not continue the chain, and why.
+    Broken { seq: u64, reason: BrokenLink },
+    /// The records link, but `ledger_head` names another last record (records were removed
+    /// from the end, or the head was altered).
+    HeadMismatch { head: Head, last: Head },
+}
+
+/// What the check of the checkpoints found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointCheck {
+    /// Every checkpoint's root is the root of the log's first `tree_size` records, and of the
+    /// stored subtrees; its signature verifies (when a key was given).
+    Sound {
+        checkpoints: usize,
+        signatures_checked: bool,
+    },
+    /// The first checkpoint that does not hold, and why.
+    Bad { tree_size: u64, reason: String },
+    /// Not checked: the chain is broken, so the roots cannot be recomputed from it.
+    Skipped,
+}
+
+/// Everything `regulator audit verify` checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub chain: ChainCheck,
+    pub checkpoints: CheckpointCheck,
+}
+
+/// Recomputes the hash chain from the genesis head, a page at a time.
+pub async fn verify_chain(pool: &PgPool) -> Result<ChainCheck, StorageError> {
+    Ok(verify(pool, None).await?.chain)
+}
+
+/// Recomputes the hash chain and, from the same records, the Merkle root at every checkpoint's
+/// size; checks each checkpoint's signature with `key`, if given, and that the stored subtrees
+/// (which proofs are made from) give the same root.
+pub async fn verify(
+    pool: &PgPool,
+    key: Option<&VerifyingKey>,
+) -> Result<Verification, StorageError> {
+    let checkpoints = storage::audit::all_checkpoints(pool).await?;
+    let mut pending = checkpoints.iter().peekable();
+    let mut bad_checkpoint: Option<(u64, String)> = None;
+    let mut tree = Frontier::empty();
+    let mut check_at_size = |tree: &Frontier, bad: &mut Option<(u64, String)>| {
+        while let Some(cp) = pending.next_if(|cp| cp.tree_size == tree.size()) {
+            if bad.is_some() {
+                continue;
+            }
+            let root = tree.root();
+            if root != cp.root {
+                *bad = Some((
+                    cp.tree_size,
+                    format!(
+                        "the signed root {} is not the root of the log's first {} records ({})",
+                        hex::encode(cp.root),
+                        cp.tree_size,
+                        hex::encode(root)
+                    ),
+                ));
+            } else if let Some(key) = key {
+                if !verify_checkpoint(key, cp) {
+                    *bad = Some((
+                        cp.tree_size,
+                        format!(
+                            "its signature does not verify with key {}",
+                            signer::key_id(key)
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    check_at_size(&tree, &mut bad_checkpoint);
+    let mut head = Head::GENESIS;
+    loop {
+        let page = storage::chain_links(pool, head.seq, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        for (seq, text, stored) in page {
+            match check_link(head, seq, &text, stored) {
+                Ok(next) => head = next,
+                Err(reason) => {
+                    return Ok(Verification {
+                        chain: ChainCheck::Broken { seq, reason },
+                        checkpoints: CheckpointCheck::Skipped,
+                    })
+                }
+            }
+            tree.push(leaf_hash(&stored), &mut Vec::new());
+            check_at_size(&tree, &mut bad_checkpoint);
+        }
+    }
+    let recorded = storage::ledger_head(pool).await?;
+    let chain = if recorded != head {
+        ChainCheck::HeadMismatch {
+            head: recorded,
+            last: head,
+        }
+    } else {
+        ChainCheck::Sound {
+            decisions: head.seq,
+            head,
+        }
+    };
+    if let Some(cp) = pending.next() {
+        bad_checkpoint.get_or_insert((
+            cp.tree_size,
+            format!(
+                "it covers {} records; the log holds {}",
+                cp.tree_size, head.seq
+            ),
+        ));
+    }
+    if bad_checkpoint.is_none() {
+        // The stored subtrees serve the proofs: they must give the signed roots too.
+        for cp in &checkpoints {
+            if tree::root_at_if_built(pool, cp.tree_size)
+                .await?
+                .is_some_and(|r| r != cp.root)
+            {
+                bad_checkpoint = Some((
+                    cp.tree_size,
+                    "the stored Merkle subtrees give another root than the signed one".into(),
+                ));
+                break;
+            }
+        }
+    }
+    let checkpoints = match bad_checkpoint {
+        Some((tree_size, reason)) => CheckpointCheck::Bad { tree_size, reason },
+        None => CheckpointCheck::Sound {
+            checkpoints: checkpoints.len(),
+            signatures_checked: key.is_some(),
+        },
+    };
+    Ok(Verification { chain, checkpoints })
+}

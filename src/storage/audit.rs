@@ -1,0 +1,182 @@
+//! The Merkle tree's stored subtrees and the signed checkpoints (SPEC §7).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::{corrupt, StorageError};
+use crate::domain::merkle::{Hash, Node};
+
+fn hash32(bytes: Vec<u8>, what: &str) -> Result<Hash, StorageError> {
+    bytes
+        .try_into()
+        .map_err(|_| corrupt(format!("{what} is not 32 bytes")))
+}
+
+/// How many leaves the stored nodes cover.
+pub async fn merkle_size(pool: &PgPool) -> Result<u64, StorageError> {
+    let n: i64 = sqlx::query_scalar("SELECT size FROM merkle_head")
+        .fetch_one(pool)
+        .await?;
+    u64::try_from(n).map_err(corrupt)
+}
+
+/// Locks the tree for extending and returns its size.
+pub async fn lock_merkle(tx: &mut PgConnection) -> Result<u64, StorageError> {
+    let n: i64 = sqlx::query_scalar("SELECT size FROM merkle_head FOR UPDATE")
+        .fetch_one(tx)
+        .await?;
+    u64::try_from(n).map_err(corrupt)
+}
+
+/// The stored perfect subtrees at `coordinates` (those that exist).
+pub async fn nodes<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    coordinates: &[(u32, u64)],
+) -> Result<HashMap<(u32, u64), Hash>, StorageError> {
+    let levels: Vec<i16> = coordinates.iter().map(|(l, _)| *l as i16).collect();
+    let indexes: Vec<i64> = coordinates
+        .iter()
+        .map(|(_, i)| i64::try_from(*i).unwrap_or(i64::MAX))
+        .collect();
+    let rows = sqlx::query(
+        "SELECT n.level, n.idx, n.hash FROM merkle_nodes n
+         JOIN UNNEST($1::smallint[], $2::bigint[]) AS c(level, idx)
+           ON n.level = c.level AND n.idx = c.idx",
+    )
+    .bind(&levels)
+    .bind(&indexes)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let level: i16 = r.try_get(0)?;
+            let idx: i64 = r.try_get(1)?;
+            Ok((
+                (
+                    u32::try_from(level).map_err(corrupt)?,
+                    u64::try_from(idx).map_err(corrupt)?,
+                ),
+                hash32(r.try_get(2)?, "a merkle node")?,
+            ))
+        })
+        .collect()
+}
+
+/// The leaf data (record hashes) of the decisions after the first `size`, in order.
+pub async fn leaf_data(
+    tx: &mut PgConnection,
+    size: u64,
+    limit: i64,
+) -> Result<Vec<(u64, Hash)>, StorageError> {
+    let rows = sqlx::query("SELECT seq, hash FROM decisions WHERE seq > $1 ORDER BY seq LIMIT $2")
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(tx)
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            let seq: i64 = r.try_get(0)?;
+            Ok((
+                u64::try_from(seq).map_err(corrupt)?,
+                hash32(r.try_get(1)?, "a record hash")?,
+            ))
+        })
+        .collect()
+}
+
+/// Stores new perfect subtrees and moves the tree's size to `size`.
+pub async fn append_nodes(
+    tx: &mut PgConnection,
+    nodes: &[Node],
+    size: u64,
+) -> Result<(), StorageError> {
+    let levels: Vec<i16> = nodes.iter().map(|(l, _, _)| *l as i16).collect();
+    let indexes: Vec<i64> = nodes
+        .iter()
+        .map(|(_, i, _)| i64::try_from(*i).unwrap_or(i64::MAX))
+        .collect();
+    let hashes: Vec<&[u8]> = nodes.iter().map(|(_, _, h)| h.as_slice()).collect();
+    sqlx::query(
+        "INSERT INTO merkle_nodes (level, idx, hash)
+         SELECT * FROM UNNEST($1::smallint[], $2::bigint[], $3::bytea[])",
+    )
+    .bind(&levels)
+    .bind(&indexes)
+    .bind(&hashes)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE merkle_head SET size = $1")
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// A signed tree head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub tree_size: u64,
+    pub root: Hash,
+    pub signed_at: DateTime<Utc>,
+    pub key_id: String,
+    pub signature: [u8; 64],
+}
+
+fn checkpoint(r: sqlx::postgres::PgRow) -> Result<Checkpoint, StorageError> {
+    let size: i64 = r.try_get(0)?;
+    let signature: Vec<u8> = r.try_get(4)?;
+    Ok(Checkpoint {
+        tree_size: u64::try_from(size).map_err(corrupt)?,
+        root: hash32(r.try_get(1)?, "a checkpoint root")?,
+        signed_at: r.try_get(2)?,
+        key_id: r.try_get(3)?,
+        signature: signature
+            .try_into()
+            .map_err(|_| corrupt("a checkpoint signature is not 64 bytes"))?,
+    })
+}
+
+/// Stores a checkpoint; if one for that size exists already, that one stands and is returned.
+pub async fn insert_checkpoint(pool: &PgPool, cp: &Checkpoint) -> Result<Checkpoint, StorageError> {
+    sqlx::query(
+        "INSERT INTO checkpoints (tree_size, root, signed_at, key_id, signature)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tree_size) DO NOTHING",
+    )
+    .bind(i64::try_from(cp.tree_size).unwrap_or(i64::MAX))
+    .bind(cp.root.as_slice())
+    .bind(cp.signed_at)
+    .bind(&cp.key_id)
+    .bind(cp.signature.as_slice())
+    .execute(pool)
+    .await?;
+    let row = sqlx::query(
+        "SELECT tree_size, root, signed_at, key_id, signature FROM checkpoints WHERE tree_size = $1",
+    )
+    .bind(i64::try_from(cp.tree_size).unwrap_or(i64::MAX))
+    .fetch_one(pool)
+    .await?;
+    checkpoint(row)
+}
+
+/// The checkpoint of the largest tree.
+pub async fn latest_checkpoint(pool: &PgPool) -> Result<Option<Checkpoint>, StorageError> {
+    let row = sqlx::query(
+        "SELECT tree_size, root, signed_at, key_id, signature FROM checkpoints
+         ORDER BY tree_size DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    row.map(checkpoint).transpose()
+}
+
+/// Every checkpoint, smallest tree first.
+pub async fn all_checkpoints(pool: &PgPool) -> Result<Vec<Checkpoint>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT tree_size, root, signed_at, key_id, signature FROM checkpoints ORDER BY tree_size",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(checkpoint).collect()
+}
