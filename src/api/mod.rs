@@ -102,7 +102,9 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/checkpoints/latest", get(audit::latest))
         .route("/audit/public-key", get(audit::public_key))
         .route("/audit/proofs/inclusion", get(audit::inclusion))
-        .route("/audit/proofs/consistency", get(audit::consistency));
+        .route("/audit/proofs/consistency", get(audit::consistency))
+        .route("/audit/decisions", get(audit::query))
+        .route("/audit/export", get(audit::export));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(ops::healthz))
@@ -145,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         webhooks::enable, webhooks::disable, webhooks::replay, webhooks::rotate_secret,
         webhooks::attempts,
         audit::latest, audit::publish, audit::public_key, audit::inclusion, audit::consistency,
+        audit::query, audit::export,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(crate::auth::Role)),
