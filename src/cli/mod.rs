@@ -3,6 +3,7 @@
 
 mod audit;
 mod bench;
+mod bench_audit;
 mod bench_webhooks;
 mod openapi;
 mod policy;
@@ -41,6 +42,11 @@ enum Command {
     /// load of single orders on a fresh bench database (dropped and recreated); prints lag
     /// percentiles, deliveries, duplicates and ordering, PASS/FAIL against the p99 target.
     BenchWebhooks(bench_webhooks::BenchWebhooksArgs),
+    /// Measure audit query and proof latency on a large log: seeds a fresh bench database
+    /// (dropped and recreated) with 1,000,000 decisions over loopback HTTP, publishes
+    /// checkpoints, then prints p50/p90/p99/max per audit filter and per proof kind, PASS/FAIL
+    /// against the targets, table and index sizes and the query plans.
+    BenchAudit(bench_audit::BenchAuditArgs),
 }
 
 impl Cli {
@@ -53,6 +59,7 @@ impl Cli {
             Command::Openapi => openapi::run(),
             Command::Bench(args) => args.run(),
             Command::BenchWebhooks(args) => args.run(),
+            Command::BenchAudit(args) => args.run(),
         }
     }
 }
