@@ -497,10 +497,8 @@ async fn a_thousand_decisions_arrive_in_order_signed_and_exactly_as_recorded(poo
     );
     assert_eq!(sample("regulator_webhook_lag_decisions", &[&this]), 0.0);
     assert_eq!(sample("regulator_webhook_lag_seconds", &[&this]), 0.0);
-    assert_eq!(
-        sample("regulator_webhook_delivery_lag_seconds_count", &[]),
-        1000.0
-    );
+    // Unlabelled: under `cargo test`, other tests in the same process add to it.
+    assert!(sample("regulator_webhook_delivery_lag_seconds_count", &[]) >= 1000.0);
 }
 
 /// The exact text of a top-level field of `data` in a delivery body.
