@@ -762,25 +762,42 @@ pub(crate) async fn register_assets(
     admin: &str,
     assets: u64,
 ) -> Result<(), Failure> {
+    register_named_assets(client, base, admin, assets, |n| {
+        (CHAIN.to_owned(), format!("0xBENCH-{n}"))
+    })
+    .await
+}
+
+/// Registers `assets` U.S. securities, asset `n` at `name(n)` = (chain, asset).
+pub(crate) async fn register_named_assets(
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    assets: u64,
+    name: impl Fn(u64) -> (String, String),
+) -> Result<(), Failure> {
     let body = r#"{"issuer_jurisdiction":"US","asset_class":"security"}"#;
     let mut puts = futures::stream::iter(0..assets)
-        .map(|n| async move {
-            let response = client
-                .put(format!("{base}/v1/assets/{CHAIN}/0xBENCH-{n}"))
-                .bearer_auth(admin)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body)
-                .send()
-                .await
-                .context("registering an asset")?;
-            let status = response.status();
-            if !status.is_success() {
-                let text = response.text().await.unwrap_or_default();
-                return Err(Failure(format!(
-                    "registering 0xBENCH-{n}: {status}: {text}"
-                )));
+        .map(|n| {
+            let (chain, asset) = name(n);
+            async move {
+                let response = client
+                    .put(format!("{base}/v1/assets/{chain}/{asset}"))
+                    .bearer_auth(admin)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .context("registering an asset")?;
+                let status = response.status();
+                if !status.is_success() {
+                    let text = response.text().await.unwrap_or_default();
+                    return Err(Failure(format!(
+                        "registering {chain}/{asset}: {status}: {text}"
+                    )));
+                }
+                Ok(())
             }
-            Ok(())
         })
         .buffer_unordered(32);
     while let Some(result) = puts.next().await {

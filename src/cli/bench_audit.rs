@@ -66,7 +66,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Args;
-use futures::StreamExt;
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -80,7 +79,8 @@ use regulator::auth::{mint_dev_token, KeySource, Role};
 use regulator::domain::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
 
 use super::bench::{
-    recreate_database, wait_until_leading, Context, Failure, Stats, AUDIENCE, ISSUER,
+    recreate_database, register_named_assets, wait_until_leading, Context, Failure, Stats,
+    AUDIENCE, ISSUER,
 };
 
 /// The chains the assets are spread over (asset `n` is on `CHAINS[n % 3]`).
@@ -1013,32 +1013,11 @@ async fn register(
     admin: &str,
     assets: u64,
 ) -> Result<(), Failure> {
-    let body = r#"{"issuer_jurisdiction":"US","asset_class":"security"}"#;
-    let mut puts = futures::stream::iter(0..assets)
-        .map(|n| async move {
-            let (chain, asset) = asset_of(n, assets);
-            let response = client
-                .put(format!("{base}/v1/assets/{chain}/{asset}"))
-                .bearer_auth(admin)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body)
-                .send()
-                .await
-                .context("registering an asset")?;
-            let status = response.status();
-            if !status.is_success() {
-                let text = response.text().await.unwrap_or_default();
-                return Err(Failure(format!(
-                    "registering {chain}/{asset}: {status}: {text}"
-                )));
-            }
-            Ok(())
-        })
-        .buffer_unordered(32);
-    while let Some(result) = puts.next().await {
-        result?;
-    }
-    Ok(())
+    register_named_assets(client, base, admin, assets, |n| {
+        let (chain, asset) = asset_of(n, assets);
+        (chain.to_owned(), asset)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
