@@ -242,23 +242,10 @@ impl BenchArgs {
         let admin = mint("bench-ops", vec![Role::Admin])?;
         let token = mint(&self.sub, self.roles.clone())?;
         let pool_size = self.concurrency.max(self.batch_concurrency) + 16;
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(pool_size)
-            .tcp_nodelay(true)
-            .no_proxy()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .context("cannot build the HTTP client")?;
+        let client = bench_client(pool_size, Duration::from_secs(60))?;
 
         let mut stats = Stats::connect(&self.database_url).await?;
-        let header = stats.settings().await?;
-        println!("regulator bench");
-        if !self.db_settings.is_empty() {
-            println!("  db settings            {}", self.db_settings.join(" "));
-        }
-        for (name, value) in &header {
-            println!("  {name:<22} {value}");
-        }
+        print_header("regulator bench", &mut stats, &self.db_settings).await?;
         println!(
             "  service                {base} (window {} ms, submit wait {} ms, {} db connections, {} service threads, {} client threads)",
             self.window_ms, self.submit_wait_ms, self.db_connections, self.server_threads, self.client_threads
@@ -802,6 +789,33 @@ pub(crate) async fn register_named_assets(
         .buffer_unordered(32);
     while let Some(result) = puts.next().await {
         result?;
+    }
+    Ok(())
+}
+
+/// The load generator's HTTP client: kept-alive connections, no proxy, Nagle off.
+pub(crate) fn bench_client(idle: usize, timeout: Duration) -> Result<reqwest::Client, Failure> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(idle)
+        .tcp_nodelay(true)
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+/// Prints the report's title and the database settings in effect.
+pub(crate) async fn print_header(
+    title: &str,
+    stats: &mut Stats,
+    db_settings: &[String],
+) -> Result<(), Failure> {
+    println!("{title}");
+    if !db_settings.is_empty() {
+        println!("  db settings            {}", db_settings.join(" "));
+    }
+    for (name, value) in stats.settings().await? {
+        println!("  {name:<22} {value}");
     }
     Ok(())
 }

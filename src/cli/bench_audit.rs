@@ -79,8 +79,8 @@ use regulator::auth::{mint_dev_token, KeySource, Role};
 use regulator::domain::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
 
 use super::bench::{
-    recreate_database, register_named_assets, wait_until_leading, Context, Failure, Stats,
-    AUDIENCE, ISSUER,
+    bench_client, print_header, recreate_database, register_named_assets, wait_until_leading,
+    Context, Failure, Stats, AUDIENCE, ISSUER,
 };
 
 /// The chains the assets are spread over (asset `n` is on `CHAINS[n % 3]`).
@@ -283,23 +283,10 @@ impl BenchAuditArgs {
         };
         let admin = mint("bench-ops", vec![Role::Admin])?;
         let auditor = mint("bench-auditor", vec![Role::Auditor])?;
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(self.senders + 8)
-            .tcp_nodelay(true)
-            .no_proxy()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .context("cannot build the HTTP client")?;
+        let client = bench_client(self.senders + 8, Duration::from_secs(120))?;
 
         let mut stats = Stats::connect(&self.database_url).await?;
-        let header = stats.settings().await?;
-        println!("regulator bench-audit");
-        if !self.db_settings.is_empty() {
-            println!("  db settings            {}", self.db_settings.join(" "));
-        }
-        for (name, value) in &header {
-            println!("  {name:<22} {value}");
-        }
+        print_header("regulator bench-audit", &mut stats, &self.db_settings).await?;
         println!(
             "  service                {base} (window {} ms, {} db connections, {} service threads, {} client threads)",
             self.window_ms, self.db_connections, self.server_threads, self.client_threads

@@ -67,8 +67,8 @@ use regulator::webhooks::signing::Secret;
 use regulator::webhooks::{webhook_id, UrlGuard, WebhookConfig};
 
 use super::bench::{
-    metric, order_body, register_assets, start_service, wait_until_leading, Context, Failure,
-    ServiceSetup, Snapshot, Stats, AUDIENCE, CHAIN, ISSUER,
+    bench_client, metric, order_body, print_header, register_assets, start_service,
+    wait_until_leading, Context, Failure, ServiceSetup, Snapshot, Stats, AUDIENCE, CHAIN, ISSUER,
 };
 
 /// The authority the orders come from, and its roles.
@@ -265,22 +265,10 @@ impl BenchWebhooksArgs {
         };
         let admin = mint("bench-ops", vec![Role::Admin])?;
         let token = mint(SUB, vec![Role::Regulator])?;
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(self.concurrency + 16)
-            .tcp_nodelay(true)
-            .no_proxy()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .context("cannot build the HTTP client")?;
+        let client = bench_client(self.concurrency + 16, Duration::from_secs(60))?;
 
         let mut stats = Stats::connect(&self.database_url).await?;
-        println!("regulator bench-webhooks");
-        if !self.db_settings.is_empty() {
-            println!("  db settings            {}", self.db_settings.join(" "));
-        }
-        for (name, value) in stats.settings().await? {
-            println!("  {name:<22} {value}");
-        }
+        print_header("regulator bench-webhooks", &mut stats, &self.db_settings).await?;
         println!(
             "  service                {base} (window {} ms, submit wait {} ms, {} db connections, {} service threads, {} client threads)",
             self.window_ms, self.submit_wait_ms, self.db_connections, self.server_threads, self.client_threads
