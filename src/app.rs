@@ -16,7 +16,7 @@ use crate::audit::signer::CheckpointKey;
 use crate::auth::{KeyError, KeySource, Verifier};
 use crate::hub::Hub;
 use crate::intake::IntakeQueue;
-use crate::policy::{PolicyBundle, PolicyEngine, PolicyErrors};
+use crate::policy::{Compiled, PolicyErrors, PolicyFiles};
 use crate::sequencer::{Sequencer, SequencerConfig};
 use crate::storage::{self, StorageError};
 use crate::webhooks::worker::Worker;
@@ -95,17 +95,7 @@ impl App {
     pub async fn start_with_pool(config: Config, pool: PgPool) -> Result<App, StartError> {
         check_listen(&config)?;
         config.webhooks.check().map_err(StartError::Config)?;
-        let bundle =
-            PolicyBundle::load_dir(&config.policies).map_err(|errors| StartError::Policies {
-                dir: config.policies.clone(),
-                errors,
-            })?;
-        tracing::info!(
-            policies = bundle.policy_count(),
-            version = bundle.hash(),
-            "policies loaded"
-        );
-        let engine = Arc::new(PolicyEngine::new(bundle));
+        import_policies(&pool, &config.policies).await?;
         let verifier = Arc::new(Verifier::new(
             &config.keys,
             &config.jwt_issuer,
@@ -123,7 +113,6 @@ impl App {
 
         let sequencer = Sequencer::new(
             pool.clone(),
-            Arc::clone(&engine),
             Arc::clone(&hub),
             SequencerConfig {
                 window: config.window,
@@ -167,7 +156,6 @@ impl App {
             intake: IntakeQueue::spawn(pool.clone(), Arc::clone(&intake_signal)),
             intake_signal,
             verifier,
-            engine,
             submit_wait: config.submit_wait,
             metrics: metrics_handle(),
             leading,
@@ -175,6 +163,7 @@ impl App {
             webhook_wake,
             checkpoint_key,
         };
+        await_first_activation(&pool).await?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -230,6 +219,64 @@ impl App {
 /// Runs the sequencer on a thread and runtime of its own: it is the one serial step every
 /// decision passes through, so it should not queue behind HTTP handlers for a turn on the
 /// shared runtime. The returned task ends when the sequencer does.
+/// On a database with no policy version, stores the files of `dir` as version 1 (which the
+/// sequencer then activates). Otherwise the files are not used: the ledger says which version
+/// decides, and a difference is only reported.
+pub async fn import_policies(pool: &PgPool, dir: &std::path::Path) -> Result<(), StartError> {
+    let invalid = |errors| StartError::Policies {
+        dir: dir.to_owned(),
+        errors,
+    };
+    if storage::policy::has_versions(pool).await? {
+        let local = PolicyFiles::read_dir(dir)
+            .and_then(|files| files.sources())
+            .map(|sources| sources.content_hash());
+        if let (Ok(local), Some(active)) = (local, storage::policy::active(pool).await?) {
+            if local != active.hash {
+                tracing::info!(
+                    dir = %dir.display(),
+                    active = active.version,
+                    "the policy files differ from the active version, which decides; create and activate a version to change it"
+                );
+            }
+        }
+        return Ok(());
+    }
+    let files = PolicyFiles::read_dir(dir).map_err(invalid)?;
+    let compiled = Compiled::compile(files).map_err(invalid)?;
+    let (version, created) = storage::policy::create_version(
+        pool,
+        &compiled.files,
+        compiled.hash(),
+        crate::sequencer::ENGINE_ACTOR,
+        &format!("imported from {} on first start", dir.display()),
+    )
+    .await?;
+    if created {
+        tracing::info!(
+            version = version.version,
+            hash = %version.hash,
+            policies = compiled.engine.bundle().policy_count(),
+            "policy files imported"
+        );
+    }
+    Ok(())
+}
+
+/// Waits (briefly) until the ledger names an active version, so that a fresh replica is ready
+/// when it starts listening. A sequencer that cannot activate is reported by its own log.
+async fn await_first_activation(pool: &PgPool) -> Result<(), StartError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while storage::policy::active(pool).await?.is_none() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("no policy version is active yet; orders wait for the sequencer");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 fn spawn_sequencer(
     sequencer: Sequencer,
     shutdown: watch::Receiver<bool>,

@@ -122,6 +122,12 @@ impl Hub {
         }
     }
 
+    /// Ledger events committed by this replica's own sequencer: no order waits for them, but
+    /// the head moved.
+    pub fn recorded_events(&self, seq: u64) {
+        self.advance(seq);
+    }
+
     /// The ledger reached `seq` (announced by any replica): deliver what our waiters need.
     async fn catch_up(&self, pool: &PgPool, seq: u64) -> Result<(), StorageError> {
         if self.leading.load(Ordering::SeqCst) || seq <= *self.head.borrow() {

@@ -6,6 +6,11 @@
 //! committing all of them in one transaction that compare-and-sets the ledger head. A leader
 //! that loses its lock connection, or finds the head moved, stops writing and starts over as a
 //! candidate.
+//!
+//! The policies it decides with are the version the ledger says is active, loaded from Postgres
+//! when it takes the lead, never a local file. Requests for ledger events (activations,
+//! subscription changes) are settled first in a round of their own, so every decision after an
+//! activation's seq uses the version it activated, on whichever replica leads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,11 +22,18 @@ use tokio::sync::{watch, Notify};
 
 use crate::decide::decide_group;
 use crate::domain::detect::{detect, Pending};
+use crate::domain::event::{seal_event, EventRequest, LedgerEvent, SealedEvent, VersionRef};
 use crate::domain::ledger::{seal_group, GroupContext, Head, SealedRecord};
 use crate::domain::{AssetKey, AssetState, Order, RegisteredAsset};
 use crate::hub::Hub;
-use crate::policy::PolicyEngine;
+use crate::policy::{Compiled, PolicyEngine};
+use crate::storage::policy::Settled;
 use crate::storage::{self, StorageError};
+
+/// Who the ledger names for the first activation, which nobody asked for.
+pub const ENGINE_ACTOR: &str = "regulator";
+/// Most event requests settled per round.
+const REQUESTS_PER_ROUND: i64 = 100;
 
 /// How the sequencer behaves; the window is SPEC §4's `W`.
 #[derive(Debug, Clone)]
@@ -46,7 +58,8 @@ impl Default for SequencerConfig {
 /// One replica's sequencer.
 pub struct Sequencer {
     pool: PgPool,
-    engine: Arc<PolicyEngine>,
+    /// The last version loaded, kept across leaderships (compiling takes tens of ms).
+    loaded: std::sync::Mutex<Option<ActivePolicy>>,
     hub: Arc<Hub>,
     config: SequencerConfig,
     /// Woken when an order reaches intake (locally, or announced by another replica).
@@ -57,14 +70,13 @@ pub struct Sequencer {
 impl Sequencer {
     pub fn new(
         pool: PgPool,
-        engine: Arc<PolicyEngine>,
         hub: Arc<Hub>,
         config: SequencerConfig,
         intake: Arc<Notify>,
     ) -> Self {
         Self {
             pool,
-            engine,
+            loaded: std::sync::Mutex::new(None),
             hub,
             config,
             intake,
@@ -118,15 +130,186 @@ impl Sequencer {
         // the lock goes with it (a pooled one would return to the pool still holding the lock),
         // and it lives on the sequencer's own runtime.
         let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
-        match storage::try_lead(&mut conn).await? {
-            Some((epoch, head)) => Ok(Some(Leader {
-                conn,
-                epoch,
-                head,
-                states: HashMap::new(),
-            })),
-            None => Ok(None),
+        let Some((epoch, head)) = storage::try_lead(&mut conn).await? else {
+            return Ok(None);
+        };
+        let (policy, head) = self.active_policy(&mut conn, epoch, head).await?;
+        tracing::info!(
+            version = policy.version.version,
+            hash = %policy.version.hash,
+            "sequencer decides with the active policy version"
+        );
+        Ok(Some(Leader {
+            conn,
+            epoch,
+            head,
+            states: HashMap::new(),
+            policy,
+        }))
+    }
+
+    /// The version the ledger says is active, loaded. A ledger with no activation yet gets its
+    /// first: the earliest stored version (the `policies/` directory `serve` imported).
+    async fn active_policy(
+        &self,
+        conn: &mut PgConnection,
+        epoch: i64,
+        head: Head,
+    ) -> Result<(ActivePolicy, Head), StorageError> {
+        if let Some(active) = storage::policy::active(&mut *conn).await? {
+            let policy = self
+                .load(conn, active.version)
+                .await?
+                .map_err(StorageError::NoPolicy)?;
+            if policy.version.hash != active.hash {
+                return Err(StorageError::Corrupt(format!(
+                    "version {} hashes to {}, the ledger activated {}",
+                    active.version, policy.version.hash, active.hash
+                )));
+            }
+            return Ok((policy, head));
         }
+        let policy = self.load(conn, 1).await?.map_err(|_| {
+            StorageError::NoPolicy(
+                "no policy version is stored; `regulator serve` imports policies/ as version 1 on first start".into(),
+            )
+        })?;
+        let mut to = head;
+        let now = storage::db_now(&mut *conn).await?;
+        let event = seal_event(
+            LedgerEvent::PolicyActivated {
+                active: policy.version.clone(),
+                previous: None,
+                rollback: false,
+            },
+            ENGINE_ACTOR,
+            now,
+            &mut to,
+        )
+        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let head = storage::policy::commit_events(conn, epoch, head, &[event], &[]).await?;
+        tracing::info!(seq = head.seq, "first policy activation recorded");
+        Ok((policy, head))
+    }
+
+    /// Version `version` compiled, or why it cannot decide.
+    async fn load(
+        &self,
+        conn: &mut PgConnection,
+        version: u32,
+    ) -> Result<Result<ActivePolicy, String>, StorageError> {
+        let cached = self
+            .loaded
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+            .filter(|p| p.version.version == version);
+        if let Some(policy) = cached {
+            return Ok(Ok(policy));
+        }
+        let Some(stored) = storage::policy::version(&mut *conn, version).await? else {
+            return Ok(Err(format!("version {version} does not exist")));
+        };
+        let compiled = match Compiled::compile(stored.files) {
+            Ok(compiled) => compiled,
+            Err(errors) => {
+                return Ok(Err(format!(
+                    "version {version} does not compile: {errors}"
+                )))
+            }
+        };
+        if compiled.hash() != stored.info.hash {
+            return Err(StorageError::Corrupt(format!(
+                "version {version} is stored with hash {} but its files hash to {}",
+                stored.info.hash,
+                compiled.hash()
+            )));
+        }
+        let policy = ActivePolicy {
+            version: stored.info.reference(),
+            engine: Arc::new(compiled.engine),
+        };
+        if let Ok(mut loaded) = self.loaded.lock() {
+            *loaded = Some(policy.clone());
+        }
+        Ok(Ok(policy))
+    }
+
+    /// Turns the queued requests into ledger events, in request order, in one commit.
+    async fn settle_requests(
+        &self,
+        leader: &mut Leader,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StorageError> {
+        let pending = storage::policy::pending_requests(&mut leader.conn, REQUESTS_PER_ROUND).await?;
+        let mut head = leader.head;
+        let mut policy = leader.policy.clone();
+        let mut events: Vec<SealedEvent> = Vec::new();
+        let mut settled = Vec::new();
+        for request in pending {
+            let event = match request.request {
+                Err(why) => Err(format!("the request does not parse: {why}")),
+                Ok(EventRequest::Activate { version, rollback }) => {
+                    if version == policy.version.version {
+                        Err(format!("version {version} is already active"))
+                    } else {
+                        match self.load(&mut leader.conn, version).await? {
+                            Ok(next) => {
+                                let event = LedgerEvent::PolicyActivated {
+                                    active: next.version.clone(),
+                                    previous: Some(policy.version.clone()),
+                                    rollback,
+                                };
+                                policy = next;
+                                Ok(event)
+                            }
+                            Err(why) => Err(why),
+                        }
+                    }
+                }
+                Ok(EventRequest::Subscription {
+                    subscription,
+                    chain,
+                    change,
+                }) => Ok(LedgerEvent::SubscriptionChanged {
+                    subscription,
+                    chain,
+                    change,
+                }),
+            };
+            match event {
+                Ok(event) => {
+                    metrics::counter!("regulator_ledger_events_total", "kind" => event.kind())
+                        .increment(1);
+                    let sealed = seal_event(event, &request.actor, now, &mut head)
+                        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                    settled.push((request.id, Settled::Recorded(events.len())));
+                    events.push(sealed);
+                }
+                Err(why) => settled.push((request.id, Settled::Refused(why))),
+            }
+        }
+        leader.head = storage::policy::commit_events(
+            &mut leader.conn,
+            leader.epoch,
+            leader.head,
+            &events,
+            &settled,
+        )
+        .await?;
+        if policy.version != leader.policy.version {
+            tracing::info!(
+                version = policy.version.version,
+                hash = %policy.version.hash,
+                "policy version activated"
+            );
+            if let Ok(mut loaded) = self.loaded.lock() {
+                *loaded = Some(policy.clone());
+            }
+        }
+        leader.policy = policy;
+        self.hub.recorded_events(leader.head.seq);
+        Ok(())
     }
 
     /// Leads until an error: any failure drops the connection, and with it the lock.
@@ -150,6 +333,13 @@ impl Sequencer {
         )
         .await?;
         metrics::gauge!("regulator_intake_backlog").set(work.pending.len() as f64);
+        metrics::gauge!("regulator_policy_active_version").set(leader.policy.version.version);
+        if work.requests {
+            // Settled before any order of this fetch is decided: an order decided after an
+            // activation's seq is decided by the version it activated.
+            self.settle_requests(leader, work.now).await?;
+            return Ok(None);
+        }
         let horizon = work
             .truncated
             .then(|| work.pending.last().map(|p| p.order.intake_at))
@@ -224,7 +414,8 @@ impl Sequencer {
             leader.states.extend(loaded);
         }
 
-        let policy_version = self.engine.bundle().hash().to_owned();
+        let policy_version = leader.policy.version.hash.clone();
+        let engine = Arc::clone(&leader.policy.engine);
         let mut head = leader.head;
         let mut records: Vec<SealedRecord> = Vec::new();
         // States after this round's groups so far; an asset may have several groups (windows)
@@ -238,7 +429,7 @@ impl Sequencer {
                 None => leader.states.get(&key).ok_or_else(missing)?,
             };
             let resolution =
-                match decide_group(&self.engine, asset, before, orders.clone(), work.now) {
+                match decide_group(&engine, asset, before, orders.clone(), work.now) {
                     Ok(r) => r,
                     Err(error) => {
                         // Only duplicate order ids can cause this; the primary key forbids them.
@@ -291,6 +482,15 @@ struct Leader {
     head: Head,
     /// The states of the assets this leader has touched: valid because only it writes them.
     states: HashMap<AssetKey, AssetState>,
+    /// The version the ledger says is active, which decides every order.
+    policy: ActivePolicy,
+}
+
+/// A policy version and the engine compiled from it.
+#[derive(Clone)]
+struct ActivePolicy {
+    version: VersionRef,
+    engine: Arc<PolicyEngine>,
 }
 
 fn record_metrics(records: &[SealedRecord]) {

@@ -7,6 +7,7 @@ mod service;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use regulator::domain::event::{EventRecord, LedgerEvent};
 use regulator::domain::ledger::{first_broken_link, DecisionRecord, Head};
 use regulator::domain::{AssetKey, AssetState};
 use regulator::storage;
@@ -37,7 +38,7 @@ async fn register_bonds(app: &TestApp, n: usize) {
 
 /// Every committed record, in sequence order.
 async fn log(pool: &PgPool) -> Vec<(u64, String, [u8; 32])> {
-    sqlx::query("SELECT seq, record::text, hash FROM decisions ORDER BY seq")
+    sqlx::query("SELECT seq, record::text, hash FROM ledger ORDER BY seq")
         .fetch_all(pool)
         .await
         .unwrap()
@@ -70,10 +71,25 @@ async fn assert_ledger_sound(pool: &PgPool) -> Vec<DecisionRecord> {
         assert_eq!(&head.hash, hash);
     }
 
-    let records: Vec<DecisionRecord> = log
-        .iter()
-        .map(|(_, t, _)| serde_json::from_str(t).unwrap())
-        .collect();
+    // Every decision names the version the last activation before it made active.
+    let mut active: Option<String> = None;
+    let mut records: Vec<DecisionRecord> = Vec::new();
+    for (_, text, _) in &log {
+        if let Ok(event) = serde_json::from_str::<EventRecord>(text) {
+            if let LedgerEvent::PolicyActivated { active: version, .. } = event.event {
+                active = Some(version.hash);
+            }
+            continue;
+        }
+        let record: DecisionRecord = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            Some(&record.policy_version),
+            active.as_ref(),
+            "seq {} was decided by the active version",
+            record.seq
+        );
+        records.push(record);
+    }
     let mut seen = HashSet::new();
     for r in &records {
         if let Some(o) = &r.order {
@@ -374,12 +390,11 @@ async fn a_window_larger_than_the_fetch_limit_is_decided_whole(pool: PgPool) {
     storage::intake(&pool, &burst).await.unwrap();
 
     let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let engine = Arc::new(regulator::policy::PolicyEngine::new(
-        regulator::policy::PolicyBundle::load_dir(&policies).unwrap(),
-    ));
+    regulator::app::import_policies(&pool, &policies)
+        .await
+        .unwrap();
     let sequencer = regulator::sequencer::Sequencer::new(
         pool.clone(),
-        engine,
         Arc::new(regulator::hub::Hub::new(0)),
         regulator::sequencer::SequencerConfig {
             window: chrono::Duration::milliseconds(200),

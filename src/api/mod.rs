@@ -29,7 +29,6 @@ use utoipa::OpenApi;
 use crate::auth::Verifier;
 use crate::hub::Hub;
 use crate::intake::IntakeQueue;
-use crate::policy::PolicyEngine;
 use crate::webhooks::{Changes, WebhookConfig};
 
 /// What every handler can reach.
@@ -41,7 +40,6 @@ pub struct AppState {
     /// Wakes this replica's sequencer when a batch is accepted.
     pub intake_signal: Arc<Notify>,
     pub verifier: Arc<Verifier>,
-    pub engine: Arc<PolicyEngine>,
     /// How long a submission waits for its decision before answering 202.
     pub submit_wait: Duration,
     pub metrics: PrometheusHandle,

@@ -24,14 +24,18 @@ pub async fn healthz() -> Json<Health> {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     pub status: &'static str,
-    /// Content hash of the loaded policy bundle.
-    pub policy_version: String,
-    pub policies: usize,
+    /// The policy version the ledger says is active (absent until the first activation).
+    pub active_version: Option<u32>,
+    /// Its content hash, which decisions record as their `policy_version`.
+    pub policy_version: Option<String>,
+    /// The seq of its activation: decisions after it are its decisions.
+    pub active_since_seq: Option<u64>,
     /// Whether this replica's sequencer holds the lead (one replica does).
     pub sequencer_leading: bool,
 }
 
-/// The database is reachable, the migrations are applied and the policies are loaded.
+/// The database is reachable, the migrations are applied and a policy version is stored (the
+/// sequencer activates the first on its own).
 #[utoipa::path(
     get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Readiness), (status = 503, body = Problem, content_type = "application/problem+json"))
@@ -43,10 +47,21 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
     if !applied {
         return Err(ApiError::NotReady("migrations are not all applied".into()));
     }
+    let not_ready = |e: storage::StorageError| ApiError::NotReady(format!("database: {e}"));
+    if !storage::policy::has_versions(&state.pool)
+        .await
+        .map_err(not_ready)?
+    {
+        return Err(ApiError::NotReady("no policy version is stored".into()));
+    }
+    let active = storage::policy::active(&state.pool)
+        .await
+        .map_err(not_ready)?;
     Ok(Json(Readiness {
         status: "ready",
-        policy_version: state.engine.bundle().hash().to_owned(),
-        policies: state.engine.bundle().policy_count(),
+        active_version: active.as_ref().map(|a| a.version),
+        policy_version: active.as_ref().map(|a| a.hash.clone()),
+        active_since_seq: active.as_ref().map(|a| a.seq),
         sequencer_leading: *state.leading.borrow(),
     }))
 }

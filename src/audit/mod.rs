@@ -1,8 +1,8 @@
 //! Tamper evidence for the decision log (SPEC §7).
 //!
 //! - This module: checking the ledger in the database against itself (every record's hash,
-//!   every link of the chain, the head); `regulator audit verify` runs it and names the first
-//!   bad entry.
+//!   every link of the chain, the head, and that every decision records the policy version the
+//!   ledger had activated); `regulator audit verify` runs it and names the first bad entry.
 //! - [`tree`]: the RFC 6962 Merkle tree in Postgres, extended as decisions commit, and proofs.
 //! - [`signer`]: the Ed25519 key that signs checkpoints of the tree.
 
@@ -12,6 +12,7 @@ pub mod tree;
 use ed25519_dalek::VerifyingKey;
 use sqlx::PgPool;
 
+use crate::domain::event::ActiveTrail;
 use crate::domain::ledger::{check_link, BrokenLink, Head};
 use crate::domain::merkle::{leaf_hash, Frontier};
 use crate::storage::{self, StorageError};
@@ -101,13 +102,16 @@ pub async fn verify(
     };
     check_at_size(&tree, &mut bad_checkpoint);
     let mut head = Head::GENESIS;
+    let mut trail = ActiveTrail::default();
     loop {
         let page = storage::chain_links(pool, head.seq, PAGE).await?;
         if page.is_empty() {
             break;
         }
         for (seq, text, stored) in page {
-            match check_link(head, seq, &text, stored) {
+            let linked = check_link(head, seq, &text, stored)
+                .and_then(|next| trail.follow(&text).map(|()| next).map_err(Into::into));
+            match linked {
                 Ok(next) => head = next,
                 Err(reason) => {
                     return Ok(Verification {

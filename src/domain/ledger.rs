@@ -1,5 +1,5 @@
 //! Ledger records: what the sequencer commits for each decision, and the SHA-256 hash chain that
-//! makes the log tamper-evident.
+//! makes the log tamper-evident (events, in [`super::event`], continue the same chain).
 //!
 //! A record is serialized once, hashed, and stored as that exact text, so anyone can recompute
 //! `hash = SHA-256(record text)` and check that each record names its predecessor's hash.
@@ -228,16 +228,25 @@ pub enum BrokenLink {
     Gap { expected: u64 },
     #[error("the stored hash {stored} is not SHA-256 of the record text ({computed}): the record or its hash was altered")]
     HashMismatch { stored: String, computed: String },
-    #[error("the record text does not parse as a decision record: {0}")]
+    #[error("the record text does not parse as a ledger record: {0}")]
     Unreadable(String),
     #[error("the record says seq {0}")]
     WrongSeq(u64),
     #[error("prev_hash {found} does not name the previous record ({expected}): this record or the one before it was altered")]
     WrongPredecessor { found: String, expected: String },
+    #[error(transparent)]
+    WrongVersion(#[from] super::event::WrongVersion),
+}
+
+/// What every ledger record (decision or event) says about its place in the chain.
+#[derive(Deserialize)]
+struct Link {
+    seq: u64,
+    prev_hash: String,
 }
 
 /// Checks that the record `seq` with `text` and `stored_hash` continues `head`; returns the
-/// new head.
+/// new head. Decisions and events link alike.
 pub fn check_link(
     head: Head,
     seq: u64,
@@ -256,7 +265,7 @@ pub fn check_link(
             computed: hex::encode(hash),
         });
     }
-    let record: DecisionRecord =
+    let record: Link =
         serde_json::from_str(text).map_err(|e| BrokenLink::Unreadable(e.to_string()))?;
     if record.seq != seq {
         return Err(BrokenLink::WrongSeq(record.seq));

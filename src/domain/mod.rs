@@ -4,6 +4,7 @@
 //! is deterministic and can be replayed from the log.
 
 pub mod detect;
+pub mod event;
 pub mod ids;
 pub mod ledger;
 pub mod merkle;

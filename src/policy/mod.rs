@@ -3,7 +3,9 @@
 
 pub mod bundle;
 pub mod context;
+pub mod diff;
 pub mod error;
+pub mod files;
 pub mod index;
 pub mod suite;
 
@@ -15,12 +17,41 @@ use cedar_policy::{Decision, Entities, Response};
 pub use bundle::{PolicyBundle, PolicyOrigin, PolicySources};
 pub use context::{ContextError, PolicyInput};
 pub use error::{PolicyError, PolicyErrors, SourceFile};
+pub use files::{FilesError, PolicyFiles};
 pub use index::PolicyIndex;
 
 use crate::domain::{PolicyId, Priority, RegisteredAsset, Verdict};
 
 /// How many assets' entity sets are kept built; past that the cache starts over.
 const ASSET_CACHE_CAPACITY: usize = 10_000;
+
+/// A bundle's files, checked and ready to decide: a draft under review, or a stored version.
+#[derive(Debug)]
+pub struct Compiled {
+    pub files: PolicyFiles,
+    pub engine: PolicyEngine,
+}
+
+impl Compiled {
+    /// Checks every file; all the errors, or a bundle that can decide.
+    pub fn compile(files: PolicyFiles) -> Result<Self, PolicyErrors> {
+        let bundle = PolicyBundle::compile(&files.sources()?)?;
+        Ok(Self {
+            files,
+            engine: PolicyEngine::new(bundle),
+        })
+    }
+
+    /// The content hash decisions record.
+    pub fn hash(&self) -> &str {
+        self.engine.bundle().hash()
+    }
+
+    /// Runs the bundle's own test suites against it.
+    pub fn run_tests(&self) -> Result<Vec<suite::CaseResult>, PolicyErrors> {
+        suite::run_files(&self.engine, &self.files.tests())
+    }
+}
 
 /// A checked bundle ready to decide orders.
 #[derive(Debug)]

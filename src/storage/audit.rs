@@ -70,7 +70,7 @@ pub async fn leaf_data(
     size: u64,
     limit: i64,
 ) -> Result<Vec<(u64, Hash)>, StorageError> {
-    let rows = sqlx::query("SELECT seq, hash FROM decisions WHERE seq > $1 ORDER BY seq LIMIT $2")
+    let rows = sqlx::query("SELECT seq, hash FROM ledger WHERE seq > $1 ORDER BY seq LIMIT $2")
         .bind(i64::try_from(size).unwrap_or(i64::MAX))
         .bind(limit)
         .fetch_all(tx)

@@ -4,6 +4,7 @@
 //! intake; only the sequencer, over its leadership connection, writes decisions and state.
 
 pub mod audit;
+pub mod policy;
 pub mod webhooks;
 
 use std::collections::HashMap;
@@ -38,6 +39,9 @@ pub enum StorageError {
     /// A stored value no longer parses: the database was changed outside the engine.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The sequencer cannot decide: no policy version is stored, or the active one does not load.
+    #[error("no policy to decide with: {0}")]
+    NoPolicy(String),
     /// The ledger head moved under this sequencer: another leader has taken over.
     #[error("deposed: the ledger head is no longer at seq {expected_seq} in epoch {epoch}")]
     Deposed { expected_seq: u64, epoch: i64 },
@@ -364,6 +368,13 @@ fn head_from(seq: i64, hash: Vec<u8>) -> Result<Head, StorageError> {
     })
 }
 
+/// The database's clock: every recorded time comes from it, not from a replica's.
+pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, StorageError> {
+    Ok(sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(conn)
+        .await?)
+}
+
 pub async fn ledger_head(pool: &PgPool) -> Result<Head, StorageError> {
     let row = sqlx::query("SELECT seq, hash FROM ledger_head")
         .fetch_one(pool)
@@ -404,6 +415,8 @@ pub struct Work {
     pub expiring: Vec<RegisteredAsset>,
     /// The earliest expiry still ahead.
     pub next_expiry: Option<DateTime<Utc>>,
+    /// Requests for ledger events are waiting.
+    pub requests: bool,
 }
 
 /// Fetches what there is to decide. With `settle_intake`, first waits for every intake
@@ -416,7 +429,8 @@ pub async fn fetch_work(
     settle_intake: bool,
 ) -> Result<Work, StorageError> {
     const CLOCK: &str = "SELECT clock_timestamp(),
-                (SELECT min(next_expiry) FROM asset_state WHERE next_expiry > clock_timestamp())";
+                (SELECT min(next_expiry) FROM asset_state WHERE next_expiry > clock_timestamp()),
+                EXISTS (SELECT 1 FROM ledger_requests WHERE done_at IS NULL)";
     let clock = if settle_intake {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -431,6 +445,7 @@ pub async fn fetch_work(
     };
     let now: DateTime<Utc> = clock.get(0);
     let next_expiry: Option<DateTime<Utc>> = clock.get(1);
+    let requests: bool = clock.get(2);
 
     let rows = sqlx::query(pending_orders_sql!(
         "ORDER BY q.intake_at, q.order_id LIMIT $1"
@@ -459,6 +474,7 @@ pub async fn fetch_work(
         truncated,
         expiring,
         next_expiry,
+        requests,
     })
 }
 
@@ -831,9 +847,9 @@ pub async fn decisions_after(
     Ok(rows.into_iter().map(stored_decision).collect())
 }
 
-/// The stored hash of decision `seq`'s record.
+/// The stored hash of record `seq` (a decision or an event).
 pub async fn record_hash(pool: &PgPool, seq: u64) -> Result<Option<[u8; 32]>, StorageError> {
-    let hash: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM decisions WHERE seq = $1")
+    let hash: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM ledger WHERE seq = $1")
         .bind(i64::try_from(seq).unwrap_or(i64::MAX))
         .fetch_optional(pool)
         .await?;
@@ -844,14 +860,15 @@ pub async fn record_hash(pool: &PgPool, seq: u64) -> Result<Option<[u8; 32]>, St
     .transpose()
 }
 
-/// Decisions after `after` as the chain check needs them: seq, exact record text, stored hash.
+/// Ledger records (decisions and events) after `after` as the chain check needs them: seq,
+/// exact record text, stored hash.
 pub async fn chain_links(
     pool: &PgPool,
     after: u64,
     limit: i64,
 ) -> Result<Vec<(u64, String, [u8; 32])>, StorageError> {
     let rows = sqlx::query(
-        "SELECT seq, record::text, hash FROM decisions WHERE seq > $1 ORDER BY seq LIMIT $2",
+        "SELECT seq, record::text, hash FROM ledger WHERE seq > $1 ORDER BY seq LIMIT $2",
     )
     .bind(after as i64)
     .bind(limit)
