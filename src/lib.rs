@@ -4,6 +4,7 @@
 //! - [`domain`]: the pure core (levels, holds, transitions, conflict resolution).
 //! - [`policy`]: loading, validating and evaluating the Cedar jurisdiction policies.
 //! - [`decide`]: a conflict group put to the policies, then resolved by the core.
+//! - [`simulate`]: impact analysis, a draft replayed over the recorded history.
 //! - [`storage`], [`intake`], [`sequencer`], [`hub`]: the decision service on Postgres (SPEC §4).
 //! - [`api`], [`auth`], [`app`]: the HTTP API, its tokens, and start-up (SPEC §5–§6).
 
@@ -22,5 +23,6 @@ pub mod hub;
 pub mod intake;
 pub mod policy;
 pub mod sequencer;
+pub mod simulate;
 pub mod storage;
 pub mod webhooks;

@@ -68,12 +68,7 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
-    pub fn new(
-        pool: PgPool,
-        hub: Arc<Hub>,
-        config: SequencerConfig,
-        intake: Arc<Notify>,
-    ) -> Self {
+    pub fn new(pool: PgPool, hub: Arc<Hub>, config: SequencerConfig, intake: Arc<Notify>) -> Self {
         Self {
             pool,
             loaded: std::sync::Mutex::new(None),
@@ -212,11 +207,7 @@ impl Sequencer {
         };
         let compiled = match Compiled::compile(stored.files) {
             Ok(compiled) => compiled,
-            Err(errors) => {
-                return Ok(Err(format!(
-                    "version {version} does not compile: {errors}"
-                )))
-            }
+            Err(errors) => return Ok(Err(format!("version {version} does not compile: {errors}"))),
         };
         if compiled.hash() != stored.info.hash {
             return Err(StorageError::Corrupt(format!(
@@ -241,7 +232,8 @@ impl Sequencer {
         leader: &mut Leader,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), StorageError> {
-        let pending = storage::policy::pending_requests(&mut leader.conn, REQUESTS_PER_ROUND).await?;
+        let pending =
+            storage::policy::pending_requests(&mut leader.conn, REQUESTS_PER_ROUND).await?;
         let mut head = leader.head;
         let mut policy = leader.policy.clone();
         let mut events: Vec<SealedEvent> = Vec::new();
@@ -428,14 +420,13 @@ impl Sequencer {
                 Some(state) => state,
                 None => leader.states.get(&key).ok_or_else(missing)?,
             };
-            let resolution =
-                match decide_group(&engine, asset, before, orders.clone(), work.now) {
-                    Ok(r) => r,
-                    Err(error) => {
-                        // Only duplicate order ids can cause this; the primary key forbids them.
-                        return Err(StorageError::Corrupt(format!("group on {key}: {error}")));
-                    }
-                };
+            let resolution = match decide_group(&engine, asset, before, orders.clone(), work.now) {
+                Ok(r) => r,
+                Err(error) => {
+                    // Only duplicate order ids can cause this; the primary key forbids them.
+                    return Err(StorageError::Corrupt(format!("group on {key}: {error}")));
+                }
+            };
             let ctx = GroupContext {
                 asset,
                 before,

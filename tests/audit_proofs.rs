@@ -57,9 +57,10 @@ fn hashes(v: &Value) -> Vec<Hash> {
     v.as_array().unwrap().iter().map(unhex).collect()
 }
 
-/// The record hashes as the database holds the records: SHA-256 of each record's text.
+/// The record hashes as the database holds the records (the first policy activation, then the
+/// decisions): SHA-256 of each record's text.
 async fn record_hashes(pool: &PgPool) -> Vec<Hash> {
-    let texts: Vec<String> = sqlx::query_scalar("SELECT record::text FROM decisions ORDER BY seq")
+    let texts: Vec<String> = sqlx::query_scalar("SELECT record::text FROM ledger ORDER BY seq")
         .fetch_all(pool)
         .await
         .unwrap();
@@ -78,9 +79,10 @@ async fn proofs_from_the_api_verify_against_signed_checkpoints(pool: PgPool) {
     let first = publish(&app).await;
     freezes(&app, 5..11).await;
     let second = publish(&app).await;
+    // The log opens with the first policy activation.
     assert_eq!(
         (first["tree_size"].as_u64(), second["tree_size"].as_u64()),
-        (Some(5), Some(11))
+        (Some(6), Some(12))
     );
 
     // The checkpoints are signed by the key the API publishes.
@@ -112,12 +114,12 @@ async fn proofs_from_the_api_verify_against_signed_checkpoints(pool: PgPool) {
         .await;
     assert_eq!(latest, second);
 
-    // Every decision is in both trees, by proofs the auditor checks with their own data.
+    // Every record is in both trees, by proofs the auditor checks with their own data.
     let records = record_hashes(&pool).await;
-    let (root5, root11) = (unhex(&first["root"]), unhex(&second["root"]));
+    let (root6, root12) = (unhex(&first["root"]), unhex(&second["root"]));
     for (i, record) in records.iter().enumerate() {
         let seq = i as u64 + 1;
-        for (size, root) in [(5u64, root5), (11, root11)] {
+        for (size, root) in [(6u64, root6), (12, root12)] {
             if seq > size {
                 continue;
             }
@@ -146,15 +148,15 @@ async fn proofs_from_the_api_verify_against_signed_checkpoints(pool: PgPool) {
     let (_, proof) = app
         .get(&app.auditor(), "/v1/audit/proofs/inclusion?seq=3")
         .await;
-    assert_eq!(proof["tree_size"], 11);
+    assert_eq!(proof["tree_size"], 12);
 
     let (status, proof) = app
-        .get(&app.auditor(), "/v1/audit/proofs/consistency?from=5&to=11")
+        .get(&app.auditor(), "/v1/audit/proofs/consistency?from=6&to=12")
         .await;
     assert_eq!(status, StatusCode::OK);
-    verify_consistency(5, 11, &root5, &root11, &hashes(&proof["proof"]))
+    verify_consistency(6, 12, &root6, &root12, &hashes(&proof["proof"]))
         .expect("the older signed tree is a prefix of the newer");
-    assert!(verify_consistency(5, 11, &root11, &root5, &hashes(&proof["proof"])).is_err());
+    assert!(verify_consistency(6, 12, &root12, &root6, &hashes(&proof["proof"])).is_err());
 
     // And the database check agrees, signatures included.
     let verification = verify(&pool, Some(&public)).await.unwrap();
@@ -236,7 +238,7 @@ async fn a_forged_checkpoint_is_named(pool: PgPool) {
     assert!(
         matches!(
             &verification.checkpoints,
-            CheckpointCheck::Bad { tree_size: 4, reason } if reason.contains("signature")
+            CheckpointCheck::Bad { tree_size: 5, reason } if reason.contains("signature")
         ),
         "{verification:?}"
     );

@@ -11,7 +11,8 @@ use serde_json::json;
 use service::{order, TestApp};
 use sqlx::PgPool;
 
-/// Five decisions on five holders of the ACME bond.
+/// Five decisions on five holders of the ACME bond: seqs 2 to 6, after the first policy
+/// activation at seq 1.
 async fn five_decisions(pool: &PgPool) {
     let app = TestApp::spawn_with(pool.clone(), 0).await;
     app.register("ethereum", "0xACME-BOND-2031", "US", "security")
@@ -69,12 +70,12 @@ async fn an_untouched_ledger_verifies(pool: PgPool) {
     five_decisions(&pool).await;
     let check = verify_chain(&pool).await.unwrap();
     assert!(
-        matches!(check, ChainCheck::Sound { decisions: 5, .. }),
+        matches!(check, ChainCheck::Sound { records: 6, .. }),
         "{check:?}"
     );
     let (code, out) = verify_cli(&pool);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("hash chain sound: 5 decisions"), "{out}");
+    assert!(out.contains("hash chain sound: 6 records"), "{out}");
 }
 
 /// An outcome rewritten in place: the record no longer hashes to its stored hash.
@@ -133,22 +134,58 @@ async fn a_rewritten_record_with_a_fresh_hash_breaks_the_next_link(pool: PgPool)
 #[sqlx::test]
 async fn removed_records_are_named(pool: PgPool) {
     five_decisions(&pool).await;
-    tamper(&pool, "DELETE FROM decisions WHERE seq = 5").await;
+    tamper(&pool, "DELETE FROM decisions WHERE seq = 6").await;
     let check = verify_chain(&pool).await.unwrap();
     assert!(
-        matches!(&check, ChainCheck::HeadMismatch { head, last } if head.seq == 5 && last.seq == 4),
+        matches!(&check, ChainCheck::HeadMismatch { head, last } if head.seq == 6 && last.seq == 5),
         "{check:?}"
     );
-    tamper(&pool, "DELETE FROM decisions WHERE seq = 2").await;
+    tamper(&pool, "DELETE FROM decisions WHERE seq = 3").await;
     let check = verify_chain(&pool).await.unwrap();
     assert_eq!(
         check,
         ChainCheck::Broken {
-            seq: 3,
-            reason: BrokenLink::Gap { expected: 2 }
+            seq: 4,
+            reason: BrokenLink::Gap { expected: 3 }
         }
     );
     let (code, out) = verify_cli(&pool);
     assert_eq!(code, 1);
-    assert!(out.contains("seq 3: expected seq 2"), "{out}");
+    assert!(out.contains("seq 4: expected seq 3"), "{out}");
+}
+
+/// The last decision rewritten to name another policy version, its hash and the ledger head
+/// recomputed so that the chain still links: the activation trail names it.
+#[sqlx::test]
+async fn a_decision_claiming_another_policy_version_is_named(pool: PgPool) {
+    five_decisions(&pool).await;
+    let forged = "replace(record::text, d.policy_version, repeat('f', 64))";
+    tamper(
+        &pool,
+        &format!(
+            "UPDATE decisions d SET record = {forged}::json,
+                 hash = sha256(convert_to({forged}, 'UTF8'))
+             WHERE seq = 6"
+        ),
+    )
+    .await;
+    sqlx::query("UPDATE ledger_head SET hash = (SELECT hash FROM decisions WHERE seq = 6)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let check = verify_chain(&pool).await.unwrap();
+    assert!(
+        matches!(
+            &check,
+            ChainCheck::Broken { seq: 6, reason: BrokenLink::WrongVersion(wrong) }
+                if wrong.recorded == "f".repeat(64)
+        ),
+        "{check:?}"
+    );
+    let (code, out) = verify_cli(&pool);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("seq 6: decided by policy version fff"),
+        "{out}"
+    );
 }

@@ -76,7 +76,10 @@ async fn assert_ledger_sound(pool: &PgPool) -> Vec<DecisionRecord> {
     let mut records: Vec<DecisionRecord> = Vec::new();
     for (_, text, _) in &log {
         if let Ok(event) = serde_json::from_str::<EventRecord>(text) {
-            if let LedgerEvent::PolicyActivated { active: version, .. } = event.event {
+            if let LedgerEvent::PolicyActivated {
+                active: version, ..
+            } = event.event
+            {
                 active = Some(version.hash);
             }
             continue;

@@ -1051,8 +1051,9 @@ async fn the_subscriptions_api_checks_roles_urls_and_ids(pool: PgPool) {
         json!({"chain": CHAIN, "url": "https://hooks.chain.example/x", "secret": "whsec_mine"}),
         json!({"chain": "", "url": "https://hooks.chain.example/x"}),
         json!({"chain": CHAIN, "url": "https://hooks.chain.example/x", "from_seq": 0}),
-        // Nothing is decided yet: starting past the next decision would skip it.
-        json!({"chain": CHAIN, "url": "https://hooks.chain.example/x", "from_seq": 2}),
+        // Only the first policy activation is in the log (seq 1): starting past the next seq
+        // would skip the decision it will get.
+        json!({"chain": CHAIN, "url": "https://hooks.chain.example/x", "from_seq": 3}),
     ] {
         let answer = create(app.admin(), body.clone()).await.unwrap();
         assert_eq!(
@@ -1096,8 +1097,10 @@ async fn the_subscriptions_api_checks_roles_urls_and_ids(pool: PgPool) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(disabled["status"], "disabled");
     assert_eq!(disabled["status_reason"], "disabled by ops");
-    for from_seq in [0, 2] {
-        // 2 is past the next undelivered decision: a replay never skips.
+    let head = regulator::storage::ledger_head(&pool).await.unwrap().seq;
+    for from_seq in [0, head + 10] {
+        // Well past the next seq (the disable's own ledger event may still take one), which
+        // the chain's next decision may get: a replay never skips.
         let (status, problem) = post_admin(
             &app,
             &format!("/v1/webhooks/subscriptions/{id}/replay"),

@@ -254,7 +254,7 @@ pub async fn delete(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     require(&principal, &[Role::Admin])?;
-    if !store::delete(&state.pool, id).await? {
+    if !store::delete(&state.pool, id, &principal.sub).await? {
         return Err(not_found(id));
     }
     tracing::info!(subscription = %id, by = %principal.sub, "webhook subscription deleted");
@@ -269,7 +269,7 @@ async fn apply(
     change: Change<'_>,
     what: &str,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let changed = store::change(&state.pool, id, change)
+    let changed = store::change(&state.pool, id, change, &principal.sub)
         .await?
         .ok_or_else(|| not_found(id))?;
     state.webhook_wake.announce();
@@ -355,8 +355,14 @@ pub async fn replay(
     let current = store::get(&state.pool, id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    // Replaying moves the cursor back (or keeps it): it never skips a decision.
-    let furthest = current.cursor_seq + 1;
+    // Replaying moves the cursor back (or keeps it): it never skips a decision of the chain.
+    // (The log's other entries, on other chains or events, are not the chain's to skip.)
+    let furthest =
+        match store::next_decision(&state.pool, &current.chain, current.cursor_seq).await? {
+            Some(next) => next,
+            None => storage::ledger_head(&state.pool).await?.seq + 1,
+        }
+        .max(current.cursor_seq + 1);
     if request.from_seq == 0 || request.from_seq > furthest {
         return Err(ApiError::InvalidRequest(format!(
             "from_seq must be between 1 and {furthest}, the next undelivered decision: a replay never skips decisions"
@@ -423,6 +429,7 @@ pub async fn rotate_secret(
             secret: &exposed,
             grace,
         },
+        &principal.sub,
     )
     .await?
     .ok_or_else(|| not_found(id))?;

@@ -24,8 +24,9 @@ const PAGE: i64 = 10_000;
 /// What the check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainCheck {
-    /// Every record from seq 1 links to the one before, and the head names the last.
-    Sound { decisions: u64, head: Head },
+    /// Every record (decision or event) from seq 1 links to the one before, every decision
+    /// names the active policy version, and the head names the last record.
+    Sound { records: u64, head: Head },
     /// The first record that does not continue the chain, and why.
     Broken { seq: u64, reason: BrokenLink },
     /// The records link, but `ledger_head` names another last record (records were removed
@@ -132,7 +133,7 @@ pub async fn verify(
         }
     } else {
         ChainCheck::Sound {
-            decisions: head.seq,
+            records: head.seq,
             head,
         }
     };

@@ -82,8 +82,8 @@ impl AuditCommand {
             };
             let mut sound = true;
             match verification.chain {
-                ChainCheck::Sound { decisions, head } => println!(
-                    "hash chain sound: {decisions} decisions, head seq {} hash {}",
+                ChainCheck::Sound { records, head } => println!(
+                    "hash chain sound: {records} records, head seq {} hash {}",
                     head.seq,
                     hex::encode(head.hash)
                 ),

@@ -24,13 +24,20 @@ pub struct VersionRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SubscriptionChange {
-    Created { url: String, from_seq: u64 },
+    Created {
+        url: String,
+        from_seq: u64,
+    },
     Deleted,
     Enabled,
     Disabled,
-    Replayed { from_seq: u64 },
+    Replayed {
+        from_seq: u64,
+    },
     /// The secret itself is never in the log.
-    SecretRotated { grace_seconds: u64 },
+    SecretRotated {
+        grace_seconds: u64,
+    },
 }
 
 /// One event.
@@ -215,7 +222,10 @@ mod tests {
         )
         .unwrap();
         let after_first = check_link(Head::GENESIS, 1, &first.text, first.hash).unwrap();
-        assert_eq!(check_link(after_first, 2, &second.text, second.hash).unwrap(), head);
+        assert_eq!(
+            check_link(after_first, 2, &second.text, second.hash).unwrap(),
+            head
+        );
         let parsed: EventRecord = serde_json::from_str(&second.text).unwrap();
         assert_eq!(parsed, second.record);
         assert!(second.text.contains(r#""type":"subscription_changed""#));

@@ -16,7 +16,10 @@ pub const MAX_BYTES: usize = 4 * 1024 * 1024;
 /// The files of a bundle: `schema.cedarschema`, `entities.json`, `*.cedar` and `tests/*.toml`.
 /// Any other name is refused, so a stored version is exactly a policy directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(try_from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+#[serde(
+    try_from = "BTreeMap<String, String>",
+    into = "BTreeMap<String, String>"
+)]
 #[schema(value_type = BTreeMap<String, String>)]
 pub struct PolicyFiles(BTreeMap<String, String>);
 
@@ -106,13 +109,16 @@ impl PolicyFiles {
     /// is an error with the file's name.
     pub fn sources(&self) -> Result<PolicySources, PolicyErrors> {
         let get = |name: &str| {
-            self.0.get(name).map(|text| SourceFile::new(name, text.as_str())).ok_or_else(|| {
-                PolicyError::new(
-                    "policy::missing_file",
-                    &SourceFile::new(name, ""),
-                    format!("the bundle has no {name}"),
-                )
-            })
+            self.0
+                .get(name)
+                .map(|text| SourceFile::new(name, text.as_str()))
+                .ok_or_else(|| {
+                    PolicyError::new(
+                        "policy::missing_file",
+                        &SourceFile::new(name, ""),
+                        format!("the bundle has no {name}"),
+                    )
+                })
         };
         let schema = get(SCHEMA_FILE);
         let entities = get(ENTITIES_FILE);
@@ -129,7 +135,10 @@ impl PolicyFiles {
                 entities,
             }),
             (schema, entities) => Err(PolicyErrors {
-                errors: [schema.err(), entities.err()].into_iter().flatten().collect(),
+                errors: [schema.err(), entities.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
             }),
         }
     }

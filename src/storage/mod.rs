@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod policy;
+pub mod simulate;
 pub mod webhooks;
 
 use std::collections::HashMap;

@@ -168,9 +168,7 @@ pub async fn activations<'c>(
 }
 
 /// The version the ledger says is active: its last activation.
-pub async fn active<'c>(
-    db: impl sqlx::PgExecutor<'c>,
-) -> Result<Option<Activation>, StorageError> {
+pub async fn active<'c>(db: impl sqlx::PgExecutor<'c>) -> Result<Option<Activation>, StorageError> {
     Ok(activations(db, 1).await?.into_iter().next())
 }
 
@@ -231,11 +229,12 @@ pub enum RequestOutcome {
 }
 
 pub async fn request_outcome(pool: &PgPool, id: i64) -> Result<RequestOutcome, StorageError> {
-    let row = sqlx::query("SELECT done_at IS NOT NULL, seq, refused FROM ledger_requests WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| corrupt(format!("ledger request {id} vanished")))?;
+    let row =
+        sqlx::query("SELECT done_at IS NOT NULL, seq, refused FROM ledger_requests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| corrupt(format!("ledger request {id} vanished")))?;
     let done: bool = row.try_get(0)?;
     let seq: Option<i64> = row.try_get(1)?;
     let refused: Option<String> = row.try_get(2)?;

@@ -13,6 +13,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::{corrupt, StorageError};
+use crate::domain::event::{EventRequest, SubscriptionChange};
 
 /// Where a subscription stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -169,6 +170,7 @@ pub struct NewSubscription<'a> {
 }
 
 pub async fn create(pool: &PgPool, new: NewSubscription<'_>) -> Result<Subscription, StorageError> {
+    let mut tx = pool.begin().await?;
     let row = sqlx::query(&format!(
         "INSERT INTO webhook_subscriptions (id, chain, url, description, status, secret, cursor_seq, created_by)
          VALUES ($1, $2, $3, $4, 'active', $5, $6, $7) RETURNING {COLUMNS}"
@@ -180,9 +182,32 @@ pub async fn create(pool: &PgPool, new: NewSubscription<'_>) -> Result<Subscript
     .bind(new.secret)
     .bind(seq(new.cursor_seq))
     .bind(new.created_by)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
-    subscription(row)
+    let created = subscription(row)?;
+    let change = SubscriptionChange::Created {
+        url: created.url.clone(),
+        from_seq: new.cursor_seq + 1,
+    };
+    record(&mut tx, &created, change, new.created_by).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// Queues the ledger event of a subscription change, in the change's own transaction.
+async fn record(
+    tx: &mut sqlx::PgConnection,
+    subscription: &Subscription,
+    change: SubscriptionChange,
+    actor: &str,
+) -> Result<(), StorageError> {
+    let request = EventRequest::Subscription {
+        subscription: subscription.id,
+        chain: subscription.chain.clone(),
+        change,
+    };
+    super::policy::request_event(tx, &request, actor).await?;
+    Ok(())
 }
 
 pub async fn list(pool: &PgPool, chain: Option<&str>) -> Result<Vec<Subscription>, StorageError> {
@@ -207,12 +232,42 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Subscription>, Storag
 }
 
 /// Deletes a subscription and its attempts log; `false` if there was none.
-pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, StorageError> {
-    let done = sqlx::query("DELETE FROM webhook_subscriptions WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected() == 1)
+pub async fn delete(pool: &PgPool, id: Uuid, actor: &str) -> Result<bool, StorageError> {
+    let mut tx = pool.begin().await?;
+    let deleted = sqlx::query(&format!(
+        "DELETE FROM webhook_subscriptions WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = deleted else {
+        return Ok(false);
+    };
+    record(
+        &mut tx,
+        &subscription(row)?,
+        SubscriptionChange::Deleted,
+        actor,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The seq of `chain`'s first decision after `after`, if there is one yet.
+pub async fn next_decision(
+    pool: &PgPool,
+    chain: &str,
+    after: u64,
+) -> Result<Option<u64>, StorageError> {
+    let next: Option<i64> = sqlx::query_scalar(
+        "SELECT seq FROM decisions WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT 1",
+    )
+    .bind(chain)
+    .bind(seq(after))
+    .fetch_optional(pool)
+    .await?;
+    next.map(|s| u64::try_from(s).map_err(corrupt)).transpose()
 }
 
 /// An admin's change to a subscription.
@@ -242,7 +297,19 @@ pub async fn change(
     pool: &PgPool,
     id: Uuid,
     change: Change<'_>,
+    actor: &str,
 ) -> Result<Option<Subscription>, StorageError> {
+    let event = match &change {
+        Change::Enable => SubscriptionChange::Enabled,
+        Change::Disable { .. } => SubscriptionChange::Disabled,
+        Change::Replay { from_seq } => SubscriptionChange::Replayed {
+            from_seq: *from_seq,
+        },
+        Change::Rotate { grace, .. } => SubscriptionChange::SecretRotated {
+            grace_seconds: grace.as_secs(),
+        },
+    };
+    let mut tx = pool.begin().await?;
     const RESUME: &str = "status = 'active', status_reason = NULL, failed_seq = NULL,
         attempts = 0, next_attempt_at = now(), updated_at = now(), generation = generation + 1";
     let row = match change {
@@ -251,7 +318,7 @@ pub async fn change(
                 "UPDATE webhook_subscriptions SET {RESUME} WHERE id = $1 RETURNING {COLUMNS}"
             ))
             .bind(id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await?
         }
         Change::Disable { reason } => {
@@ -263,7 +330,7 @@ pub async fn change(
             ))
             .bind(id)
             .bind(reason)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await?
         }
         Change::Replay { from_seq } => {
@@ -273,7 +340,7 @@ pub async fn change(
             ))
             .bind(id)
             .bind(seq(from_seq.saturating_sub(1)))
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await?
         }
         Change::Rotate { secret, grace } => {
@@ -287,11 +354,17 @@ pub async fn change(
             .bind(id)
             .bind(secret)
             .bind(secs(grace))
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await?
         }
     };
-    row.map(subscription).transpose()
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let changed = subscription(row)?;
+    record(&mut tx, &changed, event, actor).await?;
+    tx.commit().await?;
+    Ok(Some(changed))
 }
 
 /// One logged HTTP attempt.

@@ -1,0 +1,100 @@
+//! Reading the recorded history for impact analysis.
+
+use std::collections::HashMap;
+
+use sqlx::{PgPool, Row};
+
+use super::{corrupt, StorageError};
+use crate::domain::ledger::DecisionRecord;
+use crate::domain::AssetKey;
+use crate::simulate::Range;
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// The inclusive seq range `range` selects (the whole log by default). A time bound becomes
+/// the first decision at or after `from_time` and the last at or before `to_time`; given both
+/// kinds of bound, the narrower wins. An empty selection comes back with `from > to`.
+pub async fn seq_range(pool: &PgPool, range: &Range) -> Result<(u64, u64), StorageError> {
+    let row = sqlx::query(
+        "SELECT (SELECT seq FROM ledger_head),
+                (SELECT min(seq) FROM decisions WHERE $1::timestamptz IS NOT NULL AND decided_at >= $1),
+                (SELECT max(seq) FROM decisions WHERE $2::timestamptz IS NOT NULL AND decided_at <= $2)",
+    )
+    .bind(range.from_time)
+    .bind(range.to_time)
+    .fetch_one(pool)
+    .await?;
+    let head: i64 = row.try_get(0)?;
+    let head = u64::try_from(head).map_err(corrupt)?;
+    let by_time_from: Option<i64> = row.try_get(1)?;
+    let by_time_to: Option<i64> = row.try_get(2)?;
+    let mut from = range.from_seq.unwrap_or(1).max(1);
+    let mut to = range.to_seq.unwrap_or(head).min(head);
+    if range.from_time.is_some() {
+        // No decision at or after from_time: nothing is selected.
+        from = from.max(by_time_from.map_or(head + 1, |s| s.max(0) as u64));
+    }
+    if range.to_time.is_some() {
+        to = to.min(by_time_to.map_or(0, |s| s.max(0) as u64));
+    }
+    Ok((from, to))
+}
+
+fn parse(seq: i64, text: &str) -> Result<DecisionRecord, StorageError> {
+    serde_json::from_str(text).map_err(|e| corrupt(format!("decision {seq}: {e}")))
+}
+
+/// The decisions after `after` up to `to`, in order, at most `limit`.
+pub async fn decisions_between(
+    pool: &PgPool,
+    after: u64,
+    to: u64,
+    limit: i64,
+) -> Result<Vec<DecisionRecord>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT seq, record::text FROM decisions WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(seq_param(after))
+    .bind(seq_param(to))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| parse(r.try_get(0)?, r.try_get(1)?))
+        .collect()
+}
+
+/// For each asset, its decisions before the given seq, in order.
+pub async fn earlier_decisions(
+    pool: &PgPool,
+    assets: &[(AssetKey, u64)],
+) -> Result<Vec<(AssetKey, Vec<DecisionRecord>)>, StorageError> {
+    let chains: Vec<&str> = assets.iter().map(|(k, _)| k.chain.as_str()).collect();
+    let names: Vec<&str> = assets.iter().map(|(k, _)| k.asset.as_str()).collect();
+    let before: Vec<i64> = assets.iter().map(|(_, s)| seq_param(*s)).collect();
+    let rows = sqlx::query(
+        "SELECT d.seq, d.record::text
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS t(chain, asset, before)
+         JOIN decisions d ON d.chain = t.chain AND d.asset = t.asset AND d.seq < t.before
+         ORDER BY d.seq",
+    )
+    .bind(&chains)
+    .bind(&names)
+    .bind(&before)
+    .fetch_all(pool)
+    .await?;
+    let mut by_asset: HashMap<AssetKey, Vec<DecisionRecord>> = HashMap::new();
+    for r in &rows {
+        let record = parse(r.try_get(0)?, r.try_get(1)?)?;
+        by_asset
+            .entry(record.target.asset.clone())
+            .or_default()
+            .push(record);
+    }
+    Ok(assets
+        .iter()
+        .map(|(key, _)| (key.clone(), by_asset.remove(key).unwrap_or_default()))
+        .collect())
+}
