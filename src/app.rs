@@ -228,9 +228,7 @@ pub async fn import_policies(pool: &PgPool, dir: &std::path::Path) -> Result<(),
         errors,
     };
     if storage::policy::has_versions(pool).await? {
-        let local = PolicyFiles::read_dir(dir)
-            .and_then(|files| files.sources())
-            .map(|sources| sources.content_hash());
+        let local = PolicyFiles::read_dir(dir).map(|files| files.content_hash());
         if let (Ok(local), Some(active)) = (local, storage::policy::active(pool).await?) {
             if local != active.hash {
                 tracing::info!(

@@ -535,3 +535,65 @@ pub async fn export(
     )
         .into_response())
 }
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// The cursor: events after this sequence number.
+    pub after: Option<u64>,
+    /// Page size (default 100, at most 1,000).
+    pub limit: Option<u32>,
+}
+
+/// One ledger event (a policy activation or a subscription change) and its hash.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventItem {
+    pub seq: u64,
+    /// Hex SHA-256 of `event`'s exact text.
+    pub hash: String,
+    #[schema(value_type = crate::domain::event::EventRecord)]
+    pub event: Box<RawValue>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventPage {
+    pub events: Vec<EventItem>,
+    /// Pass as `after` for the next page.
+    pub next_after: u64,
+}
+
+/// The ledger's events in sequence order: policy activations and webhook subscription
+/// changes, which share the sequence, the hash chain and the Merkle tree with decisions.
+#[utoipa::path(
+    get, path = "/v1/audit/events", tag = "audit",
+    params(EventsQuery),
+    responses(
+        (status = 200, body = EventPage),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> Result<Json<EventPage>, ApiError> {
+    require(&principal, READERS)?;
+    let limit = super::targets::page_limit(query.limit)?;
+    let after = query.after.unwrap_or(0);
+    let page = crate::storage::policy::events_after(&state.pool, after, limit).await?;
+    let next_after = page.last().map_or(after, |(seq, _, _)| *seq);
+    Ok(Json(EventPage {
+        events: page
+            .into_iter()
+            .map(|(seq, hash, text)| {
+                Ok(EventItem {
+                    seq,
+                    hash,
+                    event: super::orders::raw(&text)?,
+                })
+            })
+            .collect::<Result<_, ApiError>>()?,
+        next_after,
+    }))
+}

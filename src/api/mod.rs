@@ -7,6 +7,7 @@ pub mod extract;
 pub mod feed;
 pub mod ops;
 pub mod orders;
+pub mod policies;
 pub mod problem;
 pub mod targets;
 pub mod webhooks;
@@ -102,7 +103,34 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/proofs/inclusion", get(audit::inclusion))
         .route("/audit/proofs/consistency", get(audit::consistency))
         .route("/audit/decisions", get(audit::query))
-        .route("/audit/export", get(audit::export));
+        .route("/audit/export", get(audit::export))
+        .route("/audit/events", get(audit::events))
+        .route(
+            "/policies/validate",
+            post(policies::validate).layer(DefaultBodyLimit::max(policies::DRAFT_BODY_LIMIT)),
+        )
+        .route(
+            "/policies/test",
+            post(policies::test).layer(DefaultBodyLimit::max(policies::DRAFT_BODY_LIMIT)),
+        )
+        .route(
+            "/policies/simulate",
+            post(policies::simulate).layer(DefaultBodyLimit::max(policies::DRAFT_BODY_LIMIT)),
+        )
+        .route(
+            "/policies/versions",
+            post(policies::create)
+                .layer(DefaultBodyLimit::max(policies::DRAFT_BODY_LIMIT))
+                .get(policies::list),
+        )
+        .route("/policies/versions/{version}", get(policies::get))
+        .route(
+            "/policies/versions/{version}/activate",
+            post(policies::activate),
+        )
+        .route("/policies/rollback", post(policies::rollback))
+        .route("/policies/activations", get(policies::activations))
+        .route("/policies/diff", get(policies::version_diff));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(ops::healthz))
@@ -145,7 +173,10 @@ pub fn router(state: AppState) -> Router {
         webhooks::enable, webhooks::disable, webhooks::replay, webhooks::rotate_secret,
         webhooks::attempts,
         audit::latest, audit::publish, audit::public_key, audit::inclusion, audit::consistency,
-        audit::query, audit::export,
+        audit::query, audit::export, audit::events,
+        policies::validate, policies::test, policies::create, policies::list, policies::get,
+        policies::version_diff, policies::activate, policies::rollback, policies::activations,
+        policies::simulate,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(crate::auth::Role)),
@@ -157,6 +188,7 @@ pub fn router(state: AppState) -> Router {
         (name = "feed", description = "The ordered decision log, for chains and reconcilers"),
         (name = "webhooks", description = "Subscriptions that push the decision log to chains (admin)"),
         (name = "audit", description = "Signed checkpoints of the Merkle tree over the log, and proofs (auditor)"),
+        (name = "policies", description = "Policy versions: validate, test, diff, simulate, activate, roll back (policy_author)"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]

@@ -19,6 +19,36 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     pub detail: String,
+    /// Every error in a refused policy bundle, with its place in the source
+    /// (`urn:regulator:problem:policy-invalid` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<SourceError>>,
+}
+
+/// One error in a policy bundle, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SourceError {
+    /// Stable kind, e.g. `policy::missing_id`, `policy::validation`, `suite::invalid`.
+    pub code: String,
+    pub file: String,
+    /// 1-based; absent when the error has no place in the file.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl From<&crate::policy::PolicyError> for SourceError {
+    fn from(e: &crate::policy::PolicyError) -> Self {
+        Self {
+            code: e.code.to_owned(),
+            file: e.file.clone(),
+            line: e.line,
+            column: e.column,
+            message: e.message.clone(),
+            hint: e.hint.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +83,10 @@ pub enum ApiError {
     NotReady(String),
     #[error("the webhook URL is refused: {0}")]
     UrlRefused(#[from] crate::webhooks::guard::UrlRefused),
+    #[error("the policy bundle has {} error(s); see `errors`", .0.errors.len())]
+    PolicyInvalid(crate::policy::PolicyErrors),
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error")]
     Internal(#[from] StorageError),
 }
@@ -79,6 +113,8 @@ impl ApiError {
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-ready"),
             UrlRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "url-refused"),
+            PolicyInvalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "policy-invalid"),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -93,11 +129,16 @@ impl ApiError {
             }
             other => other.to_string(),
         };
+        let errors = match self {
+            ApiError::PolicyInvalid(e) => Some(e.errors.iter().map(SourceError::from).collect()),
+            _ => None,
+        };
         Problem {
             kind: format!("urn:regulator:problem:{slug}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail,
+            errors,
         }
     }
 }

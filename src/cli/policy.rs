@@ -1,78 +1,287 @@
-//! `regulator policy …`: offline checks of a policy directory.
+//! `regulator policy …`: the legal team's tools. Each works offline on a policy directory (and,
+//! for `simulate`, the engine's database), or against a running server with `--server`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use regulator::policy::{bundle::TESTS_DIR, suite, PolicyBundle, PolicyEngine, PolicyErrors};
+use regulator::api::policies::{TestReport, Validated};
+use regulator::api::problem::Problem;
+use regulator::policy::diff::{diff, PolicyDiff};
+use regulator::policy::{Compiled, PolicyErrors, PolicyFiles};
+use regulator::simulate::{self, Range, Report};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Check the schema, every policy (strictly, against the schema) and the entities; print each
     /// error with its place in the source.
-    Validate(PolicyDir),
+    Validate(DraftArgs),
     /// Run the test suites in `<policies>/tests/*.toml` against the policies.
-    Test(PolicyDir),
+    Test(DraftArgs),
+    /// What changed between two bundles, policy by policy: two directories, or with `--server`
+    /// two version numbers.
+    Diff(DiffArgs),
+    /// Replay the recorded orders against the draft (or a stored version) and list every
+    /// decision whose outcome, priority or determining policies would change.
+    Simulate(SimulateArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct PolicyDir {
-    /// The policy directory.
+pub struct ServerArgs {
+    /// Ask this running server (e.g. http://127.0.0.1:8080) instead of working offline.
+    #[arg(long, env = "REGULATOR_SERVER")]
+    server: Option<String>,
+    /// A token with the policy_author role (or auditor, for diff), for --server.
+    #[arg(long, env = "REGULATOR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DraftArgs {
+    /// The policy directory (the draft).
     #[arg(long, env = "REGULATOR_POLICIES", default_value = "policies")]
     policies: PathBuf,
+    #[command(flatten)]
+    server: ServerArgs,
 }
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// From: a policy directory, or with --server a version number.
+    from: String,
+    /// To: a policy directory, or with --server a version number.
+    to: String,
+    /// Print the diff as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The draft's policy directory.
+    #[arg(long, env = "REGULATOR_POLICIES", default_value = "policies")]
+    policies: PathBuf,
+    /// Simulate a stored version instead of the directory.
+    #[arg(long)]
+    version: Option<u32>,
+    /// Offline: the engine's database (read only), whose recorded history is replayed.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/regulator"
+    )]
+    database_url: String,
+    /// The range of decisions (inclusive; default: the whole log).
+    #[arg(long)]
+    from_seq: Option<u64>,
+    #[arg(long)]
+    to_seq: Option<u64>,
+    /// By decision time instead (RFC 3339).
+    #[arg(long)]
+    from_time: Option<DateTime<Utc>>,
+    #[arg(long)]
+    to_time: Option<DateTime<Utc>>,
+    /// Changed decisions to list (the counts are always whole).
+    #[arg(long, default_value_t = 1_000)]
+    max_changes: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Exit codes: 0 fine, 1 what was checked is wrong, 2 could not run.
+const WRONG: u8 = 1;
+const FAILED: u8 = 2;
 
 impl PolicyCommand {
     pub fn run(self) -> ExitCode {
-        match self {
-            PolicyCommand::Validate(dir) => validate(&dir.policies),
-            PolicyCommand::Test(dir) => test(&dir.policies),
-        }
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: cannot start the runtime: {e}");
+                return ExitCode::from(FAILED);
+            }
+        };
+        let result = runtime.block_on(async {
+            match self {
+                PolicyCommand::Validate(args) => validate(args).await,
+                PolicyCommand::Test(args) => test(args).await,
+                PolicyCommand::Diff(args) => diff_command(args).await,
+                PolicyCommand::Simulate(args) => simulate_command(args).await,
+            }
+        });
+        result.unwrap_or_else(ExitCode::from)
     }
 }
 
-fn load(dir: &Path) -> Result<PolicyBundle, ExitCode> {
-    PolicyBundle::load_dir(dir).map_err(|errors| {
-        report(errors);
-        ExitCode::from(1)
-    })
-}
+type Outcome = Result<ExitCode, u8>;
 
-fn report(errors: PolicyErrors) {
+fn report(errors: PolicyErrors) -> u8 {
     for error in errors.errors {
         eprintln!("{:?}", miette::Report::new(error));
     }
+    WRONG
 }
 
-fn validate(dir: &Path) -> ExitCode {
-    match load(dir) {
-        Ok(bundle) => {
-            println!(
-                "ok: {} policies in {}, version {}",
-                bundle.policy_count(),
-                dir.display(),
-                bundle.hash()
-            );
-            ExitCode::SUCCESS
+fn read(dir: &Path) -> Result<PolicyFiles, u8> {
+    PolicyFiles::read_dir(dir).map_err(report)
+}
+
+fn compile(dir: &Path) -> Result<Compiled, u8> {
+    Compiled::compile(read(dir)?).map_err(report)
+}
+
+/// A running server, for `--server`.
+struct Server {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl Server {
+    fn from(args: &ServerArgs) -> Result<Option<Self>, u8> {
+        let Some(base) = &args.server else {
+            return Ok(None);
+        };
+        let Some(token) = &args.token else {
+            eprintln!("error: --server needs a token (--token or REGULATOR_TOKEN); mint one with `regulator token --sub <you> --role policy_author`");
+            return Err(FAILED);
+        };
+        Ok(Some(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.clone(),
+            client: reqwest::Client::new(),
+        }))
+    }
+
+    /// Sends a request; a problem document is printed (with every located error) and is `WRONG`
+    /// for a 422 and `FAILED` otherwise.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T, u8> {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
         }
-        Err(code) => code,
+        let response = request.send().await.map_err(|e| {
+            eprintln!("error: {}: {e}", self.base);
+            FAILED
+        })?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| {
+            eprintln!("error: reading the answer: {e}");
+            FAILED
+        })?;
+        if status.is_success() {
+            return serde_json::from_str(&text).map_err(|e| {
+                eprintln!("error: unexpected answer ({e}): {text}");
+                FAILED
+            });
+        }
+        match serde_json::from_str::<Problem>(&text) {
+            Ok(problem) => {
+                eprintln!(
+                    "error: {} ({}): {}",
+                    problem.status, problem.kind, problem.detail
+                );
+                for e in problem.errors.iter().flatten() {
+                    let place = match (e.line, e.column) {
+                        (Some(l), Some(c)) => format!("{}:{l}:{c}", e.file),
+                        _ => e.file.clone(),
+                    };
+                    eprintln!("  {place}: [{}] {}", e.code, e.message);
+                    if let Some(hint) = &e.hint {
+                        eprintln!("      hint: {hint}");
+                    }
+                }
+                Err(if status.as_u16() == 422 {
+                    WRONG
+                } else {
+                    FAILED
+                })
+            }
+            Err(_) => {
+                eprintln!("error: {status}: {text}");
+                Err(FAILED)
+            }
+        }
     }
 }
 
-fn test(dir: &Path) -> ExitCode {
-    let engine = match load(dir) {
-        Ok(bundle) => PolicyEngine::new(bundle),
-        Err(code) => return code,
-    };
-    let results = match suite::run_dir(&engine, &dir.join(TESTS_DIR)) {
-        Ok(results) => results,
-        Err(errors) => {
-            report(errors);
-            return ExitCode::from(2);
+async fn validate(args: DraftArgs) -> Outcome {
+    let validated = match Server::from(&args.server)? {
+        Some(server) => {
+            let files = read(&args.policies)?;
+            server
+                .call::<Validated>(
+                    reqwest::Method::POST,
+                    "/v1/policies/validate",
+                    Some(json!({ "files": files })),
+                )
+                .await?
+        }
+        None => {
+            let compiled = compile(&args.policies)?;
+            Validated {
+                hash: compiled.hash().to_owned(),
+                policies: compiled.engine.bundle().policy_count(),
+                test_suites: compiled.files.tests().len(),
+            }
         }
     };
-    let failed = results.iter().filter(|r| !r.passed).count();
-    for r in &results {
+    println!(
+        "ok: {} policies and {} test suites in {}, version hash {}",
+        validated.policies,
+        validated.test_suites,
+        args.policies.display(),
+        validated.hash
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn test(args: DraftArgs) -> Outcome {
+    let report = match Server::from(&args.server)? {
+        Some(server) => {
+            let files = read(&args.policies)?;
+            server
+                .call::<TestReport>(
+                    reqwest::Method::POST,
+                    "/v1/policies/test",
+                    Some(json!({ "files": files })),
+                )
+                .await?
+        }
+        None => {
+            let compiled = compile(&args.policies)?;
+            let results = compiled.run_tests().map_err(report)?;
+            let failed = results.iter().filter(|r| !r.passed).count();
+            TestReport {
+                passed: failed == 0,
+                cases: results.len(),
+                failed,
+                results,
+            }
+        }
+    };
+    for r in &report.results {
         let mark = if r.passed { "pass" } else { "FAIL" };
         println!("{mark}  {} › {}", r.file, r.name);
         for why in &r.failures {
@@ -80,13 +289,189 @@ fn test(dir: &Path) -> ExitCode {
         }
     }
     println!(
-        "\n{} cases: {} passed, {failed} failed",
-        results.len(),
-        results.len() - failed
+        "\n{} cases: {} passed, {} failed",
+        report.cases,
+        report.cases - report.failed,
+        report.failed
     );
-    if failed == 0 && !results.is_empty() {
+    Ok(if report.failed == 0 && report.cases > 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(WRONG)
+    })
+}
+
+async fn diff_command(args: DiffArgs) -> Outcome {
+    let changes = match Server::from(&args.server)? {
+        Some(server) => {
+            let version = |v: &str| {
+                v.parse::<u32>().map_err(|_| {
+                    eprintln!("error: with --server, compare version numbers ({v:?} is not one)");
+                    FAILED
+                })
+            };
+            let path = format!(
+                "/v1/policies/diff?from={}&to={}",
+                version(&args.from)?,
+                version(&args.to)?
+            );
+            server
+                .call::<PolicyDiff>(reqwest::Method::GET, &path, None)
+                .await?
+        }
+        None => diff(
+            &compile(Path::new(&args.from))?,
+            &compile(Path::new(&args.to))?,
+        ),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&changes).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
+    for p in &changes.added {
+        println!("added    {}  ({}:{})", p.id, p.file, p.line);
+    }
+    for p in &changes.removed {
+        println!("removed  {}  ({}:{})", p.id, p.file, p.line);
+    }
+    for c in &changes.changed {
+        println!("changed  {}  ({}:{})", c.id, c.to.file, c.to.line);
+        for line in c.from.text.lines() {
+            println!("    - {line}");
+        }
+        for line in c.to.text.lines() {
+            println!("    + {line}");
+        }
+    }
+    let yes_no = |b: bool| if b { "changed" } else { "unchanged" };
+    println!(
+        "{} added, {} removed, {} changed, {} unchanged; schema {}, entities {}, tests changed: {}",
+        changes.added.len(),
+        changes.removed.len(),
+        changes.changed.len(),
+        changes.unchanged,
+        yes_no(changes.schema_changed),
+        yes_no(changes.entities_changed),
+        if changes.tests_changed.is_empty() {
+            "none".to_owned()
+        } else {
+            changes.tests_changed.join(", ")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn simulate_command(args: SimulateArgs) -> Outcome {
+    let range = Range {
+        from_seq: args.from_seq,
+        to_seq: args.to_seq,
+        from_time: args.from_time,
+        to_time: args.to_time,
+    };
+    let report = match Server::from(&args.server)? {
+        Some(server) => {
+            let mut body = json!({
+                "from_seq": range.from_seq, "to_seq": range.to_seq,
+                "from_time": range.from_time, "to_time": range.to_time,
+                "max_changes": args.max_changes,
+            });
+            match args.version {
+                Some(v) => body["version"] = json!(v),
+                None => body["files"] = json!(read(&args.policies)?),
+            }
+            server
+                .call::<Report>(reqwest::Method::POST, "/v1/policies/simulate", Some(body))
+                .await?
+        }
+        None => simulate_offline(&args, &range).await?,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for c in &report.changes {
+        let target = match &c.target.holder {
+            Some(h) => format!(
+                "{}/{} holder {}",
+                c.target.asset.chain, c.target.asset.asset, h
+            ),
+            None => format!("{}/{}", c.target.asset.chain, c.target.asset.asset),
+        };
+        println!(
+            "seq {:>8}  {} {} on {}: {} -> {}, priority {} -> {}, policies [{}] -> [{}]",
+            c.seq,
+            c.issuer,
+            c.kind.as_str(),
+            target,
+            c.recorded.outcome.as_str(),
+            c.simulated.outcome.as_str(),
+            c.recorded.priority.value(),
+            c.simulated.priority.value(),
+            join(&c.recorded.determining_policies),
+            join(&c.simulated.determining_policies),
+        );
+    }
+    let counts = &report.counts;
+    println!(
+        "\nseq {}..={}: {} orders replayed in {} ms ({:.0}/s); {} would change (outcome {}, priority {}, determining policies {}){}",
+        report.from_seq,
+        report.to_seq,
+        report.orders,
+        report.elapsed_ms,
+        report.orders_per_second,
+        counts.changed,
+        counts.outcome,
+        counts.priority,
+        counts.determining_policies,
+        if report.truncated { "; list truncated, see --max-changes" } else { "" }
+    );
+    for (transition, n) in &counts.transitions {
+        println!("  {transition}: {n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn join(ids: &[regulator::domain::PolicyId]) -> String {
+    ids.iter()
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn simulate_offline(args: &SimulateArgs, range: &Range) -> Result<Report, u8> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&args.database_url)
+        .await
+        .map_err(|e| {
+            eprintln!("error: cannot connect to {}: {e}", args.database_url);
+            FAILED
+        })?;
+    let files = match args.version {
+        Some(v) => match regulator::storage::policy::version(&pool, v).await {
+            Ok(Some(stored)) => stored.files,
+            Ok(None) => {
+                eprintln!("error: there is no policy version {v}");
+                return Err(FAILED);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Err(FAILED);
+            }
+        },
+        None => read(&args.policies)?,
+    };
+    let compiled = Compiled::compile(files).map_err(report)?;
+    simulate::run(&pool, Arc::new(compiled.engine), range, args.max_changes)
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            FAILED
+        })
 }

@@ -9,7 +9,6 @@ use cedar_policy::{
     Effect, Entities, Policy, PolicyId as CedarPolicyId, PolicySet, Schema, ValidationMode,
     Validator,
 };
-use sha2::{Digest, Sha256};
 
 use super::error::{line_and_column, PolicyError, PolicyErrors, SourceFile};
 use crate::domain::{PolicyId, Priority};
@@ -69,22 +68,6 @@ impl PolicySources {
             _ => Err(PolicyErrors { errors }),
         }
     }
-
-    /// The version hash: SHA-256 over every file's name and content, in a fixed order, so that
-    /// the same bundle always has the same hash and any change gives a new one.
-    pub fn content_hash(&self) -> String {
-        let mut hasher = Sha256::new();
-        let files = std::iter::once(&self.schema)
-            .chain(&self.policies)
-            .chain(std::iter::once(&self.entities));
-        for file in files {
-            for part in [file.name.as_bytes(), file.text.as_bytes()] {
-                hasher.update((part.len() as u64).to_be_bytes());
-                hasher.update(part);
-            }
-        }
-        hex::encode(hasher.finalize())
-    }
 }
 
 /// Where a policy was written.
@@ -103,7 +86,6 @@ pub struct PolicyBundle {
     pub(crate) entities: Entities,
     priorities: HashMap<CedarPolicyId, Priority>,
     origins: HashMap<String, PolicyOrigin>,
-    hash: String,
 }
 
 impl PolicyBundle {
@@ -200,15 +182,9 @@ impl PolicyBundle {
                 entities,
                 priorities,
                 origins,
-                hash: sources.content_hash(),
             }),
             _ => Err(PolicyErrors { errors }),
         }
-    }
-
-    /// The bundle's content hash, recorded with every decision it makes.
-    pub fn hash(&self) -> &str {
-        &self.hash
     }
 
     pub fn policy_count(&self) -> usize {

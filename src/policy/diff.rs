@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 
 use cedar_policy::{Effect, Policy};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::bundle::{ENTITIES_FILE, SCHEMA_FILE};
 use super::Compiled;
 
 /// One policy as a diff shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PolicySummary {
     pub id: String,
     /// `permit` or `forbid`.
@@ -24,7 +24,7 @@ pub struct PolicySummary {
 }
 
 /// A policy present in both bundles whose meaning (conditions, scope, annotations) differs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PolicyChange {
     pub id: String,
     pub from: PolicySummary,
@@ -32,7 +32,7 @@ pub struct PolicyChange {
 }
 
 /// The difference from one bundle to another.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PolicyDiff {
     pub added: Vec<PolicySummary>,
     pub removed: Vec<PolicySummary>,

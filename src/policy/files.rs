@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::bundle::{PolicySources, ENTITIES_FILE, SCHEMA_FILE, TESTS_DIR};
 use super::error::{PolicyError, PolicyErrors, SourceFile};
@@ -108,6 +109,7 @@ impl PolicyFiles {
     /// The files that decide (schema, policies, entities); a missing schema or entities file
     /// is an error with the file's name.
     pub fn sources(&self) -> Result<PolicySources, PolicyErrors> {
+        #[expect(clippy::result_large_err, reason = "cold path, errors are collected")]
         let get = |name: &str| {
             self.0
                 .get(name)
@@ -150,6 +152,20 @@ impl PolicyFiles {
             .filter(|(name, _)| name.starts_with(TESTS_DIR))
             .map(|(name, text)| SourceFile::new(name.as_str(), text.as_str()))
             .collect()
+    }
+
+    /// The version hash: SHA-256 over every file's name and text, tests included, so that the
+    /// same files are always the same version and any change (a test too) is another. It is
+    /// what decisions record as their `policy_version`.
+    pub fn content_hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        for (name, text) in &self.0 {
+            for part in [name.as_bytes(), text.as_bytes()] {
+                hasher.update((part.len() as u64).to_be_bytes());
+                hasher.update(part);
+            }
+        }
+        hex::encode(hasher.finalize())
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -197,10 +213,18 @@ mod tests {
         let files = PolicyFiles::read_dir(&dir).unwrap();
         assert!(files.names().any(|n| n == "us.cedar"));
         assert!(files.tests().iter().any(|t| &*t.name == "tests/us.toml"));
-        let sources = files.sources().unwrap();
         assert_eq!(
-            sources.content_hash(),
-            PolicySources::read_dir(&dir).unwrap().content_hash()
+            files.sources().unwrap().policies.len(),
+            PolicySources::read_dir(&dir).unwrap().policies.len()
         );
+        // A test is part of the version.
+        let mut edited: BTreeMap<String, String> = files.clone().into();
+        edited
+            .get_mut("tests/us.toml")
+            .unwrap()
+            .push_str("\n# reviewed\n");
+        let edited = PolicyFiles::try_from(edited).unwrap();
+        assert_ne!(edited.content_hash(), files.content_hash());
+        assert_eq!(files.content_hash().len(), 64);
     }
 }

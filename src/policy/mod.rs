@@ -30,6 +30,7 @@ const ASSET_CACHE_CAPACITY: usize = 10_000;
 pub struct Compiled {
     pub files: PolicyFiles,
     pub engine: PolicyEngine,
+    hash: String,
 }
 
 impl Compiled {
@@ -37,14 +38,15 @@ impl Compiled {
     pub fn compile(files: PolicyFiles) -> Result<Self, PolicyErrors> {
         let bundle = PolicyBundle::compile(&files.sources()?)?;
         Ok(Self {
+            hash: files.content_hash(),
             files,
             engine: PolicyEngine::new(bundle),
         })
     }
 
-    /// The content hash decisions record.
+    /// The version hash (over every file, tests included), which decisions record.
     pub fn hash(&self) -> &str {
-        self.engine.bundle().hash()
+        &self.hash
     }
 
     /// Runs the bundle's own test suites against it.

@@ -101,7 +101,7 @@ pub struct Expectation {
 }
 
 /// The outcome of one case.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct CaseResult {
     pub file: String,
     pub name: String,

@@ -371,3 +371,13 @@ pub async fn events_after(
         })
         .collect()
 }
+
+/// The text of the ledger event at `seq`.
+pub async fn event_record(pool: &PgPool, seq: u64) -> Result<Option<String>, StorageError> {
+    Ok(
+        sqlx::query_scalar("SELECT record::text FROM ledger_events WHERE seq = $1")
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .fetch_optional(pool)
+            .await?,
+    )
+}
