@@ -4,6 +4,7 @@
 mod audit;
 mod bench;
 mod bench_audit;
+mod bench_simulate;
 mod bench_webhooks;
 mod openapi;
 mod policy;
@@ -22,7 +23,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Work with jurisdiction policies: validate them, run their test suites.
+    /// Work with jurisdiction policies: validate, test, diff, simulate (offline or --server).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Check the ledger in the database: `regulator audit verify`.
@@ -47,6 +48,11 @@ enum Command {
     /// checkpoints, then prints p50/p90/p99/max per audit filter and per proof kind, PASS/FAIL
     /// against the targets, table and index sizes and the query plans.
     BenchAudit(bench_audit::BenchAuditArgs),
+    /// Measure impact analysis: seeds a fresh bench database (dropped and recreated) with a
+    /// history of OFAC blocks, SEC freezes and releases over loopback HTTP, then simulates the
+    /// active version and a draft that loosens the OFAC release rule through the API; prints
+    /// orders replayed per second and the changes found, PASS/FAIL against 10,000/s.
+    BenchSimulate(bench_simulate::BenchSimulateArgs),
 }
 
 impl Cli {
@@ -60,6 +66,7 @@ impl Cli {
             Command::Bench(args) => args.run(),
             Command::BenchWebhooks(args) => args.run(),
             Command::BenchAudit(args) => args.run(),
+            Command::BenchSimulate(args) => args.run(),
         }
     }
 }
