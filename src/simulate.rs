@@ -23,8 +23,8 @@ use crate::domain::{
 use crate::policy::PolicyEngine;
 use crate::storage::{self, StorageError};
 
-/// Records read from the database at a time.
-const PAGE: i64 = 5_000;
+/// Seqs read from the database at a time.
+const PAGE: u64 = 5_000;
 
 /// A decision as recorded, or as the draft would make it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -282,9 +282,12 @@ pub async fn run(
     let mut seen: HashSet<AssetKey> = HashSet::new();
     let mut after = from.saturating_sub(1);
     while after < to {
-        let records = storage::simulate::decisions_between(pool, after, to, PAGE).await?;
-        let Some(last) = records.last() else { break };
-        after = last.seq;
+        let upto = to.min(after.saturating_add(PAGE));
+        let records = storage::simulate::decisions_between(pool, after, upto).await?;
+        after = upto;
+        if records.is_empty() {
+            continue;
+        }
         let mut unknown = Vec::new();
         for record in &records {
             let key = &record.target.asset;

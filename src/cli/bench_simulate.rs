@@ -37,8 +37,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bench::{
-    bench_client, register_named_assets, start_service, Context, Failure, ServiceSetup,
-    AUDIENCE, ISSUER,
+    bench_client, register_named_assets, start_service, Context, Failure, ServiceSetup, AUDIENCE,
+    ISSUER,
 };
 
 /// The shipped OFAC rule, and the draft's: the federal court may lift an OFAC block too.
@@ -293,7 +293,11 @@ impl BenchSimulateArgs {
         for run in 1..=self.runs {
             let begun = Instant::now();
             let report = simulate(json!({"files": draft, "max_changes": 100})).await?;
-            rates.push(timed(&format!("draft, run {run}"), &report, begun.elapsed()));
+            rates.push(timed(
+                &format!("draft, run {run}"),
+                &report,
+                begun.elapsed(),
+            ));
             if report.counts.changed != expected_changes
                 || report.counts.transitions.get("REJECTED -> APPLIED") != Some(&expected_changes)
             {
@@ -341,7 +345,9 @@ impl BenchSimulateArgs {
                         if i > 0 {
                             body.push(',');
                         }
-                        body.push_str(&format!(r#"{{"idempotency_key":"sim-{k}","order":{order}}}"#));
+                        body.push_str(&format!(
+                            r#"{{"idempotency_key":"sim-{k}","order":{order}}}"#
+                        ));
                     }
                     body.push_str("]}");
                     let reply: BatchReply = client

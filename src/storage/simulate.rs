@@ -46,19 +46,19 @@ fn parse(seq: i64, text: &str) -> Result<DecisionRecord, StorageError> {
     serde_json::from_str(text).map_err(|e| corrupt(format!("decision {seq}: {e}")))
 }
 
-/// The decisions after `after` up to `to`, in order, at most `limit`.
+/// The decisions with `after < seq <= upto`, in order. Callers keep the span short (a page):
+/// the bound on seq, not a `LIMIT`, is what keeps the read small whatever plan the database
+/// picks (a `LIMIT` over a wide range let a stale estimate sort the whole range per page).
 pub async fn decisions_between(
     pool: &PgPool,
     after: u64,
-    to: u64,
-    limit: i64,
+    upto: u64,
 ) -> Result<Vec<DecisionRecord>, StorageError> {
     let rows = sqlx::query(
-        "SELECT seq, record::text FROM decisions WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+        "SELECT seq, record::text FROM decisions WHERE seq > $1 AND seq <= $2 ORDER BY seq",
     )
     .bind(seq_param(after))
-    .bind(seq_param(to))
-    .bind(limit)
+    .bind(seq_param(upto))
     .fetch_all(pool)
     .await?;
     rows.iter()
