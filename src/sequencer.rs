@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{watch, Notify};
 
@@ -128,7 +128,10 @@ impl Sequencer {
         let Some((epoch, head)) = storage::try_lead(&mut conn).await? else {
             return Ok(None);
         };
-        let (policy, head) = self.active_policy(&mut conn, epoch, head).await?;
+        let last_stamp = storage::last_stamp(&mut conn).await?;
+        let (policy, head, last_stamp) = self
+            .active_policy(&mut conn, epoch, head, last_stamp)
+            .await?;
         tracing::info!(
             version = policy.version.version,
             hash = %policy.version.hash,
@@ -140,6 +143,7 @@ impl Sequencer {
             head,
             states: HashMap::new(),
             policy,
+            last_stamp,
         }))
     }
 
@@ -150,7 +154,8 @@ impl Sequencer {
         conn: &mut PgConnection,
         epoch: i64,
         head: Head,
-    ) -> Result<(ActivePolicy, Head), StorageError> {
+        last_stamp: DateTime<Utc>,
+    ) -> Result<(ActivePolicy, Head, DateTime<Utc>), StorageError> {
         if let Some(active) = storage::policy::active(&mut *conn).await? {
             let policy = self
                 .load(conn, active.version)
@@ -162,7 +167,7 @@ impl Sequencer {
                     active.version, policy.version.hash, active.hash
                 )));
             }
-            return Ok((policy, head));
+            return Ok((policy, head, last_stamp));
         }
         let policy = self.load(conn, 1).await?.map_err(|_| {
             StorageError::NoPolicy(
@@ -170,7 +175,7 @@ impl Sequencer {
             )
         })?;
         let mut to = head;
-        let now = storage::db_now(&mut *conn).await?;
+        let now = storage::db_now(&mut *conn).await?.max(last_stamp);
         let event = seal_event(
             LedgerEvent::PolicyActivated {
                 active: policy.version.clone(),
@@ -184,7 +189,7 @@ impl Sequencer {
         .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let head = storage::policy::commit_events(conn, epoch, head, &[event], &[]).await?;
         tracing::info!(seq = head.seq, "first policy activation recorded");
-        Ok((policy, head))
+        Ok((policy, head, now))
     }
 
     /// Version `version` compiled, or why it cannot decide.
@@ -230,7 +235,7 @@ impl Sequencer {
     async fn settle_requests(
         &self,
         leader: &mut Leader,
-        now: chrono::DateTime<chrono::Utc>,
+        now: DateTime<Utc>,
     ) -> Result<(), StorageError> {
         let pending =
             storage::policy::pending_requests(&mut leader.conn, REQUESTS_PER_ROUND).await?;
@@ -318,18 +323,22 @@ impl Sequencer {
 
     /// One round. Returns how long to wait before the next, or `None` to go again at once.
     async fn round(&self, leader: &mut Leader) -> Result<Option<StdDuration>, StorageError> {
-        let work = storage::fetch_work(
+        let mut work = storage::fetch_work(
             &mut leader.conn,
             self.config.fetch_limit,
             self.config.window > Duration::zero(),
         )
         .await?;
+        // The ledger's time never goes back, even if the database's clock does: a time range
+        // of the log is then a seq range.
+        work.now = work.now.max(leader.last_stamp);
         metrics::gauge!("regulator_intake_backlog").set(work.pending.len() as f64);
         metrics::gauge!("regulator_policy_active_version").set(leader.policy.version.version);
         if work.requests {
             // Settled before any order of this fetch is decided: an order decided after an
             // activation's seq is decided by the version it activated.
             self.settle_requests(leader, work.now).await?;
+            leader.last_stamp = work.now;
             return Ok(None);
         }
         let horizon = work
@@ -456,6 +465,7 @@ impl Sequencer {
             states: changes,
         };
         leader.head = storage::commit(&mut leader.conn, commit).await?;
+        leader.last_stamp = work.now;
         for (key, state) in new_states {
             leader.states.insert(key, state);
         }
@@ -475,6 +485,8 @@ struct Leader {
     states: HashMap<AssetKey, AssetState>,
     /// The version the ledger says is active, which decides every order.
     policy: ActivePolicy,
+    /// The time of the last record: the next is stamped no earlier.
+    last_stamp: DateTime<Utc>,
 }
 
 /// A policy version and the engine compiled from it.

@@ -6,6 +6,7 @@ mod service;
 use std::process::Command;
 
 use regulator::audit::{verify_chain, ChainCheck};
+use regulator::domain::event::Contradiction;
 use regulator::domain::ledger::BrokenLink;
 use serde_json::json;
 use service::{order, TestApp};
@@ -177,8 +178,10 @@ async fn a_decision_claiming_another_policy_version_is_named(pool: PgPool) {
     assert!(
         matches!(
             &check,
-            ChainCheck::Broken { seq: 6, reason: BrokenLink::WrongVersion(wrong) }
-                if wrong.recorded == "f".repeat(64)
+            ChainCheck::Broken {
+                seq: 6,
+                reason: BrokenLink::Contradicts(Contradiction::Policy { recorded, .. })
+            } if *recorded == "f".repeat(64)
         ),
         "{check:?}"
     );

@@ -141,29 +141,39 @@ pub fn seal_event(
     Ok(SealedEvent { record, text, hash })
 }
 
-/// Follows the activations along the log and checks that every decision records the version
-/// the last activation before it made active. (Decisions before the ledger's first activation,
-/// made by an engine older than activations, are not checked.)
+/// Follows the log record by record and checks what the records say about each other beyond
+/// the hash chain: every decision records the version the last activation before it made
+/// active (decisions before the ledger's first activation, made by an engine older than
+/// activations, are not checked), and time never goes back.
 #[derive(Debug, Default)]
 pub struct ActiveTrail {
     active: Option<String>,
+    last_time: Option<DateTime<Utc>>,
 }
 
-/// A decision that names another version than the active one.
+/// A record that contradicts the ones before it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("decided by policy version {recorded}, but the ledger had activated {active}")]
-pub struct WrongVersion {
-    pub recorded: String,
-    pub active: String,
+pub enum Contradiction {
+    #[error("decided by policy version {recorded}, but the ledger had activated {active}")]
+    Policy { recorded: String, active: String },
+    #[error(
+        "stamped {at}, before the previous record ({previous}): the ledger's time never goes back"
+    )]
+    TimeWentBack {
+        at: DateTime<Utc>,
+        previous: DateTime<Utc>,
+    },
 }
 
 impl ActiveTrail {
     /// Takes the next record's text (already known to be a linked ledger record).
-    pub fn follow(&mut self, text: &str) -> Result<(), WrongVersion> {
+    pub fn follow(&mut self, text: &str) -> Result<(), Contradiction> {
         #[derive(Deserialize)]
         struct Entry {
             policy_version: Option<String>,
             event: Option<EventShape>,
+            decided_at: Option<DateTime<Utc>>,
+            recorded_at: Option<DateTime<Utc>>,
         }
         #[derive(Deserialize)]
         struct EventShape {
@@ -172,6 +182,12 @@ impl ActiveTrail {
         let Ok(entry) = serde_json::from_str::<Entry>(text) else {
             return Ok(());
         };
+        if let Some(at) = entry.decided_at.or(entry.recorded_at) {
+            if let Some(previous) = self.last_time.filter(|p| *p > at) {
+                return Err(Contradiction::TimeWentBack { at, previous });
+            }
+            self.last_time = Some(at);
+        }
         if let Some(event) = entry.event {
             if let Some(active) = event.active {
                 self.active = Some(active.hash);
@@ -179,7 +195,7 @@ impl ActiveTrail {
             return Ok(());
         }
         match (&self.active, entry.policy_version) {
-            (Some(active), Some(recorded)) if *active != recorded => Err(WrongVersion {
+            (Some(active), Some(recorded)) if *active != recorded => Err(Contradiction::Policy {
                 recorded,
                 active: active.clone(),
             }),
@@ -259,12 +275,27 @@ mod tests {
         trail.follow(r#"{"seq":3,"policy_version":"v1"}"#).unwrap();
         assert_eq!(
             trail.follow(r#"{"seq":4,"policy_version":"v2"}"#),
-            Err(WrongVersion {
+            Err(Contradiction::Policy {
                 recorded: "v2".into(),
                 active: "v1".into()
             })
         );
         trail.follow(&activation("v2", &mut head)).unwrap();
         trail.follow(r#"{"seq":6,"policy_version":"v2"}"#).unwrap();
+    }
+
+    #[test]
+    fn the_trail_refuses_time_going_back() {
+        let mut trail = ActiveTrail::default();
+        trail
+            .follow(r#"{"seq":1,"decided_at":"2026-11-21T10:00:00Z"}"#)
+            .unwrap();
+        trail
+            .follow(r#"{"seq":2,"decided_at":"2026-11-21T10:00:00Z"}"#)
+            .unwrap();
+        assert!(matches!(
+            trail.follow(r#"{"seq":3,"recorded_at":"2026-11-21T09:59:59Z"}"#),
+            Err(Contradiction::TimeWentBack { .. })
+        ));
     }
 }

@@ -235,7 +235,7 @@ pub enum BrokenLink {
     #[error("prev_hash {found} does not name the previous record ({expected}): this record or the one before it was altered")]
     WrongPredecessor { found: String, expected: String },
     #[error(transparent)]
-    WrongVersion(#[from] super::event::WrongVersion),
+    Contradicts(#[from] super::event::Contradiction),
 }
 
 /// What every ledger record (decision or event) says about its place in the chain.

@@ -216,112 +216,105 @@ pub struct AuditRecord {
 /// How each filter finds its page (`regulator bench-audit` measures them on a million
 /// decisions): a column filter walks its `(column, seq)` index from the cursor; a policy walks
 /// `decision_policies` `(policy, seq)` (migration 0006) and joins the page's decisions. A time
-/// range first walks the next 2,000 seqs from the cursor in order (enough when the cursor is
-/// inside the range, as when paging through it); if that does not fill the page, it selects
-/// the rest's seqs from `decisions_by_time` (index only) and sorts them, rather than walk seq
-/// order further: `decided_at` follows seq in practice, which the planner cannot know, so it
-/// would expect matches right after any cursor and could scan to the head when they lie
-/// elsewhere; this way the work is bounded by the rows in the range. Statements are planned
-/// with their values each time (unnamed, not cached): a generic plan cannot tell a rare value
-/// from a common one, and walked seq order for both.
+/// range is first turned into a seq range by two probes of `decisions_by_time`: the ledger's
+/// time never goes back (the sequencer stamps each round no earlier than the last), so the
+/// decisions of a time range are exactly those of a seq range, and the page is a walk of the
+/// primary key. Statements are planned with their values each time (unnamed, not cached): a
+/// generic plan cannot tell a rare value from a common one, and walked seq order for both.
 pub async fn audit_page(
     pool: &PgPool,
     filter: &AuditFilter,
     after: u64,
     limit: i64,
 ) -> Result<Vec<AuditRecord>, StorageError> {
-    /// Seqs a time-range query walks in order before it sorts the range's matches.
-    const TIME_PROBE: i64 = 2_000;
-
-    /// The page after `after` (and up to `until`), in seq order; `sort`: select the matching
-    /// seqs, sort them and join, instead of walking seq order.
-    fn page_query<'a>(
-        filter: &AuditFilter,
-        after: i64,
-        until: Option<i64>,
-        sort: bool,
-        limit: i64,
-    ) -> sqlx::QueryBuilder<'a, sqlx::Postgres> {
-        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-            "SELECT seq, encode(hash, 'hex'), record::text FROM decisions WHERE ",
-        );
-        if sort {
-            q.push("seq IN (SELECT seq FROM decisions WHERE ");
-        }
-        q.push("seq > ").push_bind(after);
-        if let Some(until) = until {
-            q.push(" AND seq <= ").push_bind(until);
-        }
-        let text_filters = [
-            ("chain", &filter.chain),
-            ("asset", &filter.asset),
-            ("holder", &filter.holder),
-            ("issuer", &filter.issuer),
-            ("kind", &filter.kind),
-            ("outcome", &filter.outcome),
-        ];
-        for (column, value) in text_filters {
-            if let Some(value) = value {
-                // Column names come from the list above, never from the request.
-                q.push(format!(" AND {column} = ")).push_bind(value.clone());
-            }
-        }
-        if let Some(policy) = &filter.policy {
-            q.push(" AND seq IN (SELECT seq FROM decision_policies WHERE policy = ")
-                .push_bind(policy.clone())
-                .push(" AND seq > ")
-                .push_bind(after)
-                .push(")");
-        }
-        if let Some(t) = filter.from_time {
-            q.push(" AND decided_at >= ").push_bind(t);
-        }
-        if let Some(t) = filter.to_time {
-            q.push(" AND decided_at < ").push_bind(t);
-        }
-        if let Some(n) = filter.from_seq {
-            q.push(" AND seq >= ")
-                .push_bind(i64::try_from(n).unwrap_or(i64::MAX));
-        }
-        if let Some(n) = filter.to_seq {
-            q.push(" AND seq <= ")
-                .push_bind(i64::try_from(n).unwrap_or(i64::MAX));
-        }
-        if sort {
-            // `seq + 0`: sort the matches instead of walking the primary key in seq order.
-            q.push(" ORDER BY seq + 0 LIMIT ")
-                .push_bind(limit)
-                .push(") ORDER BY seq");
-        } else {
-            q.push(" ORDER BY seq LIMIT ").push_bind(limit);
-        }
-        q
-    }
-
-    let after = i64::try_from(after).unwrap_or(i64::MAX);
-    let mut queries = Vec::new();
+    let mut filter = filter.clone();
     if filter.from_time.is_some() || filter.to_time.is_some() {
-        let probed = after.saturating_add(TIME_PROBE);
-        queries.push(page_query(filter, after, Some(probed), false, limit));
-        queries.push(page_query(filter, probed, None, true, limit));
-    } else {
-        queries.push(page_query(filter, after, None, false, limit));
-    }
-    let mut page = Vec::new();
-    for mut q in queries {
-        if page.len() as i64 >= limit {
-            break;
+        match time_to_seq(pool, &filter).await? {
+            Some((first, last)) => {
+                filter.from_seq = Some(filter.from_seq.map_or(first, |s| s.max(first)));
+                filter.to_seq = Some(filter.to_seq.map_or(last, |s| s.min(last)));
+            }
+            None => return Ok(Vec::new()),
         }
-        let rows = q.build().persistent(false).fetch_all(pool).await?;
-        for r in rows {
+    }
+    let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+        "SELECT seq, encode(hash, 'hex'), record::text FROM decisions WHERE seq > ",
+    );
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    q.push_bind(after);
+    let text_filters = [
+        ("chain", &filter.chain),
+        ("asset", &filter.asset),
+        ("holder", &filter.holder),
+        ("issuer", &filter.issuer),
+        ("kind", &filter.kind),
+        ("outcome", &filter.outcome),
+    ];
+    for (column, value) in text_filters {
+        if let Some(value) = value {
+            // Column names come from the list above, never from the request.
+            q.push(format!(" AND {column} = ")).push_bind(value.clone());
+        }
+    }
+    if let Some(policy) = &filter.policy {
+        q.push(" AND seq IN (SELECT seq FROM decision_policies WHERE policy = ")
+            .push_bind(policy.clone())
+            .push(" AND seq > ")
+            .push_bind(after)
+            .push(")");
+    }
+    // Kept with the seq bounds: they cost nothing on rows of the range, and say what is meant.
+    if let Some(t) = filter.from_time {
+        q.push(" AND decided_at >= ").push_bind(t);
+    }
+    if let Some(t) = filter.to_time {
+        q.push(" AND decided_at < ").push_bind(t);
+    }
+    if let Some(n) = filter.from_seq {
+        q.push(" AND seq >= ")
+            .push_bind(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    if let Some(n) = filter.to_seq {
+        q.push(" AND seq <= ")
+            .push_bind(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    q.push(" ORDER BY seq LIMIT ").push_bind(limit);
+    let rows = q.build().persistent(false).fetch_all(pool).await?;
+    rows.into_iter()
+        .map(|r| {
             let seq: i64 = r.try_get(0)?;
-            page.push(AuditRecord {
+            Ok(AuditRecord {
                 seq: u64::try_from(seq).map_err(corrupt)?,
                 hash: r.try_get(1)?,
                 record: r.try_get(2)?,
-            });
-        }
-    }
-    page.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok(page)
+            })
+        })
+        .collect()
+}
+
+/// The first and last seq decided in `[from_time, to_time)`, or `None` if nothing was.
+async fn time_to_seq(
+    pool: &PgPool,
+    filter: &AuditFilter,
+) -> Result<Option<(u64, u64)>, StorageError> {
+    let row = sqlx::query(
+        "SELECT (SELECT seq FROM decisions WHERE $1::timestamptz IS NULL OR decided_at >= $1
+                 ORDER BY decided_at, seq LIMIT 1),
+                (SELECT seq FROM decisions WHERE $2::timestamptz IS NULL OR decided_at < $2
+                 ORDER BY decided_at DESC, seq DESC LIMIT 1)",
+    )
+    .bind(filter.from_time)
+    .bind(filter.to_time)
+    .persistent(false)
+    .fetch_one(pool)
+    .await?;
+    let first: Option<i64> = row.try_get(0)?;
+    let last: Option<i64> = row.try_get(1)?;
+    Ok(match (first, last) {
+        (Some(first), Some(last)) if first <= last => Some((
+            u64::try_from(first).map_err(corrupt)?,
+            u64::try_from(last).map_err(corrupt)?,
+        )),
+        _ => None,
+    })
 }

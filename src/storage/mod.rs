@@ -369,6 +369,19 @@ fn head_from(seq: i64, hash: Vec<u8>) -> Result<Head, StorageError> {
     })
 }
 
+/// The time of the ledger's last record (the epoch's start for an empty ledger): a new leader
+/// stamps nothing earlier.
+pub async fn last_stamp(conn: &mut PgConnection) -> Result<DateTime<Utc>, StorageError> {
+    let stamp: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT greatest(
+             (SELECT decided_at FROM decisions ORDER BY seq DESC LIMIT 1),
+             (SELECT recorded_at FROM ledger_events ORDER BY seq DESC LIMIT 1))",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(stamp.unwrap_or(DateTime::<Utc>::UNIX_EPOCH))
+}
+
 /// The database's clock: every recorded time comes from it, not from a replica's.
 pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, StorageError> {
     Ok(sqlx::query_scalar("SELECT clock_timestamp()")
