@@ -169,10 +169,10 @@ impl Sequencer {
             }
             return Ok((policy, head, last_stamp));
         }
-        let policy = self.load(conn, 1).await?.map_err(|_| {
-            StorageError::NoPolicy(
-                "no policy version is stored; `regulator serve` imports policies/ as version 1 on first start".into(),
-            )
+        let policy = self.load(conn, 1).await?.map_err(|why| {
+            StorageError::NoPolicy(format!(
+                "{why} (`regulator serve` stores policies/ as version 1 on a new database)"
+            ))
         })?;
         let mut to = head;
         let now = storage::db_now(&mut *conn).await?.max(last_stamp);
@@ -323,22 +323,23 @@ impl Sequencer {
 
     /// One round. Returns how long to wait before the next, or `None` to go again at once.
     async fn round(&self, leader: &mut Leader) -> Result<Option<StdDuration>, StorageError> {
-        let mut work = storage::fetch_work(
+        let work = storage::fetch_work(
             &mut leader.conn,
             self.config.fetch_limit,
             self.config.window > Duration::zero(),
         )
         .await?;
-        // The ledger's time never goes back, even if the database's clock does: a time range
-        // of the log is then a seq range.
-        work.now = work.now.max(leader.last_stamp);
+        // The ledger's time never goes back, even if the database's clock does (a time range
+        // of the log is then a seq range). Only the stamp is raised: windows, expiries and
+        // waits keep the database's own time.
+        let stamp = work.now.max(leader.last_stamp);
         metrics::gauge!("regulator_intake_backlog").set(work.pending.len() as f64);
         metrics::gauge!("regulator_policy_active_version").set(leader.policy.version.version);
         if work.requests {
             // Settled before any order of this fetch is decided: an order decided after an
             // activation's seq is decided by the version it activated.
-            self.settle_requests(leader, work.now).await?;
-            leader.last_stamp = work.now;
+            self.settle_requests(leader, stamp).await?;
+            leader.last_stamp = stamp;
             return Ok(None);
         }
         let horizon = work
@@ -442,7 +443,7 @@ impl Sequencer {
                 after: &resolution.state,
                 orders: &orders,
                 policy_version: &policy_version,
-                decided_at: work.now,
+                decided_at: stamp,
             };
             let sealed = seal_group(&ctx, &resolution.decisions, &mut head)
                 .map_err(|e| StorageError::Corrupt(e.to_string()))?;
@@ -465,7 +466,7 @@ impl Sequencer {
             states: changes,
         };
         leader.head = storage::commit(&mut leader.conn, commit).await?;
-        leader.last_stamp = work.now;
+        leader.last_stamp = stamp;
         for (key, state) in new_states {
             leader.states.insert(key, state);
         }

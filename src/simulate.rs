@@ -127,11 +127,18 @@ impl<'e> Simulator<'e> {
 
     /// Takes the next decision of the range.
     pub fn push(&mut self, record: DecisionRecord) -> Result<(), SimulateError> {
-        let same_group = self.group.last().is_some_and(|last| {
-            last.target.asset == record.target.asset
-                && last.decided_at == record.decided_at
-                && last.seq + 1 == record.seq
-        });
+        let same_group = self
+            .group
+            .last()
+            .is_some_and(|last| match (last.group, record.group) {
+                (Some(a), Some(b)) => a == b,
+                // Records from before groups were recorded: one asset, one round, consecutive.
+                _ => {
+                    last.target.asset == record.target.asset
+                        && last.decided_at == record.decided_at
+                        && last.seq + 1 == record.seq
+                }
+            });
         if !same_group {
             self.flush()?;
         }

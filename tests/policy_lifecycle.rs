@@ -760,3 +760,168 @@ async fn subscription_changes_are_ledger_events(pool: PgPool) {
         ChainCheck::Sound { records: 3, .. }
     ));
 }
+
+async fn leading(app: &TestApp) -> bool {
+    let (_, ready) = app.get(&app.auditor(), "/readyz").await;
+    ready["sequencer_leading"].as_bool().unwrap_or(false)
+}
+
+/// Two replicas. The legal team activates through the standby's API; the leader records it and
+/// decides with it at once. Then the leader dies: the standby takes over and decides with the
+/// version the ledger says is active (never with its own `policies/` files).
+#[sqlx::test]
+async fn every_replica_decides_with_the_version_the_ledger_says_is_active(pool: PgPool) {
+    let leader = TestApp::spawn_with(pool.clone(), 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(leading(&leader).await);
+    let standby = TestApp::spawn_with(pool.clone(), 0).await;
+    assert!(!leading(&standby).await);
+    standby.register(BOND.0, BOND.1, "US", "security").await;
+    let v2 = store_version(&standby, &loosened(), "Court may lift OFAC blocks").await;
+    let (status, activated) = activate(&standby, 2).await;
+    assert_eq!(status, StatusCode::OK, "{activated}");
+
+    let block = ofac_block(&standby, "0xA1").await;
+    let released = release(&standby, "US-SDNY", "court_order", "0xA1", &block).await;
+    assert_eq!(
+        released["outcome"], "APPLIED",
+        "decided by the leader with version 2"
+    );
+    assert_eq!(released["policy_version"], v2["hash"]);
+
+    leader.app.kill();
+    let mut took_over = false;
+    for _ in 0..100 {
+        if leading(&standby).await {
+            took_over = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(took_over, "the standby leads");
+    let block = ofac_block(&standby, "0xA2").await;
+    let released = release(&standby, "US-SDNY", "court_order", "0xA2", &block).await;
+    assert_eq!(
+        released["outcome"], "APPLIED",
+        "the new leader loaded version 2"
+    );
+    assert_eq!(released["policy_version"], v2["hash"]);
+    assert!(matches!(
+        verify_chain(&pool).await.unwrap(),
+        ChainCheck::Sound { .. }
+    ));
+    standby.app.stop().await;
+}
+
+/// The DOJ and the UK's NCA seize one coin in the same window: a tie, both ESCALATED, decided
+/// as one group. A range that starts (or ends) inside the group still replays it whole, so the
+/// version in force finds nothing to change.
+#[sqlx::test]
+async fn a_range_that_cuts_a_conflict_group_replays_it_whole(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 1_000).await;
+    app.register("polygon", "0x5GD-COIN", "SG", "stablecoin")
+        .await;
+    let seize = |reference: &str| {
+        order(
+            "polygon",
+            "0x5GD-COIN",
+            "warrant",
+            reference,
+            json!({"kind": "SEIZE"}),
+        )
+    };
+    let (doj_order, nca_order) = (seize("26-MAG-1207"), seize("NCA/AFW/2026/311"));
+    let (doj, nca) = tokio::join!(
+        decide(&app, "US-DOJ", "doj", &doj_order),
+        decide(&app, "GB-NCA", "nca", &nca_order),
+    );
+    let mut seqs = [doj["seq"].as_u64().unwrap(), nca["seq"].as_u64().unwrap()];
+    seqs.sort();
+    for d in [&doj, &nca] {
+        assert_eq!(d["outcome"], "ESCALATED", "{d}");
+        assert_eq!(d["group"], seqs[0], "both name the group's first seq");
+    }
+    for range in [json!({"from_seq": seqs[1]}), json!({"to_seq": seqs[0]})] {
+        let mut body = range.clone();
+        body["version"] = json!(1);
+        let (status, report) = post(&app, &author(&app), "/v1/policies/simulate", body).await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        assert_eq!(report["orders"], 2, "{range}: the whole group");
+        assert!(
+            report["from_seq"].as_u64().unwrap() <= seqs[0]
+                && report["to_seq"].as_u64().unwrap() >= seqs[1],
+            "{range}: widened to {report}"
+        );
+        assert_eq!(report["counts"]["changed"], 0, "{report}");
+    }
+}
+
+/// The database itself refuses a decision that names another policy version than the active
+/// one, whoever writes it.
+#[sqlx::test]
+async fn the_database_refuses_a_decision_by_an_inactive_version(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    app.register(BOND.0, BOND.1, "US", "security").await;
+    ofac_block(&app, "0xD1").await;
+    app.app.stop().await;
+    let forged = sqlx::query(
+        "INSERT INTO decisions (seq, order_id, expired_hold, chain, asset, holder, kind, issuer,
+                                outcome, reason_code, priority, policy_version, target_version,
+                                decided_at, record, hash)
+         SELECT seq + 1, NULL, gen_random_uuid(), chain, asset, holder, kind, issuer, outcome,
+                reason_code, priority, repeat('f', 64), target_version, decided_at, record, hash
+         FROM decisions ORDER BY seq DESC LIMIT 1",
+    )
+    .execute(&pool)
+    .await;
+    let error = forged.unwrap_err().to_string();
+    assert!(error.contains("active policy version"), "{error}");
+}
+
+/// Paths that do not name a version are 404 problems; a queued activation can be looked up.
+#[sqlx::test]
+async fn version_paths_and_requests_are_checked(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    let token = author(&app);
+    for path in [
+        "/v1/policies/versions/abc",
+        "/v1/policies/versions/0",
+        "/v1/policies/requests/x",
+    ] {
+        let response = app
+            .client
+            .get(app.url(path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{path}"
+        );
+    }
+    let (status, _) = post(
+        &app,
+        &token,
+        "/v1/policies/versions/abc/activate",
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    store_version(&app, &loosened(), "loosened").await;
+    let (status, _) = activate(&app, 2).await;
+    assert_eq!(status, StatusCode::OK);
+    let id: i64 = sqlx::query_scalar("SELECT id FROM ledger_requests WHERE kind = 'activate'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let (status, request) = app
+        .get(&token, &format!("/v1/policies/requests/{id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(request["status"], "recorded");
+    assert!(request["seq"].as_u64().is_some());
+}

@@ -130,6 +130,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/policies/rollback", post(policies::rollback))
         .route("/policies/activations", get(policies::activations))
+        .route(
+            "/policies/requests/{request}",
+            get(policies::request_status),
+        )
         .route("/policies/diff", get(policies::version_diff));
     Router::new()
         .nest("/v1", v1)
@@ -176,7 +180,7 @@ pub fn router(state: AppState) -> Router {
         audit::query, audit::export, audit::events,
         policies::validate, policies::test, policies::create, policies::list, policies::get,
         policies::version_diff, policies::activate, policies::rollback, policies::activations,
-        policies::simulate,
+        policies::simulate, policies::request_status,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(crate::auth::Role)),

@@ -1261,17 +1261,39 @@ async fn explain(
     params: &Params,
     generic: bool,
 ) -> Result<Vec<String>, Failure> {
-    let by_time = params
-        .iter()
-        .any(|(k, _)| *k == "from_time" || *k == "to_time");
-    let mut sql = "SELECT seq, encode(hash, 'hex'), record::text FROM decisions WHERE ".to_owned();
-    if by_time {
-        sql.push_str("seq IN (SELECT seq FROM decisions WHERE ");
+    // A time range is first turned into a seq range by two probes of `decisions_by_time`
+    // (`storage::audit::time_to_seq`); the page query then carries both.
+    let time = |key: &str| {
+        params.iter().find_map(|(k, v)| match v {
+            Value::Time(t) if *k == key => Some(*t),
+            _ => None,
+        })
+    };
+    let mut params = params.clone();
+    if time("from_time").is_some() || time("to_time").is_some() {
+        let row = sqlx::query(
+            "SELECT (SELECT seq FROM decisions WHERE $1::timestamptz IS NULL OR decided_at >= $1
+                     ORDER BY decided_at, seq LIMIT 1),
+                    (SELECT seq FROM decisions WHERE $2::timestamptz IS NULL OR decided_at < $2
+                     ORDER BY decided_at DESC, seq DESC LIMIT 1)",
+        )
+        .bind(time("from_time"))
+        .bind(time("to_time"))
+        .persistent(false)
+        .fetch_one(&mut *db)
+        .await
+        .context("the time probes")?;
+        let first: Option<i64> = sqlx::Row::try_get(&row, 0).context("the time probes")?;
+        let last: Option<i64> = sqlx::Row::try_get(&row, 1).context("the time probes")?;
+        let seq = |s: Option<i64>, none: u64| s.and_then(|s| u64::try_from(s).ok()).unwrap_or(none);
+        params.push(("from_seq", Value::Int(seq(first, u64::MAX >> 1))));
+        params.push(("to_seq", Value::Int(seq(last, 0))));
     }
-    sql.push_str("seq > $1");
+    let mut sql =
+        "SELECT seq, encode(hash, 'hex'), record::text FROM decisions WHERE seq > $1".to_owned();
     let mut types = vec!["bigint"];
     let mut args = vec![after.to_string()];
-    for (key, value) in params {
+    for (key, value) in &params {
         let n = types.len() + 1;
         let clause = match *key {
             "policy" => format!(
@@ -1293,11 +1315,7 @@ async fn explain(
         args.push(arg);
     }
     let n = types.len() + 1;
-    if by_time {
-        sql.push_str(&format!(" ORDER BY seq + 0 LIMIT ${n}) ORDER BY seq"));
-    } else {
-        sql.push_str(&format!(" ORDER BY seq LIMIT ${n}"));
-    }
+    sql.push_str(&format!(" ORDER BY seq LIMIT ${n}"));
     types.push("bigint");
     args.push(LIMIT.to_string());
     let mode = if generic {

@@ -38,6 +38,15 @@ pub enum SubscriptionChange {
     SecretRotated {
         grace_seconds: u64,
     },
+    /// The engine paused it: the delivery of `failed_seq` ran out of retries.
+    Paused {
+        failed_seq: u64,
+        reason: String,
+    },
+    /// The engine disabled it: the receiver answered 410 Gone.
+    Gone {
+        reason: String,
+    },
 }
 
 /// One event.
@@ -142,9 +151,9 @@ pub fn seal_event(
 }
 
 /// Follows the log record by record and checks what the records say about each other beyond
-/// the hash chain: every decision records the version the last activation before it made
-/// active (decisions before the ledger's first activation, made by an engine older than
-/// activations, are not checked), and time never goes back.
+/// the hash chain, from the ledger's first activation on (records before it were written by an
+/// engine older than activations, which promised neither): every decision records the version
+/// the last activation before it made active, and time never goes back.
 #[derive(Debug, Default)]
 pub struct ActiveTrail {
     active: Option<String>,
@@ -182,16 +191,20 @@ impl ActiveTrail {
         let Ok(entry) = serde_json::from_str::<Entry>(text) else {
             return Ok(());
         };
+        let is_event = entry.event.is_some();
+        if let Some(active) = entry.event.and_then(|e| e.active) {
+            self.active = Some(active.hash);
+        }
+        if self.active.is_none() {
+            return Ok(());
+        }
         if let Some(at) = entry.decided_at.or(entry.recorded_at) {
             if let Some(previous) = self.last_time.filter(|p| *p > at) {
                 return Err(Contradiction::TimeWentBack { at, previous });
             }
             self.last_time = Some(at);
         }
-        if let Some(event) = entry.event {
-            if let Some(active) = event.active {
-                self.active = Some(active.hash);
-            }
+        if is_event {
             return Ok(());
         }
         match (&self.active, entry.policy_version) {
@@ -287,6 +300,13 @@ mod tests {
     #[test]
     fn the_trail_refuses_time_going_back() {
         let mut trail = ActiveTrail::default();
+        // Before the first activation, time is not checked.
+        trail
+            .follow(r#"{"seq":1,"decided_at":"2026-11-21T11:00:00Z"}"#)
+            .unwrap();
+        trail
+            .follow(r#"{"seq":2,"event":{"active":{"version":1,"hash":"v1"}},"recorded_at":"2026-11-21T09:00:00Z"}"#)
+            .unwrap();
         trail
             .follow(r#"{"seq":1,"decided_at":"2026-11-21T10:00:00Z"}"#)
             .unwrap();

@@ -77,8 +77,13 @@ pub struct AssetAttributes {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionRecord {
-    /// Global, gapless, starting at 1.
+    /// Global, gapless, starting at 1 (shared with the ledger's events).
     pub seq: u64,
+    /// The seq of the first decision of the conflict group this one was decided in: the
+    /// decisions made together, against the same state. Absent in records written before it
+    /// was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u64>,
     #[schema(value_type = Object)]
     pub subject: Subject,
     pub target: Target,
@@ -144,6 +149,7 @@ pub fn seal_group(
     // A lone decision goes from `before` to `after`; only a longer group needs the states in
     // between, replayed on a copy.
     let mut replay: Option<AssetState> = (decisions.len() > 1).then(|| ctx.before.clone());
+    let group = head.seq + 1;
     let mut sealed = Vec::with_capacity(decisions.len());
     for decision in decisions {
         let current = replay.as_ref().unwrap_or(ctx.before);
@@ -180,6 +186,7 @@ pub fn seal_group(
         };
         let record = DecisionRecord {
             seq: head.seq + 1,
+            group: Some(group),
             subject: decision.subject,
             target,
             kind,

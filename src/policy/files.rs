@@ -31,6 +31,8 @@ pub enum FilesError {
     BadName(String),
     #[error("a bundle holds at most {MAX_FILES} files and {MAX_BYTES} bytes")]
     TooLarge,
+    #[error("file {0:?} contains a NUL character")]
+    Nul(String),
 }
 
 impl TryFrom<BTreeMap<String, String>> for PolicyFiles {
@@ -42,6 +44,10 @@ impl TryFrom<BTreeMap<String, String>> for PolicyFiles {
         }
         if let Some(bad) = files.keys().find(|name| !allowed_name(name)) {
             return Err(FilesError::BadName(bad.clone()));
+        }
+        // Postgres text cannot hold NUL, and no policy file needs one.
+        if let Some((name, _)) = files.iter().find(|(_, text)| text.contains('\0')) {
+            return Err(FilesError::Nul(name.clone()));
         }
         Ok(Self(files))
     }
@@ -149,7 +155,10 @@ impl PolicyFiles {
     pub fn tests(&self) -> Vec<SourceFile> {
         self.0
             .iter()
-            .filter(|(name, _)| name.starts_with(TESTS_DIR))
+            .filter(|(name, _)| {
+                name.strip_prefix(TESTS_DIR)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
             .map(|(name, text)| SourceFile::new(name.as_str(), text.as_str()))
             .collect()
     }
@@ -205,6 +214,21 @@ mod tests {
         ] {
             assert!(!allowed_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_files_under_tests_are_suites_and_nul_is_refused() {
+        let files = PolicyFiles::try_from(BTreeMap::from([
+            ("tests-eu.cedar".to_owned(), "// a policy file".to_owned()),
+            ("tests/eu.toml".to_owned(), String::new()),
+        ]))
+        .unwrap();
+        let suites: Vec<String> = files.tests().iter().map(|f| f.name.clone()).collect();
+        assert_eq!(suites, ["tests/eu.toml"]);
+        assert_eq!(
+            PolicyFiles::try_from(BTreeMap::from([("us.cedar".to_owned(), "a\0b".to_owned())])),
+            Err(FilesError::Nul("us.cedar".into()))
+        );
     }
 
     #[test]

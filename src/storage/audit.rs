@@ -229,7 +229,7 @@ pub async fn audit_page(
 ) -> Result<Vec<AuditRecord>, StorageError> {
     let mut filter = filter.clone();
     if filter.from_time.is_some() || filter.to_time.is_some() {
-        match time_to_seq(pool, &filter).await? {
+        match time_to_seq(pool, filter.from_time, filter.to_time).await? {
             Some((first, last)) => {
                 filter.from_seq = Some(filter.from_seq.map_or(first, |s| s.max(first)));
                 filter.to_seq = Some(filter.to_seq.map_or(last, |s| s.min(last)));
@@ -292,10 +292,13 @@ pub async fn audit_page(
         .collect()
 }
 
-/// The first and last seq decided in `[from_time, to_time)`, or `None` if nothing was.
-async fn time_to_seq(
+/// The first and last seq decided in `[from_time, to_time)` (either bound may be open), or
+/// `None` if nothing was: two probes of `decisions_by_time`. Exact because the ledger's time
+/// never goes back.
+pub(crate) async fn time_to_seq(
     pool: &PgPool,
-    filter: &AuditFilter,
+    from_time: Option<DateTime<Utc>>,
+    to_time: Option<DateTime<Utc>>,
 ) -> Result<Option<(u64, u64)>, StorageError> {
     let row = sqlx::query(
         "SELECT (SELECT seq FROM decisions WHERE $1::timestamptz IS NULL OR decided_at >= $1
@@ -303,8 +306,8 @@ async fn time_to_seq(
                 (SELECT seq FROM decisions WHERE $2::timestamptz IS NULL OR decided_at < $2
                  ORDER BY decided_at DESC, seq DESC LIMIT 1)",
     )
-    .bind(filter.from_time)
-    .bind(filter.to_time)
+    .bind(from_time)
+    .bind(to_time)
     .persistent(false)
     .fetch_one(pool)
     .await?;

@@ -144,10 +144,12 @@ pub async fn activations<'c>(
     db: impl sqlx::PgExecutor<'c>,
     limit: i64,
 ) -> Result<Vec<Activation>, StorageError> {
+    // The hash as the event recorded it (not as `policy_versions` holds it): the sequencer
+    // checks that the stored files still hash to it.
     let rows = sqlx::query(
-        "SELECT e.seq, e.policy_version, v.hash, e.actor, e.recorded_at
-         FROM ledger_events e JOIN policy_versions v ON v.version = e.policy_version
-         WHERE e.kind = 'policy_activated' ORDER BY e.seq DESC LIMIT $1",
+        "SELECT seq, policy_version, record::jsonb #>> '{event,active,hash}', actor, recorded_at
+         FROM ledger_events
+         WHERE kind = 'policy_activated' ORDER BY seq DESC LIMIT $1",
     )
     .bind(limit)
     .fetch_all(db)
@@ -156,10 +158,11 @@ pub async fn activations<'c>(
         .map(|r| {
             let seq: i64 = r.try_get(0)?;
             let version: i32 = r.try_get(1)?;
+            let hash: Option<String> = r.try_get(2)?;
             Ok(Activation {
                 seq: u64::try_from(seq).map_err(corrupt)?,
                 version: u32::try_from(version).map_err(corrupt)?,
-                hash: r.try_get(2)?,
+                hash: hash.ok_or_else(|| corrupt(format!("activation {seq} names no hash")))?,
                 actor: r.try_get(3)?,
                 recorded_at: r.try_get(4)?,
             })
@@ -228,17 +231,26 @@ pub enum RequestOutcome {
     Refused { reason: String },
 }
 
-pub async fn request_outcome(pool: &PgPool, id: i64) -> Result<RequestOutcome, StorageError> {
-    let row =
-        sqlx::query("SELECT done_at IS NOT NULL, seq, refused FROM ledger_requests WHERE id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-            .ok_or_else(|| corrupt(format!("ledger request {id} vanished")))?;
+/// What became of request `id`; `None` if there is no such request, or it is not an
+/// activation (subscription changes are not the policy API's to show).
+pub async fn request_outcome(
+    pool: &PgPool,
+    id: i64,
+) -> Result<Option<RequestOutcome>, StorageError> {
+    let Some(row) = sqlx::query(
+        "SELECT done_at IS NOT NULL, seq, refused FROM ledger_requests
+         WHERE id = $1 AND kind = 'activate'",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
     let done: bool = row.try_get(0)?;
     let seq: Option<i64> = row.try_get(1)?;
     let refused: Option<String> = row.try_get(2)?;
-    Ok(match (done, seq, refused) {
+    Ok(Some(match (done, seq, refused) {
         (false, _, _) => RequestOutcome::Pending,
         (true, Some(seq), _) => RequestOutcome::Recorded {
             seq: u64::try_from(seq).map_err(corrupt)?,
@@ -246,7 +258,7 @@ pub async fn request_outcome(pool: &PgPool, id: i64) -> Result<RequestOutcome, S
         (true, None, reason) => RequestOutcome::Refused {
             reason: reason.unwrap_or_default(),
         },
-    })
+    }))
 }
 
 /// How the sequencer settled one request: recorded as an event (its index in the commit's

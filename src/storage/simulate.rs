@@ -13,31 +13,61 @@ fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-/// The inclusive seq range `range` selects (the whole log by default). A time bound becomes
-/// the first decision at or after `from_time` and the last at or before `to_time`; given both
-/// kinds of bound, the narrower wins. An empty selection comes back with `from > to`.
+/// The inclusive seq range `range` selects (the whole log by default), widened to whole
+/// conflict groups. A time range `[from_time, to_time)` becomes the seqs decided in it; given
+/// both kinds of bound, the narrower wins. An empty selection comes back with `from > to`.
 pub async fn seq_range(pool: &PgPool, range: &Range) -> Result<(u64, u64), StorageError> {
-    let row = sqlx::query(
-        "SELECT (SELECT seq FROM ledger_head),
-                (SELECT min(seq) FROM decisions WHERE $1::timestamptz IS NOT NULL AND decided_at >= $1),
-                (SELECT max(seq) FROM decisions WHERE $2::timestamptz IS NOT NULL AND decided_at <= $2)",
-    )
-    .bind(range.from_time)
-    .bind(range.to_time)
-    .fetch_one(pool)
-    .await?;
-    let head: i64 = row.try_get(0)?;
+    let head: i64 = sqlx::query_scalar("SELECT seq FROM ledger_head")
+        .fetch_one(pool)
+        .await?;
     let head = u64::try_from(head).map_err(corrupt)?;
-    let by_time_from: Option<i64> = row.try_get(1)?;
-    let by_time_to: Option<i64> = row.try_get(2)?;
     let mut from = range.from_seq.unwrap_or(1).max(1);
     let mut to = range.to_seq.unwrap_or(head).min(head);
-    if range.from_time.is_some() {
-        // No decision at or after from_time: nothing is selected.
-        from = from.max(by_time_from.map_or(head + 1, |s| s.max(0) as u64));
+    if range.from_time.is_some() || range.to_time.is_some() {
+        match super::audit::time_to_seq(pool, range.from_time, range.to_time).await? {
+            Some((first, last)) => {
+                from = from.max(first);
+                to = to.min(last);
+            }
+            None => return Ok((head + 1, head)),
+        }
     }
-    if range.to_time.is_some() {
-        to = to.min(by_time_to.map_or(0, |s| s.max(0) as u64));
+    if from > to {
+        return Ok((from, to));
+    }
+    // A group cut by the range would be decided without its other members: take it whole.
+    // A group's decisions have consecutive seqs and name the first.
+    let group_of = |seq: u64| async move {
+        let group: Option<i64> = sqlx::query_scalar(
+            "SELECT (record::jsonb ->> 'group')::bigint FROM decisions WHERE seq = $1",
+        )
+        .bind(seq_param(seq))
+        .fetch_optional(pool)
+        .await?
+        .flatten();
+        Ok::<_, StorageError>(group.and_then(|g| u64::try_from(g).ok()))
+    };
+    if let Some(first) = group_of(from).await? {
+        from = from.min(first);
+    }
+    if let Some(group) = group_of(to).await? {
+        loop {
+            let next: Vec<Option<i64>> = sqlx::query_scalar(
+                "SELECT (record::jsonb ->> 'group')::bigint FROM decisions
+                 WHERE seq > $1 AND seq <= $1 + 64 ORDER BY seq",
+            )
+            .bind(seq_param(to))
+            .fetch_all(pool)
+            .await?;
+            let members = next
+                .iter()
+                .take_while(|g| g.and_then(|g| u64::try_from(g).ok()) == Some(group))
+                .count();
+            to += members as u64;
+            if members < 64 {
+                break;
+            }
+        }
     }
     Ok((from, to))
 }

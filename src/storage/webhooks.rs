@@ -605,7 +605,7 @@ pub async fn settle(
         latencies.push(a.latency_ms);
         errors.push(a.error.as_deref());
     }
-    let row = sqlx::query(&format!(
+    let sql = format!(
         "WITH logged AS (
              INSERT INTO webhook_attempts (subscription_id, webhook_id, seq, attempt, attempted_at,
                  outcome, response_status, latency_ms, error, worker)
@@ -622,29 +622,55 @@ pub async fn settle(
          WHERE id = $1 AND lease_owner = $2 AND status = 'active' AND cursor_seq = $18
            AND generation = $19
          RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(owner)
-    .bind(&ids)
-    .bind(&seqs)
-    .bind(&numbers)
-    .bind(&times)
-    .bind(&outcomes)
-    .bind(&statuses)
-    .bind(&latencies)
-    .bind(&errors)
-    .bind(seq(settle.cursor))
-    .bind(i32::try_from(settle.attempts).unwrap_or(i32::MAX))
-    .bind(secs(settle.retry_in))
-    .bind(settle.status.as_str())
-    .bind(settle.status_reason.as_deref())
-    .bind(settle.failed_seq.map(seq))
-    .bind(secs(lease))
-    .bind(seq(settle.from_cursor))
-    .bind(settle.generation)
-    .fetch_optional(pool)
-    .await?;
-    row.map(subscription).transpose()
+    );
+    let query = sqlx::query(&sql)
+        .bind(id)
+        .bind(owner)
+        .bind(&ids)
+        .bind(&seqs)
+        .bind(&numbers)
+        .bind(&times)
+        .bind(&outcomes)
+        .bind(&statuses)
+        .bind(&latencies)
+        .bind(&errors)
+        .bind(seq(settle.cursor))
+        .bind(i32::try_from(settle.attempts).unwrap_or(i32::MAX))
+        .bind(secs(settle.retry_in))
+        .bind(settle.status.as_str())
+        .bind(settle.status_reason.as_deref())
+        .bind(settle.failed_seq.map(seq))
+        .bind(secs(lease))
+        .bind(seq(settle.from_cursor));
+    let query = query.bind(settle.generation);
+    let event = match (settle.status, settle.failed_seq) {
+        (SubscriptionStatus::Active, _) => None,
+        (SubscriptionStatus::Paused, Some(failed_seq)) => Some(SubscriptionChange::Paused {
+            failed_seq,
+            reason: settle.status_reason.clone().unwrap_or_default(),
+        }),
+        _ => Some(SubscriptionChange::Gone {
+            reason: settle.status_reason.clone().unwrap_or_default(),
+        }),
+    };
+    let Some(event) = event else {
+        // The common case, a delivery: one statement, no transaction.
+        return query
+            .fetch_optional(pool)
+            .await?
+            .map(subscription)
+            .transpose();
+    };
+    // The engine paused or disabled it: the change and its ledger event are stored together.
+    let mut tx = pool.begin().await?;
+    let Some(row) = query.fetch_optional(&mut *tx).await? else {
+        tx.commit().await?;
+        return Ok(None);
+    };
+    let changed = subscription(row)?;
+    record(&mut tx, &changed, event, crate::sequencer::ENGINE_ACTOR).await?;
+    tx.commit().await?;
+    Ok(Some(changed))
 }
 
 /// Deletes attempts logged before `cutoff`, a batch at a time so that no statement runs
