@@ -61,19 +61,6 @@ fn author(app: &TestApp) -> String {
     app.token("legal-team", &[Role::PolicyAuthor])
 }
 
-async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
-    let response = app
-        .client
-        .post(app.url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 fn holder_order(holder: &str, instrument: &str, reference: &str, instruction: Value) -> Value {
     let mut body = order(BOND.0, BOND.1, instrument, reference, instruction);
     body["target"]["holder"] = json!(holder);
@@ -120,20 +107,19 @@ async fn release(app: &TestApp, issuer: &str, instrument: &str, holder: &str, ho
 }
 
 async fn store_version(app: &TestApp, files: &BTreeMap<String, String>, message: &str) -> Value {
-    let (status, created) = post(
-        app,
-        &author(app),
-        "/v1/policies/versions",
-        json!({"files": files, "message": message}),
-    )
-    .await;
+    let (status, created) = app
+        .post(
+            &author(app),
+            "/v1/policies/versions",
+            json!({"files": files, "message": message}),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     created
 }
 
 async fn activate(app: &TestApp, version: u64) -> (StatusCode, Value) {
-    post(
-        app,
+    app.post(
         &author(app),
         &format!("/v1/policies/versions/{version}/activate"),
         json!({}),
@@ -177,13 +163,13 @@ async fn loosening_the_ofac_release_rule_shows_exactly_the_decisions_it_would_ch
         assert_eq!(applied["outcome"], "APPLIED", "{applied}");
     }
 
-    let (status, report) = post(
-        &app,
-        &author(&app),
-        "/v1/policies/simulate",
-        json!({"files": loosened()}),
-    )
-    .await;
+    let (status, report) = app
+        .post(
+            &author(&app),
+            "/v1/policies/simulate",
+            json!({"files": loosened()}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["orders"], 9);
     let changed: Vec<u64> = report["changes"]
@@ -224,13 +210,13 @@ async fn loosening_the_ofac_release_rule_shows_exactly_the_decisions_it_would_ch
     assert_eq!(report["truncated"], false);
 
     // The version in force decides the history again exactly as it was decided.
-    let (status, same) = post(
-        &app,
-        &author(&app),
-        "/v1/policies/simulate",
-        json!({"version": 1}),
-    )
-    .await;
+    let (status, same) = app
+        .post(
+            &author(&app),
+            "/v1/policies/simulate",
+            json!({"version": 1}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{same}");
     assert_eq!(same["orders"], 9);
     assert_eq!(same["counts"]["changed"], 0, "{same}");
@@ -238,13 +224,13 @@ async fn loosening_the_ofac_release_rule_shows_exactly_the_decisions_it_would_ch
     // A range that starts mid-history rebuilds the state the bond had from the decisions
     // before it: only the second court release is in it.
     let from = court_on_sec["seq"].as_u64().unwrap();
-    let (status, tail) = post(
-        &app,
-        &author(&app),
-        "/v1/policies/simulate",
-        json!({"files": loosened(), "from_seq": from, "max_changes": 0}),
-    )
-    .await;
+    let (status, tail) = app
+        .post(
+            &author(&app),
+            "/v1/policies/simulate",
+            json!({"files": loosened(), "from_seq": from, "max_changes": 0}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{tail}");
     assert_eq!(tail["orders"], 3);
     assert_eq!(tail["counts"]["changed"], 1);
@@ -252,13 +238,13 @@ async fn loosening_the_ofac_release_rule_shows_exactly_the_decisions_it_would_ch
     assert_eq!(tail["truncated"], true);
 
     // And by time: everything decided up to now.
-    let (status, by_time) = post(
-        &app,
-        &author(&app),
-        "/v1/policies/simulate",
-        json!({"files": loosened(), "to_time": chrono::Utc::now()}),
-    )
-    .await;
+    let (status, by_time) = app
+        .post(
+            &author(&app),
+            "/v1/policies/simulate",
+            json!({"files": loosened(), "to_time": chrono::Utc::now()}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{by_time}");
     assert_eq!(by_time["counts"]["changed"], 2);
 }
@@ -359,7 +345,7 @@ async fn a_rollback_restores_the_previous_version(pool: PgPool) {
     app.register(BOND.0, BOND.1, "US", "security").await;
     let token = author(&app);
 
-    let (status, problem) = post(&app, &token, "/v1/policies/rollback", json!({})).await;
+    let (status, problem) = app.post(&token, "/v1/policies/rollback", json!({})).await;
     assert_eq!(
         status,
         StatusCode::CONFLICT,
@@ -407,7 +393,9 @@ async fn a_rollback_restores_the_previous_version(pool: PgPool) {
         story,
         [(1, "legal-team"), (2, "legal-team"), (1, "regulator")]
     );
-    let (status, problem) = post(&app, &token, "/v1/policies/rollback", json!({"to": 7})).await;
+    let (status, problem) = app
+        .post(&token, "/v1/policies/rollback", json!({"to": 7}))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
 
     // The ledger's events say the same, hash-chained with the decisions.
@@ -444,13 +432,13 @@ async fn an_invalid_draft_is_refused_with_spans(pool: PgPool) {
         "draft.cedar".into(),
         "// A draft.\n\npermit (principal, action, resource);\n\n@id(\"draft-reads-nothing\")\n@priority(\"10\")\npermit (principal, action == Action::\"FREEZE\", resource)\nwhen { resource.no_such_attribute == \"x\" };\n".into(),
     );
-    let (status, problem) = post(
-        &app,
-        &author(&app),
-        "/v1/policies/validate",
-        json!({"files": files}),
-    )
-    .await;
+    let (status, problem) = app
+        .post(
+            &author(&app),
+            "/v1/policies/validate",
+            json!({"files": files}),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["type"], "urn:regulator:problem:policy-invalid");
     let errors = problem["errors"].as_array().unwrap();
@@ -478,13 +466,13 @@ async fn an_invalid_draft_is_refused_with_spans(pool: PgPool) {
         "{unknown}"
     );
 
-    let (status, _) = post(
-        &app,
-        &author(&app),
-        "/v1/policies/versions",
-        json!({"files": files, "message": "should not be stored"}),
-    )
-    .await;
+    let (status, _) = app
+        .post(
+            &author(&app),
+            "/v1/policies/versions",
+            json!({"files": files, "message": "should not be stored"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM policy_versions")
         .fetch_one(&pool)
@@ -495,13 +483,13 @@ async fn an_invalid_draft_is_refused_with_spans(pool: PgPool) {
     // A file a policy directory cannot hold is refused before anything is compiled.
     let mut odd = shipped();
     odd.insert("../escape.cedar".into(), String::new());
-    let (status, problem) = post(
-        &app,
-        &author(&app),
-        "/v1/policies/validate",
-        json!({"files": odd}),
-    )
-    .await;
+    let (status, problem) = app
+        .post(
+            &author(&app),
+            "/v1/policies/validate",
+            json!({"files": odd}),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["type"], "urn:regulator:problem:invalid-request");
 }
@@ -570,48 +558,40 @@ async fn versions_diffs_tests_and_roles(pool: PgPool) {
         "/v1/policies/test",
         "/v1/policies/versions",
     ] {
-        let (status, _) = post(
-            &app,
-            &app.regulator("US-SEC"),
-            path,
-            json!({"files": shipped()}),
-        )
-        .await;
+        let (status, _) = app
+            .post(&app.regulator("US-SEC"), path, json!({"files": shipped()}))
+            .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
     }
-    let (status, _) = post(
-        &app,
-        &app.auditor(),
-        "/v1/policies/versions/1/activate",
-        json!({}),
-    )
-    .await;
+    let (status, _) = app
+        .post(
+            &app.auditor(),
+            "/v1/policies/versions/1/activate",
+            json!({}),
+        )
+        .await;
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,
         "auditors read, they do not activate"
     );
 
-    let (status, valid) = post(
-        &app,
-        &token,
-        "/v1/policies/validate",
-        json!({"files": loosened()}),
-    )
-    .await;
+    let (status, valid) = app
+        .post(
+            &token,
+            "/v1/policies/validate",
+            json!({"files": loosened()}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{valid}");
     assert_eq!(valid["hash"].as_str().unwrap().len(), 64);
 
     // The shipped tests fail against the loosened rule: the suite says which case.
     let mut untested = shipped();
     untested.insert("us.cedar".into(), loosened()["us.cedar"].clone());
-    let (status, report) = post(
-        &app,
-        &token,
-        "/v1/policies/test",
-        json!({"files": untested}),
-    )
-    .await;
+    let (status, report) = app
+        .post(&token, "/v1/policies/test", json!({"files": untested}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(report["passed"], false);
     assert_eq!(report["failed"], 1);
@@ -634,25 +614,25 @@ async fn versions_diffs_tests_and_roles(pool: PgPool) {
     assert!(problem["detail"].as_str().unwrap().contains("fails 1"));
 
     // The same content is the same version.
-    let (status, again) = post(
-        &app,
-        &token,
-        "/v1/policies/versions",
-        json!({"files": untested, "message": "again"}),
-    )
-    .await;
+    let (status, again) = app
+        .post(
+            &token,
+            "/v1/policies/versions",
+            json!({"files": untested, "message": "again"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         (again["version"].as_u64(), again["created"].as_bool()),
         (Some(2), Some(false))
     );
-    let (status, problem) = post(
-        &app,
-        &token,
-        "/v1/policies/versions",
-        json!({"files": loosened(), "message": "  "}),
-    )
-    .await;
+    let (status, problem) = app
+        .post(
+            &token,
+            "/v1/policies/versions",
+            json!({"files": loosened(), "message": "  "}),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
 
     let v3 = store_version(&app, &loosened(), "Court may lift OFAC blocks").await;
@@ -696,13 +676,13 @@ async fn versions_diffs_tests_and_roles(pool: PgPool) {
     assert_eq!(files, loosened());
     let (status, _) = app.get(&token, "/v1/policies/versions/99").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = post(
-        &app,
-        &token,
-        "/v1/policies/simulate",
-        json!({"files": loosened(), "version": 1}),
-    )
-    .await;
+    let (status, _) = app
+        .post(
+            &token,
+            "/v1/policies/simulate",
+            json!({"files": loosened(), "version": 1}),
+        )
+        .await;
     assert_eq!(
         status,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -714,22 +694,22 @@ async fn versions_diffs_tests_and_roles(pool: PgPool) {
 #[sqlx::test]
 async fn subscription_changes_are_ledger_events(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), 0).await;
-    let (status, created) = post(
-        &app,
-        &app.admin(),
-        "/v1/webhooks/subscriptions",
-        json!({"chain": "ethereum", "url": "https://hooks.chain.example/x"}),
-    )
-    .await;
+    let (status, created) = app
+        .post(
+            &app.admin(),
+            "/v1/webhooks/subscriptions",
+            json!({"chain": "ethereum", "url": "https://hooks.chain.example/x"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap();
-    let (status, _) = post(
-        &app,
-        &app.admin(),
-        &format!("/v1/webhooks/subscriptions/{id}/disable"),
-        json!({}),
-    )
-    .await;
+    let (status, _) = app
+        .post(
+            &app.admin(),
+            &format!("/v1/webhooks/subscriptions/{id}/disable"),
+            json!({}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let mut events = Vec::new();
     for _ in 0..100 {
@@ -761,11 +741,6 @@ async fn subscription_changes_are_ledger_events(pool: PgPool) {
     ));
 }
 
-async fn leading(app: &TestApp) -> bool {
-    let (_, ready) = app.get(&app.auditor(), "/readyz").await;
-    ready["sequencer_leading"].as_bool().unwrap_or(false)
-}
-
 /// Two replicas. The legal team activates through the standby's API; the leader records it and
 /// decides with it at once. Then the leader dies: the standby takes over and decides with the
 /// version the ledger says is active (never with its own `policies/` files).
@@ -773,9 +748,9 @@ async fn leading(app: &TestApp) -> bool {
 async fn every_replica_decides_with_the_version_the_ledger_says_is_active(pool: PgPool) {
     let leader = TestApp::spawn_with(pool.clone(), 0).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(leading(&leader).await);
+    assert!(leader.leading().await);
     let standby = TestApp::spawn_with(pool.clone(), 0).await;
-    assert!(!leading(&standby).await);
+    assert!(!standby.leading().await);
     standby.register(BOND.0, BOND.1, "US", "security").await;
     let v2 = store_version(&standby, &loosened(), "Court may lift OFAC blocks").await;
     let (status, activated) = activate(&standby, 2).await;
@@ -792,7 +767,7 @@ async fn every_replica_decides_with_the_version_the_ledger_says_is_active(pool: 
     leader.app.kill();
     let mut took_over = false;
     for _ in 0..100 {
-        if leading(&standby).await {
+        if standby.leading().await {
             took_over = true;
             break;
         }
@@ -844,7 +819,7 @@ async fn a_range_that_cuts_a_conflict_group_replays_it_whole(pool: PgPool) {
     for range in [json!({"from_seq": seqs[1]}), json!({"to_seq": seqs[0]})] {
         let mut body = range.clone();
         body["version"] = json!(1);
-        let (status, report) = post(&app, &author(&app), "/v1/policies/simulate", body).await;
+        let (status, report) = app.post(&author(&app), "/v1/policies/simulate", body).await;
         assert_eq!(status, StatusCode::OK, "{report}");
         assert_eq!(report["orders"], 2, "{range}: the whole group");
         assert!(
@@ -902,13 +877,9 @@ async fn version_paths_and_requests_are_checked(pool: PgPool) {
             "{path}"
         );
     }
-    let (status, _) = post(
-        &app,
-        &token,
-        "/v1/policies/versions/abc/activate",
-        json!({}),
-    )
-    .await;
+    let (status, _) = app
+        .post(&token, "/v1/policies/versions/abc/activate", json!({}))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     store_version(&app, &loosened(), "loosened").await;

@@ -186,19 +186,6 @@ async fn wait_until_decided(pool: &PgPool, orders: usize) {
     panic!("not every order was decided within 10 s");
 }
 
-async fn leading(app: &TestApp) -> bool {
-    let r: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["sequencer_leading"].as_bool().unwrap()
-}
-
 /// Two replicas on one database: both take orders, exactly one sequences them, and the log is
 /// one gapless, unbroken chain.
 #[sqlx::test]
@@ -208,7 +195,7 @@ async fn two_sequencers_on_one_database_never_both_write(pool: PgPool) {
     register_bonds(&a, 8).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
-        [leading(&a).await, leading(&b).await]
+        [a.leading().await, b.leading().await]
             .iter()
             .filter(|l| **l)
             .count(),
@@ -307,7 +294,7 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
 async fn a_killed_leader_is_replaced_with_nothing_lost_or_duplicated(pool: PgPool) {
     let first = TestApp::spawn_with(pool.clone(), 0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(leading(&first).await);
+    assert!(first.leading().await);
     let standby = TestApp::spawn_with(pool.clone(), 0).await;
     register_bonds(&standby, 4).await;
 
@@ -326,7 +313,7 @@ async fn a_killed_leader_is_replaced_with_nothing_lost_or_duplicated(pool: PgPoo
         first.app.kill();
     };
     let ((standby, during), ()) = tokio::join!(stream, killer);
-    assert!(leading(&standby).await, "the standby took over");
+    assert!(standby.leading().await, "the standby took over");
 
     let records = assert_ledger_sound(&pool).await;
     let decided: HashMap<String, u64> = records

@@ -339,16 +339,7 @@ async fn attempts(app: &TestApp, id: &str) -> Vec<Value> {
 }
 
 async fn post_admin(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
-    let response = app
-        .client
-        .post(app.url(path))
-        .bearer_auth(app.admin())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    app.post(&app.admin(), path, body).await
 }
 
 /// Waits until the subscription's JSON satisfies `done`.

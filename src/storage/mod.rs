@@ -617,20 +617,7 @@ pub async fn commit(conn: &mut PgConnection, commit: Commit<'_>) -> Result<Head,
         hash: last.hash,
     };
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let moved =
-        sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2 WHERE seq = $3 AND epoch = $4")
-            .bind(to.seq as i64)
-            .bind(to.hash.as_slice())
-            .bind(commit.from.seq as i64)
-            .bind(commit.epoch)
-            .execute(&mut *tx)
-            .await?;
-    if moved.rows_affected() != 1 {
-        return Err(StorageError::Deposed {
-            expected_seq: commit.from.seq,
-            epoch: commit.epoch,
-        });
-    }
+    advance_head(&mut tx, commit.epoch, commit.from, to).await?;
 
     let n = commit.records.len();
     let mut seqs = Vec::with_capacity(n);
@@ -717,13 +704,45 @@ pub async fn commit(conn: &mut PgConnection, commit: Commit<'_>) -> Result<Head,
         .bind(&decided_orders)
         .execute(&mut *tx)
         .await?;
+    announce_head(&mut tx, to).await?;
+    tx.commit().await?;
+    Ok(to)
+}
+
+/// The compare-and-set every write to the log begins with: the head moves from `from` to `to`
+/// only if it is still at `from` in `epoch`. Anything else moved it first (a new leader): then
+/// [`StorageError::Deposed`], and the caller's transaction writes nothing.
+pub(crate) async fn advance_head(
+    tx: &mut PgConnection,
+    epoch: i64,
+    from: Head,
+    to: Head,
+) -> Result<(), StorageError> {
+    let moved =
+        sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2 WHERE seq = $3 AND epoch = $4")
+            .bind(to.seq as i64)
+            .bind(to.hash.as_slice())
+            .bind(from.seq as i64)
+            .bind(epoch)
+            .execute(&mut *tx)
+            .await?;
+    if moved.rows_affected() != 1 {
+        return Err(StorageError::Deposed {
+            expected_seq: from.seq,
+            epoch,
+        });
+    }
+    Ok(())
+}
+
+/// Tells every replica, at commit, that the log reached `to`.
+pub(crate) async fn announce_head(tx: &mut PgConnection, to: Head) -> Result<(), StorageError> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(DECISIONS_CHANNEL)
         .bind(to.seq.to_string())
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
-    Ok(to)
+    Ok(())
 }
 
 /// Writes only what changed: the assets' version rows, and the holds the round's effects placed

@@ -283,20 +283,7 @@ pub async fn commit_events(
         hash: last.hash,
     });
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let moved =
-        sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2 WHERE seq = $3 AND epoch = $4")
-            .bind(to.seq as i64)
-            .bind(to.hash.as_slice())
-            .bind(from.seq as i64)
-            .bind(epoch)
-            .execute(&mut *tx)
-            .await?;
-    if moved.rows_affected() != 1 {
-        return Err(StorageError::Deposed {
-            expected_seq: from.seq,
-            epoch,
-        });
-    }
+    super::advance_head(&mut tx, epoch, from, to).await?;
     for event in events {
         let r = &event.record;
         let (version, subscription) = match &r.event {
@@ -348,11 +335,7 @@ pub async fn commit_events(
         .await?;
     }
     if to.seq != from.seq {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(super::DECISIONS_CHANNEL)
-            .bind(to.seq.to_string())
-            .execute(&mut *tx)
-            .await?;
+        super::announce_head(&mut tx, to).await?;
     }
     tx.commit().await?;
     Ok(to)

@@ -132,6 +132,26 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// POSTs `body` as JSON with `token`; returns the status and the JSON answer.
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Whether this replica's sequencer leads, as `/readyz` says.
+    pub async fn leading(&self) -> bool {
+        let (_, ready) = self.get("", "/readyz").await;
+        ready["sequencer_leading"].as_bool().unwrap_or(false)
+    }
+
     pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
         let response = self
             .client
