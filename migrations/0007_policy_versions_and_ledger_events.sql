@@ -68,16 +68,21 @@ CREATE INDEX ledger_requests_pending ON ledger_requests (id) WHERE done_at IS NU
 CREATE TRIGGER ledger_requests_notify AFTER INSERT ON ledger_requests
     FOR EACH STATEMENT EXECUTE FUNCTION notify_intake();
 
--- Every decision records the policy version the ledger has active, or the database refuses it
--- (a bug, or a sequencer of an older release still leading after this migration). One probe
--- of the last activation per insert statement, not per row.
+-- Every decision records the policy version the ledger has active, or the database refuses it:
+-- a bug, or a sequencer of an older release still leading after this migration (which knows no
+-- activations; the new release records the first before it decides anything). One probe of the
+-- last activation per insert statement, not per row.
 CREATE FUNCTION check_decision_policy_version() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     active text;
 BEGIN
     SELECT record::jsonb #>> '{event,active,hash}' INTO active
     FROM ledger_events WHERE kind = 'policy_activated' ORDER BY seq DESC LIMIT 1;
-    IF active IS NOT NULL AND EXISTS (SELECT 1 FROM new_rows WHERE policy_version <> active) THEN
+    IF active IS NULL THEN
+        RAISE EXCEPTION 'no policy version is active: a decision needs one'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF EXISTS (SELECT 1 FROM new_rows WHERE policy_version <> active) THEN
         RAISE EXCEPTION 'a decision must record the active policy version %', active
             USING ERRCODE = 'check_violation';
     END IF;

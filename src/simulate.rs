@@ -251,7 +251,8 @@ impl<'e> Simulator<'e> {
     }
 }
 
-/// The range of a simulation, by seq or by decision time (inclusive).
+/// The range of a simulation: seqs `from_seq..=to_seq`, decision times
+/// `from_time <= t < to_time`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Range {

@@ -388,3 +388,72 @@ async fn bad_audit_queries_are_refused(pool: PgPool) {
         .await;
     assert_eq!(got.as_u16(), 403);
 }
+
+/// A log upgraded from a release before policy activations: its old decisions kept the
+/// database's clock, which once stepped back. A time range there is not a seq range, and the
+/// query falls back to filtering by time: it still finds exactly the decisions of the range.
+#[sqlx::test]
+async fn a_time_range_over_decisions_from_before_activations_is_still_exact(pool: PgPool) {
+    use regulator::storage::audit::{audit_page, AuditFilter};
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("ALTER TABLE decisions DISABLE TRIGGER USER")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // Seqs 1..=4 at 10:00:05, 10:00:03 (the clock went back), 10:00:06, 10:00:07.
+    for (seq, second) in [(1, 5), (2, 3), (3, 6), (4, 7)] {
+        sqlx::query(
+            "INSERT INTO decisions (seq, expired_hold, chain, asset, kind, issuer, outcome,
+                                    reason_code, priority, policy_version, target_version,
+                                    decided_at, record, hash)
+             VALUES ($1, gen_random_uuid(), 'ethereum', '0xOLD', 'FREEZE', 'US-SEC', 'APPLIED',
+                     'applied', 700, 'old', 1,
+                     timestamptz '2026-01-01 10:00:00+00' + make_interval(secs => $2),
+                     '{}'::json, '\\x00')",
+        )
+        .bind(seq)
+        .bind(f64::from(second))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    sqlx::query("ALTER TABLE decisions ENABLE TRIGGER USER")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO policy_versions (version, hash, author, message, files)
+         VALUES (1, 'v1', 'regulator', 'imported', '{}')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO ledger_events (seq, kind, policy_version, actor, recorded_at, record, hash)
+         VALUES (5, 'policy_activated', 1, 'regulator', now(),
+                 '{\"event\": {\"active\": {\"version\": 1, \"hash\": \"v1\"}}}', '\\x00')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let at = |second: i64| {
+        chrono::DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z")
+            .unwrap()
+            .to_utc()
+            + chrono::Duration::seconds(second)
+    };
+    let filter = AuditFilter {
+        from_time: Some(at(4)),
+        to_time: Some(at(7)),
+        ..AuditFilter::default()
+    };
+    let page = audit_page(&pool, &filter, 0, 100).await.unwrap();
+    let seqs: Vec<u64> = page.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        [1, 3],
+        "10:00:05 and 10:00:06; not 10:00:03, not 10:00:07"
+    );
+}

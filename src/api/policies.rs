@@ -228,7 +228,8 @@ pub struct SimulateRequest {
     pub files: Option<PolicyFiles>,
     /// a stored version (exactly one of the two).
     pub version: Option<u32>,
-    /// The range (inclusive; default: the whole log). Time bounds select by decision time.
+    /// The range (default: the whole log): seqs `from_seq..=to_seq`, decision times
+    /// `from_time <= t < to_time`. A range that cuts a conflict group takes it whole.
     pub from_seq: Option<u64>,
     pub to_seq: Option<u64>,
     pub from_time: Option<DateTime<Utc>>,

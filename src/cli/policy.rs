@@ -77,12 +77,12 @@ pub struct SimulateArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/regulator"
     )]
     database_url: String,
-    /// The range of decisions (inclusive; default: the whole log).
+    /// The range of decisions (default: the whole log): seqs from..=to.
     #[arg(long)]
     from_seq: Option<u64>,
     #[arg(long)]
     to_seq: Option<u64>,
-    /// By decision time instead (RFC 3339).
+    /// By decision time instead (RFC 3339): from_time <= t < to_time.
     #[arg(long)]
     from_time: Option<DateTime<Utc>>,
     #[arg(long)]

@@ -230,11 +230,13 @@ pub async fn audit_page(
     let mut filter = filter.clone();
     if filter.from_time.is_some() || filter.to_time.is_some() {
         match time_to_seq(pool, filter.from_time, filter.to_time).await? {
-            Some((first, last)) => {
+            TimeSpan::Seqs(first, last) => {
                 filter.from_seq = Some(filter.from_seq.map_or(first, |s| s.max(first)));
                 filter.to_seq = Some(filter.to_seq.map_or(last, |s| s.min(last)));
             }
-            None => return Ok(Vec::new()),
+            TimeSpan::Empty => return Ok(Vec::new()),
+            // The time filters below alone, walking seq order: correct, if slower.
+            TimeSpan::Unordered => {}
         }
     }
     let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
@@ -292,14 +294,36 @@ pub async fn audit_page(
         .collect()
 }
 
-/// The first and last seq decided in `[from_time, to_time)` (either bound may be open), or
-/// `None` if nothing was: two probes of `decisions_by_time`. Exact because the ledger's time
-/// never goes back.
+/// The seqs of a time range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimeSpan {
+    /// Exactly the decisions with `first <= seq <= last`.
+    Seqs(u64, u64),
+    /// No decision.
+    Empty,
+    /// The log holds decisions from before the ledger's first activation, whose time was not
+    /// kept in order: a time range is not a seq range there.
+    Unordered,
+}
+
+/// The decisions of `[from_time, to_time)` (either bound may be open) as a seq range: two
+/// probes of `decisions_by_time`, exact because the ledger's time never goes back from its
+/// first activation on. On a log with decisions from before that, [`TimeSpan::Unordered`].
 pub(crate) async fn time_to_seq(
     pool: &PgPool,
     from_time: Option<DateTime<Utc>>,
     to_time: Option<DateTime<Utc>>,
-) -> Result<Option<(u64, u64)>, StorageError> {
+) -> Result<TimeSpan, StorageError> {
+    let unordered: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM decisions WHERE seq < coalesce(
+             (SELECT min(seq) FROM ledger_events WHERE kind = 'policy_activated'),
+             9223372036854775807))",
+    )
+    .fetch_one(pool)
+    .await?;
+    if unordered {
+        return Ok(TimeSpan::Unordered);
+    }
     let row = sqlx::query(
         "SELECT (SELECT seq FROM decisions WHERE $1::timestamptz IS NULL OR decided_at >= $1
                  ORDER BY decided_at, seq LIMIT 1),
@@ -314,10 +338,10 @@ pub(crate) async fn time_to_seq(
     let first: Option<i64> = row.try_get(0)?;
     let last: Option<i64> = row.try_get(1)?;
     Ok(match (first, last) {
-        (Some(first), Some(last)) if first <= last => Some((
+        (Some(first), Some(last)) if first <= last => TimeSpan::Seqs(
             u64::try_from(first).map_err(corrupt)?,
             u64::try_from(last).map_err(corrupt)?,
-        )),
-        _ => None,
+        ),
+        _ => TimeSpan::Empty,
     })
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::{PgPool, Row};
 
+use super::audit::TimeSpan;
 use super::{corrupt, StorageError};
 use crate::domain::ledger::DecisionRecord;
 use crate::domain::AssetKey;
@@ -24,12 +25,16 @@ pub async fn seq_range(pool: &PgPool, range: &Range) -> Result<(u64, u64), Stora
     let mut from = range.from_seq.unwrap_or(1).max(1);
     let mut to = range.to_seq.unwrap_or(head).min(head);
     if range.from_time.is_some() || range.to_time.is_some() {
-        match super::audit::time_to_seq(pool, range.from_time, range.to_time).await? {
-            Some((first, last)) => {
+        let span = match super::audit::time_to_seq(pool, range.from_time, range.to_time).await? {
+            TimeSpan::Unordered => seqs_decided_between(pool, range).await?,
+            span => span,
+        };
+        match span {
+            TimeSpan::Seqs(first, last) => {
                 from = from.max(first);
                 to = to.min(last);
             }
-            None => return Ok((head + 1, head)),
+            _ => return Ok((head + 1, head)),
         }
     }
     if from > to {
@@ -70,6 +75,29 @@ pub async fn seq_range(pool: &PgPool, range: &Range) -> Result<(u64, u64), Stora
         }
     }
     Ok((from, to))
+}
+
+/// The first and last seq decided in the time range, reading every entry of the range in
+/// `decisions_by_time`: for logs whose time is not in seq order.
+async fn seqs_decided_between(pool: &PgPool, range: &Range) -> Result<TimeSpan, StorageError> {
+    let row = sqlx::query(
+        "SELECT min(seq), max(seq) FROM decisions
+         WHERE ($1::timestamptz IS NULL OR decided_at >= $1)
+           AND ($2::timestamptz IS NULL OR decided_at < $2)",
+    )
+    .bind(range.from_time)
+    .bind(range.to_time)
+    .fetch_one(pool)
+    .await?;
+    let first: Option<i64> = row.try_get(0)?;
+    let last: Option<i64> = row.try_get(1)?;
+    Ok(match (first, last) {
+        (Some(first), Some(last)) => TimeSpan::Seqs(
+            u64::try_from(first).map_err(corrupt)?,
+            u64::try_from(last).map_err(corrupt)?,
+        ),
+        _ => TimeSpan::Empty,
+    })
 }
 
 fn parse(seq: i64, text: &str) -> Result<DecisionRecord, StorageError> {
