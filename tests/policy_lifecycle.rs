@@ -896,3 +896,117 @@ async fn version_paths_and_requests_are_checked(pool: PgPool) {
     assert_eq!(request["status"], "recorded");
     assert!(request["seq"].as_u64().is_some());
 }
+
+/// Runs the `regulator` binary off the runtime (the server under test shares it).
+async fn cli(args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regulator"))
+            .args(&args)
+            .env_remove("REGULATOR_POLICIES")
+            .env_remove("REGULATOR_SERVER")
+            .env_remove("REGULATOR_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// Writes `files` as a policy directory.
+fn directory(files: &BTreeMap<String, String>) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("draft-{}", uuid::Uuid::new_v4()));
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+/// The legal team's whole workflow from the command line, against a running server.
+#[sqlx::test]
+async fn the_cli_drives_the_workflow_against_a_server(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    let server = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend([
+            "--server".into(),
+            app.base.clone(),
+            "--token".into(),
+            author(&app),
+        ]);
+        all
+    };
+    let draft = directory(&loosened());
+    let draft = draft.to_str().unwrap();
+
+    let (code, out, err) = cli(server(&["policy", "validate", "--policies", draft])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok: 24 policies"), "{out}");
+    let (code, out, _) = cli(server(&["policy", "test", "--policies", draft])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("62 cases: 62 passed, 0 failed"), "{out}");
+    let (code, out, err) = cli(server(&[
+        "policy",
+        "push",
+        "--policies",
+        draft,
+        "--message",
+        "Court may lift OFAC blocks",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stored as version 2"), "{out}");
+    let (code, out, _) = cli(server(&["policy", "diff", "1", "2"])).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("changed  us-ofac-block-lifted-only-by-ofac-licence"),
+        "{out}"
+    );
+    assert!(
+        out.contains("0 added, 0 removed, 1 changed, 23 unchanged"),
+        "{out}"
+    );
+    let (code, out, _) = cli(server(&["policy", "simulate", "--version", "2"])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("0 would change"), "{out}");
+    let (code, out, err) = cli(server(&["policy", "activate", "2"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("version 2 active from seq"), "{out}");
+    let (code, out, _) = cli(server(&["policy", "rollback"])).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("version 1 active from seq") && out.contains("a rollback"),
+        "{out}"
+    );
+
+    // An invalid draft: exit 1, every error located.
+    let mut broken = loosened();
+    broken.insert(
+        "draft.cedar".into(),
+        "permit (principal, action, resource);\n".into(),
+    );
+    let broken = directory(&broken);
+    let (code, _, err) = cli(server(&[
+        "policy",
+        "validate",
+        "--policies",
+        broken.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("draft.cedar:1:1: [policy::missing_id]"),
+        "{err}"
+    );
+    // Changing a server's policies needs a server.
+    let (code, _, err) = cli(vec!["policy".into(), "activate".into(), "2".into()]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("--server"), "{err}");
+}

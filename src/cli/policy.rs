@@ -1,5 +1,6 @@
-//! `regulator policy …`: the legal team's tools. Each works offline on a policy directory (and,
-//! for `simulate`, the engine's database), or against a running server with `--server`.
+//! `regulator policy …`: the legal team's tools. `validate`, `test`, `diff` and `simulate` work
+//! offline on a policy directory (and, for `simulate`, the engine's database), or against a
+//! running server with `--server`; `push`, `activate` and `rollback` change a server's policies.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +29,42 @@ pub enum PolicyCommand {
     /// Replay the recorded orders against the draft (or a stored version) and list every
     /// decision whose outcome, priority or determining policies would change.
     Simulate(SimulateArgs),
+    /// Store the directory as a new version on the server (`--server`; it must validate).
+    Push(PushArgs),
+    /// Activate a stored version on the server: a ledger event; prints the seq from which it
+    /// decides.
+    Activate(ActivateArgs),
+    /// Roll back on the server to the version the current one replaced (or `--to`).
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The policy directory to store.
+    #[arg(long, env = "REGULATOR_POLICIES", default_value = "policies")]
+    policies: PathBuf,
+    /// What the change is for (kept with the version).
+    #[arg(long, short)]
+    message: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ActivateArgs {
+    /// The version number.
+    version: u32,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// A version that was active before (default: the one the current activation replaced).
+    #[arg(long)]
+    to: Option<u32>,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +157,15 @@ impl PolicyCommand {
                 PolicyCommand::Test(args) => test(args).await,
                 PolicyCommand::Diff(args) => diff_command(args).await,
                 PolicyCommand::Simulate(args) => simulate_command(args).await,
+                PolicyCommand::Push(args) => push(args).await,
+                PolicyCommand::Activate(args) => {
+                    let path = format!("/v1/policies/versions/{}/activate", args.version);
+                    activation(&args.server, &path, None).await
+                }
+                PolicyCommand::Rollback(args) => {
+                    let body = json!({ "to": args.to });
+                    activation(&args.server, "/v1/policies/rollback", Some(body)).await
+                }
             }
         });
         result.unwrap_or_else(ExitCode::from)
@@ -433,6 +479,62 @@ async fn simulate_command(args: SimulateArgs) -> Outcome {
     );
     for (transition, n) in &counts.transitions {
         println!("  {transition}: {n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A server, which these commands cannot do without.
+fn required_server(args: &ServerArgs, what: &str) -> Result<Server, u8> {
+    Server::from(args)?.ok_or_else(|| {
+        eprintln!("error: `policy {what}` changes a running server's policies: give --server (and --token)");
+        FAILED
+    })
+}
+
+async fn push(args: PushArgs) -> Outcome {
+    let server = required_server(&args.server, "push")?;
+    let files = read(&args.policies)?;
+    let created: Value = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/policies/versions",
+            Some(json!({ "files": files, "message": args.message })),
+        )
+        .await?;
+    let new = if created["created"] == true {
+        "stored as"
+    } else {
+        "already"
+    };
+    println!(
+        "{} {new} version {}, hash {}; its tests: {} cases, {} failed",
+        args.policies.display(),
+        created["version"],
+        created["hash"].as_str().unwrap_or_default(),
+        created["tests"]["cases"],
+        created["tests"]["failed"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn activation(args: &ServerArgs, path: &str, body: Option<Value>) -> Outcome {
+    let server = required_server(args, "activate/rollback")?;
+    let answer: Value = server.call(reqwest::Method::POST, path, body).await?;
+    match answer["seq"].as_u64() {
+        Some(seq) => println!(
+            "version {} active from seq {seq} (replacing version {}){}",
+            answer["active"]["version"],
+            answer["previous"]["version"],
+            if answer["rollback"] == true {
+                ", a rollback"
+            } else {
+                ""
+            }
+        ),
+        None => println!(
+            "queued, not yet recorded: request {} (GET /v1/policies/requests/{})",
+            answer["request"], answer["request"]
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
