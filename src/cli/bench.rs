@@ -78,21 +78,11 @@ pub struct BenchArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/regulator_bench"
     )]
     database_url: String,
-    /// Directory of the jurisdiction policies.
-    #[arg(long, env = "REGULATOR_POLICIES", default_value = "policies")]
-    policies: PathBuf,
+    #[command(flatten)]
+    service: ServiceArgs,
     /// Which load to run.
     #[arg(long, value_enum, default_value_t = Mode::Both)]
     mode: Mode,
-    /// Conflict window W in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    window_ms: u32,
-    /// How long a submission waits for its decision before the server answers 202, in ms.
-    #[arg(long, default_value_t = 5_000)]
-    submit_wait_ms: u64,
-    /// Database connections of the service's pool.
-    #[arg(long, default_value_t = 16)]
-    db_connections: u32,
     /// Assets to register (U.S. securities `ethereum/0xBENCH-<n>`); orders spread over them.
     #[arg(long, default_value_t = 1_000)]
     assets: u64,
@@ -126,18 +116,56 @@ pub struct BenchArgs {
     /// Roles of the submitting token, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "regulator")]
     roles: Vec<Role>,
+}
+
+/// How a load generator's in-process service runs: the same options for every `bench*`
+/// command (each names its own database).
+#[derive(Debug, Args)]
+pub(crate) struct ServiceArgs {
+    /// Directory of the jurisdiction policies.
+    #[arg(long, env = "REGULATOR_POLICIES", default_value = "policies")]
+    pub policies: PathBuf,
+    /// Conflict window W in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub window_ms: u32,
+    /// How long a submission waits for its decision before the server answers 202, in ms.
+    #[arg(long, default_value_t = 5_000)]
+    pub submit_wait_ms: u64,
+    /// Database connections of the service's pool.
+    #[arg(long, default_value_t = 16)]
+    pub db_connections: u32,
     /// Extra settings for the bench database, `NAME=VALUE`, repeatable, applied with
     /// `ALTER DATABASE … SET` after `synchronous_commit = on` (so they can override it; the
     /// report header shows what is in effect). For profiling, e.g.
     /// `--db-setting log_min_duration_statement=0`.
     #[arg(long = "db-setting", value_name = "NAME=VALUE")]
-    db_settings: Vec<String>,
+    pub db_settings: Vec<String>,
     /// Worker threads of the service's runtime.
     #[arg(long, default_value_t = 2)]
-    server_threads: usize,
+    pub server_threads: usize,
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
-    client_threads: usize,
+    pub client_threads: usize,
+}
+
+impl ServiceArgs {
+    /// The report line that says how the service ran.
+    pub(crate) fn describe(&self, base: &str) -> String {
+        format!(
+            "  service                {base} (window {} ms, submit wait {} ms, {} db connections, {} service threads, {} client threads)",
+            self.window_ms, self.submit_wait_ms, self.db_connections, self.server_threads, self.client_threads
+        )
+    }
+
+    /// A multi-thread runtime of `threads` workers named `name`.
+    pub(crate) fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime, Failure> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .context("cannot start a runtime")
+    }
 }
 
 /// Why the bench could not run (exit code 2).
@@ -183,18 +211,8 @@ impl BenchArgs {
                 "--assets, --concurrency and --batch-concurrency must be positive".into(),
             ));
         }
-        let server_rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(self.server_threads.max(1))
-            .thread_name("regulator-srv")
-            .enable_all()
-            .build()
-            .context("cannot start the service runtime")?;
-        let client_rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(self.client_threads.max(1))
-            .thread_name("bench-client")
-            .enable_all()
-            .build()
-            .context("cannot start the client runtime")?;
+        let server_rt = ServiceArgs::runtime(self.service.server_threads, "regulator-srv")?;
+        let client_rt = ServiceArgs::runtime(self.service.client_threads, "bench-client")?;
 
         let secret_dir =
             std::env::temp_dir().join(format!("regulator-bench-{}", uuid::Uuid::new_v4()));
@@ -211,16 +229,11 @@ impl BenchArgs {
     /// Recreates the database and starts the service on it.
     async fn start(&self, secret: PathBuf) -> Result<App, Failure> {
         start_service(
-            ServiceSetup {
-                database_url: &self.database_url,
-                db_settings: &self.db_settings,
-                db_connections: self.db_connections,
-                policies: &self.policies,
-                window_ms: self.window_ms,
-                submit_wait_ms: self.submit_wait_ms,
-            },
+            &self.database_url,
+            &self.service,
             secret,
             regulator::webhooks::WebhookConfig::default(),
+            Duration::from_secs(60),
         )
         .await
     }
@@ -245,11 +258,8 @@ impl BenchArgs {
         let client = bench_client(pool_size, Duration::from_secs(60))?;
 
         let mut stats = Stats::connect(&self.database_url).await?;
-        print_header("regulator bench", &mut stats, &self.db_settings).await?;
-        println!(
-            "  service                {base} (window {} ms, submit wait {} ms, {} db connections, {} service threads, {} client threads)",
-            self.window_ms, self.submit_wait_ms, self.db_connections, self.server_threads, self.client_threads
-        );
+        print_header("regulator bench", &mut stats, &self.service.db_settings).await?;
+        println!("{}", self.service.describe(&base));
 
         wait_until_leading(&client, &base).await?;
         let started = Instant::now();
@@ -337,35 +347,28 @@ impl BenchArgs {
     }
 }
 
-/// What a load generator's in-process service runs with.
-pub(crate) struct ServiceSetup<'a> {
-    pub database_url: &'a str,
-    pub db_settings: &'a [String],
-    pub db_connections: u32,
-    pub policies: &'a std::path::Path,
-    pub window_ms: u32,
-    pub submit_wait_ms: u64,
-}
-
-/// Recreates the bench database and starts the real service on it, on a loopback port with
-/// a development secret.
+/// Recreates the bench database `database_url` and starts the real service on it, on a
+/// loopback port with a development secret, publishing checkpoints every
+/// `checkpoint_interval`.
 pub(crate) async fn start_service(
-    setup: ServiceSetup<'_>,
+    database_url: &str,
+    setup: &ServiceArgs,
     secret: PathBuf,
     webhooks: regulator::webhooks::WebhookConfig,
+    checkpoint_interval: Duration,
 ) -> Result<App, Failure> {
-    recreate_database(setup.database_url, setup.db_settings).await?;
+    recreate_database(database_url, &setup.db_settings).await?;
     let secret_dir = secret
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    let pool = regulator::storage::connect(setup.database_url, setup.db_connections)
+    let pool = regulator::storage::connect(database_url, setup.db_connections)
         .await
         .context("cannot connect to the bench database")?;
     let config = Config {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: setup.database_url.to_owned(),
-        policies: setup.policies.to_path_buf(),
+        database_url: database_url.to_owned(),
+        policies: setup.policies.clone(),
         window: chrono::Duration::milliseconds(i64::from(setup.window_ms)),
         submit_wait: Duration::from_millis(setup.submit_wait_ms),
         keys: KeySource::DevSecret(secret),
@@ -374,7 +377,7 @@ pub(crate) async fn start_service(
         max_connections: setup.db_connections,
         webhooks,
         checkpoint_key: secret_dir.join("checkpoint-key.pem"),
-        checkpoint_interval: Duration::from_secs(60),
+        checkpoint_interval,
     };
     App::start_with_pool(config, pool)
         .await

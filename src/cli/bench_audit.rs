@@ -74,13 +74,13 @@ use serde::Deserialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgConnection;
 
-use regulator::app::{App, Config};
-use regulator::auth::{mint_dev_token, KeySource, Role};
+use regulator::app::App;
+use regulator::auth::{mint_dev_token, Role};
 use regulator::domain::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
 
 use super::bench::{
-    bench_client, print_header, recreate_database, register_named_assets, wait_until_leading,
-    Context, Failure, Stats, AUDIENCE, ISSUER,
+    bench_client, print_header, register_named_assets, start_service, wait_until_leading, Context,
+    Failure, ServiceArgs, Stats, AUDIENCE, ISSUER,
 };
 
 /// The chains the assets are spread over (asset `n` is on `CHAINS[n % 3]`).
@@ -107,9 +107,8 @@ pub struct BenchAuditArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/regulator_bench_audit"
     )]
     database_url: String,
-    /// Directory of the jurisdiction policies.
-    #[arg(long, env = "REGULATOR_POLICIES", default_value = "policies")]
-    policies: PathBuf,
+    #[command(flatten)]
+    service: ServiceArgs,
     /// Decisions to seed before the first checkpoint.
     #[arg(long, default_value_t = 1_000_000)]
     decisions: u64,
@@ -146,24 +145,6 @@ pub struct BenchAuditArgs {
     /// Seed of the random choices (assets, cursors, ranges, proofs).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Conflict window W in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    window_ms: u32,
-    /// How long a submission waits for its decision before the server answers 202, in ms.
-    #[arg(long, default_value_t = 5_000)]
-    submit_wait_ms: u64,
-    /// Database connections of the service's pool.
-    #[arg(long, default_value_t = 16)]
-    db_connections: u32,
-    /// Extra settings for the bench database, `NAME=VALUE`, repeatable (as for `bench`).
-    #[arg(long = "db-setting", value_name = "NAME=VALUE")]
-    db_settings: Vec<String>,
-    /// Worker threads of the service's runtime.
-    #[arg(long, default_value_t = 2)]
-    server_threads: usize,
-    /// Worker threads of the bench's runtime.
-    #[arg(long, default_value_t = 2)]
-    client_threads: usize,
 }
 
 /// How a run ended, short of an error.
@@ -209,16 +190,9 @@ impl BenchAuditArgs {
                 "at most 100,000,000 decisions and 7200 s of seeding".into(),
             ));
         }
-        let runtime = |threads: usize, name: &str| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads.max(1))
-                .thread_name(name)
-                .enable_all()
-                .build()
-                .context("cannot start a runtime")
-        };
-        let server_rt = runtime(self.server_threads, "regulator-srv")?;
-        let client_rt = runtime(self.client_threads, "bench-client")?;
+        let runtime = ServiceArgs::runtime;
+        let server_rt = runtime(self.service.server_threads, "regulator-srv")?;
+        let client_rt = runtime(self.service.client_threads, "bench-client")?;
 
         let secret_dir =
             std::env::temp_dir().join(format!("regulator-bench-{}", uuid::Uuid::new_v4()));
@@ -237,35 +211,17 @@ impl BenchAuditArgs {
         result
     }
 
-    /// Recreates the database and starts the service on it, as `start_service` does but with
-    /// the periodic checkpoint out of the way (once a day), so that the bench's first
-    /// checkpoint builds the whole tree.
+    /// Recreates the database and starts the service on it, with the periodic checkpoint out
+    /// of the way (once a day), so that the bench's first checkpoint builds the whole tree.
     async fn start(&self, secret: PathBuf) -> Result<App, Failure> {
-        recreate_database(&self.database_url, &self.db_settings).await?;
-        let secret_dir = secret
-            .parent()
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default();
-        let pool = regulator::storage::connect(&self.database_url, self.db_connections)
-            .await
-            .context("cannot connect to the bench database")?;
-        let config = Config {
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url: self.database_url.clone(),
-            policies: self.policies.clone(),
-            window: chrono::Duration::milliseconds(i64::from(self.window_ms)),
-            submit_wait: Duration::from_millis(self.submit_wait_ms),
-            keys: KeySource::DevSecret(secret),
-            jwt_issuer: ISSUER.into(),
-            jwt_audience: AUDIENCE.into(),
-            max_connections: self.db_connections,
-            webhooks: regulator::webhooks::WebhookConfig::default(),
-            checkpoint_key: secret_dir.join("checkpoint-key.pem"),
-            checkpoint_interval: Duration::from_secs(86_400),
-        };
-        App::start_with_pool(config, pool)
-            .await
-            .context("cannot start the service")
+        start_service(
+            &self.database_url,
+            &self.service,
+            secret,
+            regulator::webhooks::WebhookConfig::default(),
+            Duration::from_secs(86_400),
+        )
+        .await
     }
 
     async fn drive(&self, app: &App, secret: &std::path::Path) -> Result<Verdict, Failure> {
@@ -286,11 +242,13 @@ impl BenchAuditArgs {
         let client = bench_client(self.senders + 8, Duration::from_secs(120))?;
 
         let mut stats = Stats::connect(&self.database_url).await?;
-        print_header("regulator bench-audit", &mut stats, &self.db_settings).await?;
-        println!(
-            "  service                {base} (window {} ms, {} db connections, {} service threads, {} client threads)",
-            self.window_ms, self.db_connections, self.server_threads, self.client_threads
-        );
+        print_header(
+            "regulator bench-audit",
+            &mut stats,
+            &self.service.db_settings,
+        )
+        .await?;
+        println!("{}", self.service.describe(&base));
         let db = &mut stats.conn;
         sqlx::raw_sql("SET statement_timeout = '600s'")
             .execute(&mut *db)

@@ -24,7 +24,6 @@
 //! Example: `cargo run --release -- bench-simulate`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bench::{
-    bench_client, register_named_assets, start_service, Context, Failure, ServiceSetup, AUDIENCE,
+    bench_client, register_named_assets, start_service, Context, Failure, ServiceArgs, AUDIENCE,
     ISSUER,
 };
 
@@ -57,9 +56,9 @@ pub struct BenchSimulateArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/regulator_bench_simulate"
     )]
     database_url: String,
-    /// Directory of the jurisdiction policies (version 1; the draft loosens its OFAC rule).
-    #[arg(long, env = "REGULATOR_POLICIES", default_value = "policies")]
-    policies: PathBuf,
+    /// The service; its policy directory is version 1, and the draft loosens its OFAC rule.
+    #[command(flatten)]
+    service: ServiceArgs,
     /// Orders in the recorded history.
     #[arg(long, default_value_t = 200_000)]
     orders: u64,
@@ -75,9 +74,6 @@ pub struct BenchSimulateArgs {
     /// The target, in recorded orders replayed per second.
     #[arg(long, default_value_t = 10_000.0)]
     target: f64,
-    /// Worker threads of the service's runtime.
-    #[arg(long, default_value_t = 2)]
-    server_threads: usize,
 }
 
 /// One hold of the seeded history: who placed it, where, and its order id.
@@ -121,40 +117,39 @@ impl BenchSimulateArgs {
                 "--orders from 10 to 10,000,000; --assets and --runs positive".into(),
             ));
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(self.server_threads.max(1))
-            .thread_name("regulator-srv")
-            .enable_all()
-            .build()
-            .context("cannot start a runtime")?;
+        let server_rt = ServiceArgs::runtime(self.service.server_threads, "regulator-srv")?;
+        let client_rt = ServiceArgs::runtime(self.service.client_threads, "bench-client")?;
         let secret_dir =
             std::env::temp_dir().join(format!("regulator-bench-{}", uuid::Uuid::new_v4()));
         let secret = secret_dir.join("dev-secret");
-        let result = runtime.block_on(async {
-            let app = start_service(
-                ServiceSetup {
-                    database_url: &self.database_url,
-                    db_settings: &[],
-                    db_connections: 16,
-                    policies: &self.policies,
-                    window_ms: 0,
-                    submit_wait_ms: 5_000,
-                },
-                secret.clone(),
-                regulator::webhooks::WebhookConfig::default(),
-            )
-            .await?;
-            let result = self.drive(&app, &secret).await;
-            app.stop().await;
-            result
-        });
+        let result = match server_rt.block_on(start_service(
+            &self.database_url,
+            &self.service,
+            secret.clone(),
+            regulator::webhooks::WebhookConfig::default(),
+            Duration::from_secs(60),
+        )) {
+            Ok(app) => {
+                let result = client_rt.block_on(self.drive(&app, &secret));
+                server_rt.block_on(app.stop());
+                result
+            }
+            Err(e) => Err(e),
+        };
         let _ = std::fs::remove_dir_all(&secret_dir);
-        runtime.shutdown_timeout(Duration::from_secs(5));
+        drop(client_rt);
+        server_rt.shutdown_timeout(Duration::from_secs(5));
         result
     }
 
     async fn drive(&self, app: &App, secret: &std::path::Path) -> Result<bool, Failure> {
         let base = format!("http://{}", app.addr);
+        // The load generator's own connections, on its own runtime.
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.database_url)
+            .await
+            .context("connecting to the bench database")?;
         let token = |sub: &str, role: Role| {
             mint_dev_token(
                 secret,
@@ -175,6 +170,7 @@ impl BenchSimulateArgs {
         .await?;
 
         println!("regulator bench-simulate: impact analysis over a recorded history");
+        println!("{}", self.service.describe(&base));
         let started = Instant::now();
         let holds_wanted = self.orders * 6 / 10;
         let mut tokens = BTreeMap::new();
@@ -234,10 +230,10 @@ impl BenchSimulateArgs {
                 .push((holds_wanted + i as u64, body.to_string()));
         }
         self.send(&client, &base, &tokens, specs).await?;
-        wait_for_intake(app).await?;
+        wait_for_intake(&db).await?;
         let seeded = started.elapsed().as_secs_f64();
         let decisions: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions")
-            .fetch_one(&app.pool)
+            .fetch_one(&db)
             .await
             .context("counting decisions")?;
         println!(
@@ -288,7 +284,7 @@ impl BenchSimulateArgs {
             println!("  FAIL: the active version does not reproduce the history");
             pass = false;
         }
-        let draft = loosened(&self.policies)?;
+        let draft = loosened(&self.service.policies)?;
         let mut rates = Vec::new();
         for run in 1..=self.runs {
             let begun = Instant::now();
@@ -383,11 +379,11 @@ impl BenchSimulateArgs {
 }
 
 /// Waits until every accepted order is decided.
-async fn wait_for_intake(app: &App) -> Result<(), Failure> {
+async fn wait_for_intake(db: &sqlx::PgPool) -> Result<(), Failure> {
     let until = Instant::now() + Duration::from_secs(300);
     loop {
         let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM intake_queue")
-            .fetch_one(&app.pool)
+            .fetch_one(db)
             .await
             .context("counting the intake queue")?;
         if queued == 0 {

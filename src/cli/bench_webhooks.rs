@@ -68,7 +68,7 @@ use regulator::webhooks::{webhook_id, UrlGuard, WebhookConfig};
 
 use super::bench::{
     bench_client, metric, order_body, print_header, register_assets, start_service,
-    wait_until_leading, Context, Failure, ServiceSetup, Snapshot, Stats, AUDIENCE, CHAIN, ISSUER,
+    wait_until_leading, Context, Failure, ServiceArgs, Snapshot, Stats, AUDIENCE, CHAIN, ISSUER,
 };
 
 /// The authority the orders come from, and its roles.
@@ -88,18 +88,8 @@ pub struct BenchWebhooksArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/regulator_bench_webhooks"
     )]
     database_url: String,
-    /// Directory of the jurisdiction policies.
-    #[arg(long, env = "REGULATOR_POLICIES", default_value = "policies")]
-    policies: PathBuf,
-    /// Conflict window W in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    window_ms: u32,
-    /// How long a submission waits for its decision before the server answers 202, in ms.
-    #[arg(long, default_value_t = 5_000)]
-    submit_wait_ms: u64,
-    /// Database connections of the service's pool.
-    #[arg(long, default_value_t = 16)]
-    db_connections: u32,
+    #[command(flatten)]
+    service: ServiceArgs,
     /// Assets to register (U.S. securities `ethereum/0xBENCH-<n>`); orders spread over them.
     #[arg(long, default_value_t = 100)]
     assets: u64,
@@ -121,15 +111,6 @@ pub struct BenchWebhooksArgs {
     /// The target: p99 of the delivery lag, in milliseconds.
     #[arg(long, default_value_t = 100)]
     target_p99_ms: u64,
-    /// Extra settings for the bench database, `NAME=VALUE`, repeatable (as for `bench`).
-    #[arg(long = "db-setting", value_name = "NAME=VALUE")]
-    db_settings: Vec<String>,
-    /// Worker threads of the service's runtime.
-    #[arg(long, default_value_t = 2)]
-    server_threads: usize,
-    /// Worker threads of the load generator's runtime.
-    #[arg(long, default_value_t = 2)]
-    client_threads: usize,
 }
 
 impl BenchWebhooksArgs {
@@ -159,16 +140,9 @@ impl BenchWebhooksArgs {
                 "at most 3600 s measured, 600 s of warm-up and 600 s of drain".into(),
             ));
         }
-        let runtime = |threads: usize, name: &str| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads.max(1))
-                .thread_name(name)
-                .enable_all()
-                .build()
-                .context("cannot start a runtime")
-        };
-        let server_rt = runtime(self.server_threads, "regulator-srv")?;
-        let client_rt = runtime(self.client_threads, "bench-client")?;
+        let runtime = ServiceArgs::runtime;
+        let server_rt = runtime(self.service.server_threads, "regulator-srv")?;
+        let client_rt = runtime(self.service.client_threads, "bench-client")?;
         let receiver_rt = runtime(1, "bench-receiver")?;
 
         // The receiver first: the subscription needs its address.
@@ -224,19 +198,14 @@ impl BenchWebhooksArgs {
     /// Recreates the database and starts the service on it, webhooks allowed to loopback.
     async fn start(&self, secret: PathBuf) -> Result<App, Failure> {
         start_service(
-            ServiceSetup {
-                database_url: &self.database_url,
-                db_settings: &self.db_settings,
-                db_connections: self.db_connections,
-                policies: &self.policies,
-                window_ms: self.window_ms,
-                submit_wait_ms: self.submit_wait_ms,
-            },
+            &self.database_url,
+            &self.service,
             secret,
             WebhookConfig {
                 guard: UrlGuard::new(vec![], true),
                 ..WebhookConfig::default()
             },
+            Duration::from_secs(60),
         )
         .await
     }
@@ -268,11 +237,13 @@ impl BenchWebhooksArgs {
         let client = bench_client(self.concurrency + 16, Duration::from_secs(60))?;
 
         let mut stats = Stats::connect(&self.database_url).await?;
-        print_header("regulator bench-webhooks", &mut stats, &self.db_settings).await?;
-        println!(
-            "  service                {base} (window {} ms, submit wait {} ms, {} db connections, {} service threads, {} client threads)",
-            self.window_ms, self.submit_wait_ms, self.db_connections, self.server_threads, self.client_threads
-        );
+        print_header(
+            "regulator bench-webhooks",
+            &mut stats,
+            &self.service.db_settings,
+        )
+        .await?;
+        println!("{}", self.service.describe(&base));
 
         wait_until_leading(&client, &base).await?;
         let subscription = subscribe(
