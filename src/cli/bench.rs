@@ -57,8 +57,8 @@ use sqlx::{ConnectOptions, Connection, PgConnection};
 use regulator::app::{App, Config};
 use regulator::auth::{mint_dev_token, KeySource, Role};
 
-pub(crate) const ISSUER: &str = "regulator";
-pub(crate) const AUDIENCE: &str = "regulator";
+const ISSUER: &str = "regulator";
+const AUDIENCE: &str = "regulator";
 pub(crate) const CHAIN: &str = "ethereum";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -211,49 +211,20 @@ impl BenchArgs {
                 "--assets, --concurrency and --batch-concurrency must be positive".into(),
             ));
         }
-        let server_rt = ServiceArgs::runtime(self.service.server_threads, "regulator-srv")?;
-        let client_rt = ServiceArgs::runtime(self.service.client_threads, "bench-client")?;
-
-        let secret_dir =
-            std::env::temp_dir().join(format!("regulator-bench-{}", uuid::Uuid::new_v4()));
-        let secret = secret_dir.join("dev-secret");
-        let app = server_rt.block_on(self.start(secret.clone()))?;
-        let result = client_rt.block_on(self.drive(&app, &secret));
-        server_rt.block_on(app.stop());
-        let _ = std::fs::remove_dir_all(&secret_dir);
-        drop(client_rt);
-        server_rt.shutdown_timeout(Duration::from_secs(5));
-        result
-    }
-
-    /// Recreates the database and starts the service on it.
-    async fn start(&self, secret: PathBuf) -> Result<App, Failure> {
-        start_service(
-            &self.database_url,
-            &self.service,
-            secret,
-            regulator::webhooks::WebhookConfig::default(),
-            Duration::from_secs(60),
-        )
-        .await
+        Harness {
+            database_url: &self.database_url,
+            service: &self.service,
+            webhooks: regulator::webhooks::WebhookConfig::default(),
+            checkpoint_interval: Duration::from_secs(60),
+        }
+        .run(async |app, tokens| self.drive(app, tokens).await)
     }
 
     /// Registers the assets, runs the modes, prints the report.
-    async fn drive(&self, app: &App, secret: &std::path::Path) -> Result<(), Failure> {
+    async fn drive(&self, app: &App, tokens: &Tokens) -> Result<(), Failure> {
         let base = format!("http://{}", app.addr);
-        let mint = |sub: &str, roles: Vec<Role>| {
-            mint_dev_token(
-                secret,
-                ISSUER,
-                AUDIENCE,
-                sub,
-                roles,
-                chrono::Duration::hours(2),
-            )
-            .context("cannot mint a token")
-        };
-        let admin = mint("bench-ops", vec![Role::Admin])?;
-        let token = mint(&self.sub, self.roles.clone())?;
+        let admin = tokens.mint("bench-ops", vec![Role::Admin])?;
+        let token = tokens.mint(&self.sub, self.roles.clone())?;
         let pool_size = self.concurrency.max(self.batch_concurrency) + 16;
         let client = bench_client(pool_size, Duration::from_secs(60))?;
 
@@ -347,10 +318,75 @@ impl BenchArgs {
     }
 }
 
+/// Mints tokens with the in-process service's development secret.
+pub(crate) struct Tokens {
+    secret: PathBuf,
+}
+
+impl Tokens {
+    /// A token for `sub` with `roles`, valid for longer than any bench runs.
+    pub(crate) fn mint(&self, sub: &str, roles: Vec<Role>) -> Result<String, Failure> {
+        mint_dev_token(
+            &self.secret,
+            ISSUER,
+            AUDIENCE,
+            sub,
+            roles,
+            chrono::Duration::hours(4),
+        )
+        .context("cannot mint a token")
+    }
+}
+
+/// The in-process service of a load generator, and how it runs.
+pub(crate) struct Harness<'a> {
+    pub database_url: &'a str,
+    pub service: &'a ServiceArgs,
+    pub webhooks: regulator::webhooks::WebhookConfig,
+    pub checkpoint_interval: Duration,
+}
+
+impl Harness<'_> {
+    /// Recreates the bench database and starts the real service on it (runtime
+    /// `regulator-srv`, with a fresh development secret in a temporary directory), runs `drive`
+    /// on the load generator's own runtime (`bench-client`), then stops the service and removes
+    /// the secret, whatever `drive` returned.
+    pub(crate) fn run<T>(
+        self,
+        drive: impl AsyncFnOnce(&App, &Tokens) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let server_rt = ServiceArgs::runtime(self.service.server_threads, "regulator-srv")?;
+        let client_rt = ServiceArgs::runtime(self.service.client_threads, "bench-client")?;
+        let secret_dir =
+            std::env::temp_dir().join(format!("regulator-bench-{}", uuid::Uuid::new_v4()));
+        let tokens = Tokens {
+            secret: secret_dir.join("dev-secret"),
+        };
+        let result = match server_rt.block_on(start_service(
+            self.database_url,
+            self.service,
+            tokens.secret.clone(),
+            self.webhooks,
+            self.checkpoint_interval,
+        )) {
+            Ok(app) => {
+                let result = client_rt.block_on(drive(&app, &tokens));
+                server_rt.block_on(app.stop());
+                result
+            }
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_dir_all(&secret_dir);
+        drop(client_rt);
+        server_rt.shutdown_timeout(Duration::from_secs(5));
+        result
+    }
+}
+
 /// Recreates the bench database `database_url` and starts the real service on it, on a
 /// loopback port with a development secret, publishing checkpoints every
 /// `checkpoint_interval`.
-pub(crate) async fn start_service(
+async fn start_service(
     database_url: &str,
     setup: &ServiceArgs,
     secret: PathBuf,
@@ -386,7 +422,7 @@ pub(crate) async fn start_service(
 
 /// Drops and recreates the bench database of `database_url` (refusing a name without `bench`),
 /// pins `synchronous_commit = on` on it, then applies `db_settings` (`NAME=VALUE`).
-pub(crate) async fn recreate_database(
+async fn recreate_database(
     database_url: &str,
     db_settings: &[String],
 ) -> Result<(), Failure> {

@@ -58,7 +58,7 @@
 //! quicker `cargo run --release -- bench-audit --decisions 100000`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -75,12 +75,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgConnection;
 
 use regulator::app::App;
-use regulator::auth::{mint_dev_token, Role};
+use regulator::auth::Role;
 use regulator::domain::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
 
 use super::bench::{
-    bench_client, print_header, register_named_assets, start_service, wait_until_leading, Context,
-    Failure, ServiceArgs, Stats, AUDIENCE, ISSUER,
+    bench_client, print_header, register_named_assets, wait_until_leading, Context, Failure,
+    Harness, ServiceArgs, Stats, Tokens,
 };
 
 /// The chains the assets are spread over (asset `n` is on `CHAINS[n % 3]`).
@@ -190,55 +190,21 @@ impl BenchAuditArgs {
                 "at most 100,000,000 decisions and 7200 s of seeding".into(),
             ));
         }
-        let runtime = ServiceArgs::runtime;
-        let server_rt = runtime(self.service.server_threads, "regulator-srv")?;
-        let client_rt = runtime(self.service.client_threads, "bench-client")?;
-
-        let secret_dir =
-            std::env::temp_dir().join(format!("regulator-bench-{}", uuid::Uuid::new_v4()));
-        let secret = secret_dir.join("dev-secret");
-        let result = match server_rt.block_on(self.start(secret.clone())) {
-            Ok(app) => {
-                let result = client_rt.block_on(self.drive(&app, &secret));
-                server_rt.block_on(app.stop());
-                result
-            }
-            Err(e) => Err(e),
-        };
-        let _ = std::fs::remove_dir_all(&secret_dir);
-        drop(client_rt);
-        server_rt.shutdown_timeout(Duration::from_secs(5));
-        result
+        // The periodic checkpoint is out of the way (once a day), so that the bench's first
+        // checkpoint builds the whole tree.
+        Harness {
+            database_url: &self.database_url,
+            service: &self.service,
+            webhooks: regulator::webhooks::WebhookConfig::default(),
+            checkpoint_interval: Duration::from_secs(86_400),
+        }
+        .run(async |app, tokens| self.drive(app, tokens).await)
     }
 
-    /// Recreates the database and starts the service on it, with the periodic checkpoint out
-    /// of the way (once a day), so that the bench's first checkpoint builds the whole tree.
-    async fn start(&self, secret: PathBuf) -> Result<App, Failure> {
-        start_service(
-            &self.database_url,
-            &self.service,
-            secret,
-            regulator::webhooks::WebhookConfig::default(),
-            Duration::from_secs(86_400),
-        )
-        .await
-    }
-
-    async fn drive(&self, app: &App, secret: &std::path::Path) -> Result<Verdict, Failure> {
+    async fn drive(&self, app: &App, tokens: &Tokens) -> Result<Verdict, Failure> {
         let base = format!("http://{}", app.addr);
-        let mint = |sub: &str, roles: Vec<Role>| {
-            mint_dev_token(
-                secret,
-                ISSUER,
-                AUDIENCE,
-                sub,
-                roles,
-                chrono::Duration::hours(4),
-            )
-            .context("cannot mint a token")
-        };
-        let admin = mint("bench-ops", vec![Role::Admin])?;
-        let auditor = mint("bench-auditor", vec![Role::Auditor])?;
+        let admin = tokens.mint("bench-ops", vec![Role::Admin])?;
+        let auditor = tokens.mint("bench-auditor", vec![Role::Auditor])?;
         let client = bench_client(self.senders + 8, Duration::from_secs(120))?;
 
         let mut stats = Stats::connect(&self.database_url).await?;
@@ -269,8 +235,8 @@ impl BenchAuditArgs {
         let seeder = Arc::new(Seeder {
             client: client.clone(),
             batch_url: format!("{base}/v1/orders/batch"),
-            sec: mint("US-SEC", vec![Role::Regulator])?,
-            fatf: mint("FATF", vec![Role::Regulator])?,
+            sec: tokens.mint("US-SEC", vec![Role::Regulator])?,
+            fatf: tokens.mint("FATF", vec![Role::Regulator])?,
             assets: self.assets,
             done: AtomicU64::new(0),
         });

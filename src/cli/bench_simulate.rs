@@ -29,15 +29,14 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use regulator::app::App;
-use regulator::auth::{mint_dev_token, Role};
+use regulator::auth::Role;
 use regulator::policy::PolicyFiles;
 use regulator::simulate::Report;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bench::{
-    bench_client, register_named_assets, start_service, Context, Failure, ServiceArgs, AUDIENCE,
-    ISSUER,
+    bench_client, register_named_assets, Context, Failure, Harness, ServiceArgs, Tokens,
 };
 
 /// The shipped OFAC rule, and the draft's: the federal court may lift an OFAC block too.
@@ -117,32 +116,16 @@ impl BenchSimulateArgs {
                 "--orders from 10 to 10,000,000; --assets and --runs positive".into(),
             ));
         }
-        let server_rt = ServiceArgs::runtime(self.service.server_threads, "regulator-srv")?;
-        let client_rt = ServiceArgs::runtime(self.service.client_threads, "bench-client")?;
-        let secret_dir =
-            std::env::temp_dir().join(format!("regulator-bench-{}", uuid::Uuid::new_v4()));
-        let secret = secret_dir.join("dev-secret");
-        let result = match server_rt.block_on(start_service(
-            &self.database_url,
-            &self.service,
-            secret.clone(),
-            regulator::webhooks::WebhookConfig::default(),
-            Duration::from_secs(60),
-        )) {
-            Ok(app) => {
-                let result = client_rt.block_on(self.drive(&app, &secret));
-                server_rt.block_on(app.stop());
-                result
-            }
-            Err(e) => Err(e),
-        };
-        let _ = std::fs::remove_dir_all(&secret_dir);
-        drop(client_rt);
-        server_rt.shutdown_timeout(Duration::from_secs(5));
-        result
+        Harness {
+            database_url: &self.database_url,
+            service: &self.service,
+            webhooks: regulator::webhooks::WebhookConfig::default(),
+            checkpoint_interval: Duration::from_secs(60),
+        }
+        .run(async |app, tokens| self.drive(app, tokens).await)
     }
 
-    async fn drive(&self, app: &App, secret: &std::path::Path) -> Result<bool, Failure> {
+    async fn drive(&self, app: &App, tokens: &Tokens) -> Result<bool, Failure> {
         let base = format!("http://{}", app.addr);
         // The load generator's own connections, on its own runtime.
         let db = sqlx::postgres::PgPoolOptions::new()
@@ -150,17 +133,7 @@ impl BenchSimulateArgs {
             .connect(&self.database_url)
             .await
             .context("connecting to the bench database")?;
-        let token = |sub: &str, role: Role| {
-            mint_dev_token(
-                secret,
-                ISSUER,
-                AUDIENCE,
-                sub,
-                vec![role],
-                chrono::Duration::hours(2),
-            )
-            .context("minting a token")
-        };
+        let token = |sub: &str, role: Role| tokens.mint(sub, vec![role]);
         let client = bench_client(16, Duration::from_secs(600))?;
         let admin = token("bench-admin", Role::Admin)?;
         let assets = self.assets;

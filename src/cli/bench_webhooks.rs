@@ -45,7 +45,7 @@
 //! `./target/release/regulator bench-webhooks --rate 1000 --duration-secs 30`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -62,13 +62,13 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use regulator::app::App;
-use regulator::auth::{mint_dev_token, Role};
+use regulator::auth::Role;
 use regulator::webhooks::signing::Secret;
 use regulator::webhooks::{webhook_id, UrlGuard, WebhookConfig};
 
 use super::bench::{
-    bench_client, metric, order_body, print_header, register_assets, start_service,
-    wait_until_leading, Context, Failure, ServiceArgs, Snapshot, Stats, AUDIENCE, CHAIN, ISSUER,
+    bench_client, metric, order_body, print_header, register_assets, wait_until_leading, Context,
+    Failure, Harness, ServiceArgs, Snapshot, Stats, Tokens, CHAIN,
 };
 
 /// The authority the orders come from, and its roles.
@@ -140,10 +140,7 @@ impl BenchWebhooksArgs {
                 "at most 3600 s measured, 600 s of warm-up and 600 s of drain".into(),
             ));
         }
-        let runtime = ServiceArgs::runtime;
-        let server_rt = runtime(self.service.server_threads, "regulator-srv")?;
-        let client_rt = runtime(self.service.client_threads, "bench-client")?;
-        let receiver_rt = runtime(1, "bench-receiver")?;
+        let receiver_rt = ServiceArgs::runtime(1, "bench-receiver")?;
 
         // The receiver first: the subscription needs its address.
         let template =
@@ -171,43 +168,23 @@ impl BenchWebhooksArgs {
             Ok::<_, Failure>(addr)
         })?;
 
-        let secret_dir = std::env::temp_dir().join(format!("regulator-bench-{}", Uuid::new_v4()));
-        let secret = secret_dir.join("dev-secret");
-        let result = match server_rt.block_on(self.start(secret.clone())) {
-            Ok(app) => {
-                let result = client_rt.block_on(self.drive(
-                    &app,
-                    &secret,
-                    &receiver,
-                    receiver_addr,
-                    template,
-                ));
-                server_rt.block_on(app.stop());
-                result
-            }
-            Err(e) => Err(e),
-        };
-        let _ = stop_receiver.send(());
-        let _ = std::fs::remove_dir_all(&secret_dir);
-        drop(client_rt);
-        server_rt.shutdown_timeout(Duration::from_secs(5));
-        receiver_rt.shutdown_timeout(Duration::from_secs(5));
-        result
-    }
-
-    /// Recreates the database and starts the service on it, webhooks allowed to loopback.
-    async fn start(&self, secret: PathBuf) -> Result<App, Failure> {
-        start_service(
-            &self.database_url,
-            &self.service,
-            secret,
-            WebhookConfig {
+        // Webhooks allowed to loopback, where the receiver is.
+        let result = Harness {
+            database_url: &self.database_url,
+            service: &self.service,
+            webhooks: WebhookConfig {
                 guard: UrlGuard::new(vec![], true),
                 ..WebhookConfig::default()
             },
-            Duration::from_secs(60),
-        )
-        .await
+            checkpoint_interval: Duration::from_secs(60),
+        }
+        .run(async |app, tokens| {
+            self.drive(app, tokens, &receiver, receiver_addr, template)
+                .await
+        });
+        let _ = stop_receiver.send(());
+        receiver_rt.shutdown_timeout(Duration::from_secs(5));
+        result
     }
 
     /// Subscribes the receiver, registers the assets, sends, drains, reports; `Ok(false)` when
@@ -215,25 +192,14 @@ impl BenchWebhooksArgs {
     async fn drive(
         &self,
         app: &App,
-        secret: &std::path::Path,
+        tokens: &Tokens,
         receiver: &Arc<Receiver>,
         receiver_addr: std::net::SocketAddr,
         template: Histogram<u64>,
     ) -> Result<bool, Failure> {
         let base = format!("http://{}", app.addr);
-        let mint = |sub: &str, roles: Vec<Role>| {
-            mint_dev_token(
-                secret,
-                ISSUER,
-                AUDIENCE,
-                sub,
-                roles,
-                chrono::Duration::hours(2),
-            )
-            .context("cannot mint a token")
-        };
-        let admin = mint("bench-ops", vec![Role::Admin])?;
-        let token = mint(SUB, vec![Role::Regulator])?;
+        let admin = tokens.mint("bench-ops", vec![Role::Admin])?;
+        let token = tokens.mint(SUB, vec![Role::Regulator])?;
         let client = bench_client(self.concurrency + 16, Duration::from_secs(60))?;
 
         let mut stats = Stats::connect(&self.database_url).await?;
