@@ -422,10 +422,7 @@ async fn start_service(
 
 /// Drops and recreates the bench database of `database_url` (refusing a name without `bench`),
 /// pins `synchronous_commit = on` on it, then applies `db_settings` (`NAME=VALUE`).
-async fn recreate_database(
-    database_url: &str,
-    db_settings: &[String],
-) -> Result<(), Failure> {
+async fn recreate_database(database_url: &str, db_settings: &[String]) -> Result<(), Failure> {
     let options: PgConnectOptions = database_url
         .parse()
         .context("--database-url is not a Postgres URL")?;

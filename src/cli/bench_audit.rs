@@ -77,6 +77,7 @@ use sqlx::PgConnection;
 use regulator::app::App;
 use regulator::auth::Role;
 use regulator::domain::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
+use regulator::storage::audit::{time_to_seq, TimeSpan};
 
 use super::bench::{
     bench_client, print_header, register_named_assets, wait_until_leading, Context, Failure,
@@ -1185,8 +1186,8 @@ async fn explain(
     params: &Params,
     generic: bool,
 ) -> Result<Vec<String>, Failure> {
-    // A time range is first turned into a seq range by two probes of `decisions_by_time`
-    // (`storage::audit::time_to_seq`); the page query then carries both.
+    // A time range is first turned into a seq range, as `audit_page` does; the page query
+    // then carries both.
     let time = |key: &str| {
         params.iter().find_map(|(k, v)| match v {
             Value::Time(t) if *k == key => Some(*t),
@@ -1195,23 +1196,20 @@ async fn explain(
     };
     let mut params = params.clone();
     if time("from_time").is_some() || time("to_time").is_some() {
-        let row = sqlx::query(
-            "SELECT (SELECT seq FROM decisions WHERE $1::timestamptz IS NULL OR decided_at >= $1
-                     ORDER BY decided_at, seq LIMIT 1),
-                    (SELECT seq FROM decisions WHERE $2::timestamptz IS NULL OR decided_at < $2
-                     ORDER BY decided_at DESC, seq DESC LIMIT 1)",
-        )
-        .bind(time("from_time"))
-        .bind(time("to_time"))
-        .persistent(false)
-        .fetch_one(&mut *db)
-        .await
-        .context("the time probes")?;
-        let first: Option<i64> = sqlx::Row::try_get(&row, 0).context("the time probes")?;
-        let last: Option<i64> = sqlx::Row::try_get(&row, 1).context("the time probes")?;
-        let seq = |s: Option<i64>, none: u64| s.and_then(|s| u64::try_from(s).ok()).unwrap_or(none);
-        params.push(("from_seq", Value::Int(seq(first, u64::MAX >> 1))));
-        params.push(("to_seq", Value::Int(seq(last, 0))));
+        let span = time_to_seq(&mut *db, time("from_time"), time("to_time"))
+            .await
+            .context("the time probes")?;
+        let bounds = match span {
+            TimeSpan::Seqs(first, last) => Some((first, last)),
+            // The service answers an empty range without a query; plan one that finds nothing.
+            TimeSpan::Empty => Some((u64::MAX >> 1, 0)),
+            // A log from before activations: the time filters alone, as the service does.
+            TimeSpan::Unordered => None,
+        };
+        if let Some((first, last)) = bounds {
+            params.push(("from_seq", Value::Int(first)));
+            params.push(("to_seq", Value::Int(last)));
+        }
     }
     let mut sql =
         "SELECT seq, encode(hash, 'hex'), record::text FROM decisions WHERE seq > $1".to_owned();

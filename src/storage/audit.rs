@@ -229,7 +229,8 @@ pub async fn audit_page(
 ) -> Result<Vec<AuditRecord>, StorageError> {
     let mut filter = filter.clone();
     if filter.from_time.is_some() || filter.to_time.is_some() {
-        match time_to_seq(pool, filter.from_time, filter.to_time).await? {
+        let mut conn = pool.acquire().await?;
+        match time_to_seq(&mut conn, filter.from_time, filter.to_time).await? {
             TimeSpan::Seqs(first, last) => {
                 filter.from_seq = Some(filter.from_seq.map_or(first, |s| s.max(first)));
                 filter.to_seq = Some(filter.to_seq.map_or(last, |s| s.min(last)));
@@ -296,7 +297,7 @@ pub async fn audit_page(
 
 /// The seqs of a time range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TimeSpan {
+pub enum TimeSpan {
     /// Exactly the decisions with `first <= seq <= last`.
     Seqs(u64, u64),
     /// No decision.
@@ -309,8 +310,8 @@ pub(crate) enum TimeSpan {
 /// The decisions of `[from_time, to_time)` (either bound may be open) as a seq range: two
 /// probes of `decisions_by_time`, exact because the ledger's time never goes back from its
 /// first activation on. On a log with decisions from before that, [`TimeSpan::Unordered`].
-pub(crate) async fn time_to_seq(
-    pool: &PgPool,
+pub async fn time_to_seq(
+    conn: &mut PgConnection,
     from_time: Option<DateTime<Utc>>,
     to_time: Option<DateTime<Utc>>,
 ) -> Result<TimeSpan, StorageError> {
@@ -319,7 +320,7 @@ pub(crate) async fn time_to_seq(
              (SELECT min(seq) FROM ledger_events WHERE kind = 'policy_activated'),
              9223372036854775807))",
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     if unordered {
         return Ok(TimeSpan::Unordered);
@@ -333,7 +334,7 @@ pub(crate) async fn time_to_seq(
     .bind(from_time)
     .bind(to_time)
     .persistent(false)
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     let first: Option<i64> = row.try_get(0)?;
     let last: Option<i64> = row.try_get(1)?;

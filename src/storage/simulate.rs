@@ -25,10 +25,12 @@ pub async fn seq_range(pool: &PgPool, range: &Range) -> Result<(u64, u64), Stora
     let mut from = range.from_seq.unwrap_or(1).max(1);
     let mut to = range.to_seq.unwrap_or(head).min(head);
     if range.from_time.is_some() || range.to_time.is_some() {
-        let span = match super::audit::time_to_seq(pool, range.from_time, range.to_time).await? {
-            TimeSpan::Unordered => seqs_decided_between(pool, range).await?,
-            span => span,
-        };
+        let mut conn = pool.acquire().await?;
+        let span =
+            match super::audit::time_to_seq(&mut conn, range.from_time, range.to_time).await? {
+                TimeSpan::Unordered => seqs_decided_between(pool, range).await?,
+                span => span,
+            };
         match span {
             TimeSpan::Seqs(first, last) => {
                 from = from.max(first);
