@@ -1010,3 +1010,76 @@ async fn the_cli_drives_the_workflow_against_a_server(pool: PgPool) {
     assert_eq!(code, 2);
     assert!(err.contains("--server"), "{err}");
 }
+
+/// Bad requests to the lifecycle API are problem documents, and none of them queues anything
+/// for the ledger or stores a version.
+#[sqlx::test]
+async fn bad_lifecycle_requests_are_refused_and_write_nothing(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    let token = author(&app);
+    for (path, body, status) in [
+        (
+            "/v1/policies/simulate",
+            json!({"version": 1, "from_seq": 9, "to_seq": 3}),
+            422,
+        ),
+        (
+            "/v1/policies/simulate",
+            json!({"version": 1, "from_time": "2026-02-01T00:00:00Z", "to_time": "2026-01-01T00:00:00Z"}),
+            422,
+        ),
+        (
+            "/v1/policies/simulate",
+            json!({"version": 1, "max_changes": 100_001}),
+            422,
+        ),
+        ("/v1/policies/simulate", json!({"version": 9}), 404),
+        (
+            "/v1/policies/simulate",
+            json!({"version": 1, "extra": true}),
+            422,
+        ),
+        ("/v1/policies/versions/99/activate", json!({}), 404),
+        ("/v1/policies/versions/1/activate", json!({}), 409),
+        ("/v1/policies/rollback", json!({"to": "one"}), 422),
+        ("/v1/policies/versions", json!({"files": shipped()}), 422),
+        (
+            "/v1/policies/validate",
+            json!({"files": {"us.cedar": 5}}),
+            422,
+        ),
+    ] {
+        let (got, problem) = app.post(&token, path, body.clone()).await;
+        assert_eq!(got.as_u16(), status, "{path} {body}: {problem}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:regulator:problem:"),
+            "{problem}"
+        );
+    }
+    let malformed = app
+        .client
+        .post(app.url("/v1/policies/validate"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    let requests: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_requests")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM policy_versions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (requests, versions),
+        (0, 1),
+        "nothing queued, nothing stored"
+    );
+}
