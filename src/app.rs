@@ -246,7 +246,7 @@ pub async fn import_policies(pool: &PgPool, dir: &std::path::Path) -> Result<(),
         pool,
         &compiled.files,
         compiled.hash(),
-        crate::sequencer::ENGINE_ACTOR,
+        crate::domain::event::ENGINE_ACTOR,
         &format!("imported from {} on first start", dir.display()),
     )
     .await?;

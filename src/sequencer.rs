@@ -30,8 +30,7 @@ use crate::policy::{Compiled, PolicyEngine};
 use crate::storage::policy::Settled;
 use crate::storage::{self, StorageError};
 
-/// Who the ledger names for the first activation, which nobody asked for.
-pub const ENGINE_ACTOR: &str = "regulator";
+use crate::domain::event::ENGINE_ACTOR;
 /// Most event requests settled per round.
 const REQUESTS_PER_ROUND: i64 = 100;
 

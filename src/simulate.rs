@@ -16,6 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::decide::decide_group;
+/// The stretch of the log a simulation replays.
+pub use crate::domain::ledger::Range;
 use crate::domain::ledger::{DecisionRecord, TargetState};
 use crate::domain::{
     AssetKey, AssetState, Outcome, PolicyId, Priority, RegisteredAsset, Subject, Target,
@@ -249,17 +251,6 @@ impl<'e> Simulator<'e> {
         self.changes.sort_by_key(|c| c.seq);
         Ok((self.counts, self.changes, self.orders))
     }
-}
-
-/// The range of a simulation: seqs `from_seq..=to_seq`, decision times
-/// `from_time <= t < to_time`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Range {
-    pub from_seq: Option<u64>,
-    pub to_seq: Option<u64>,
-    pub from_time: Option<DateTime<Utc>>,
-    pub to_time: Option<DateTime<Utc>>,
 }
 
 /// Replays the decisions of `range` (the whole log by default) against `engine`.

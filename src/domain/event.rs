@@ -11,6 +11,10 @@ use uuid::Uuid;
 
 use super::ledger::{record_hash, Head};
 
+/// Who the ledger names for what the engine does of itself: the first activation, which
+/// nobody asked for, and the subscription changes its delivery worker makes.
+pub const ENGINE_ACTOR: &str = "regulator";
+
 /// A policy version as the ledger names it: its number and its content hash (the
 /// `policy_version` every decision it makes records).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -15,6 +15,17 @@ use super::order::{LockLevel, Order, OrderKind, RegisteredAsset, Target};
 use super::resolve::{Decision, Outcome, Reason, Subject};
 use super::state::{AssetState, Effect, Frozen};
 
+/// A stretch of the log: seqs `from_seq..=to_seq`, decision times
+/// `from_time <= t < to_time`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    pub from_seq: Option<u64>,
+    pub to_seq: Option<u64>,
+    pub from_time: Option<DateTime<Utc>>,
+    pub to_time: Option<DateTime<Utc>>,
+}
+
 /// The hash before the first record.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 

@@ -6,9 +6,8 @@ use sqlx::{PgPool, Row};
 
 use super::audit::TimeSpan;
 use super::{corrupt, StorageError};
-use crate::domain::ledger::DecisionRecord;
+use crate::domain::ledger::{DecisionRecord, Range};
 use crate::domain::AssetKey;
-use crate::simulate::Range;
 
 fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)

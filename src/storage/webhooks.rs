@@ -668,7 +668,7 @@ pub async fn settle(
         return Ok(None);
     };
     let changed = subscription(row)?;
-    record(&mut tx, &changed, event, crate::sequencer::ENGINE_ACTOR).await?;
+    record(&mut tx, &changed, event, crate::domain::event::ENGINE_ACTOR).await?;
     tx.commit().await?;
     Ok(Some(changed))
 }
