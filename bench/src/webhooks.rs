@@ -1,11 +1,11 @@
-//! `regulator bench-webhooks`: webhook delivery lag to a local receiver under a paced load
+//! `regulator-bench webhooks`: webhook delivery lag to a local receiver under a paced load
 //! (SPEC §8; the target is a p99 lag of at most 100 ms at 1,000 decisions/s).
 //!
 //! What it does, in order:
 //!
 //! 1. **A clean database.** Drops and recreates the database of `--database-url` (default
 //!    `postgres://postgres@127.0.0.1:5432/regulator_bench_webhooks`, env
-//!    `REGULATOR_BENCH_DATABASE_URL`) as `regulator bench` does, refusing any name without
+//!    `REGULATOR_BENCH_DATABASE_URL`) as `regulator-bench orders` does, refusing any name without
 //!    `bench`.
 //! 2. **A receiver.** An HTTP server on `127.0.0.1:0` (its own runtime, thread
 //!    `bench-receiver`) that answers `POST /hook` with 204 and, for each delivery, records the
@@ -22,7 +22,7 @@
 //!    `--assets` U.S. securities `ethereum/0xBENCH-<n>` are registered (default 100).
 //! 4. **Paced load** (thread `bench-client`): `--rate` orders per second (default 1,000), each a
 //!    single `POST /v1/orders` — a FREEZE of a holder of its own, with a unique
-//!    `Idempotency-Key`, as in `regulator bench --mode single` — dispatched on schedule to at
+//!    `Idempotency-Key`, as in `regulator-bench orders --mode single` — dispatched on schedule to at
 //!    most `--concurrency` requests in flight (default 64); a request that cannot start on time
 //!    starts as soon as one finishes, and the report shows how far dispatch fell behind. First
 //!    `--warmup-secs` (default 3) not measured, then `--duration-secs` (default 30) measured:
@@ -41,8 +41,8 @@
 //! loopback and bounded in time: no request starts after the measured phase, and the drain
 //! has its own limit.
 //!
-//! Example: `cargo run --release -- bench-webhooks`, or
-//! `./target/release/regulator bench-webhooks --rate 1000 --duration-secs 30`.
+//! Example: `cargo run --release -p regulator-bench -- webhooks`, or
+//! `./target/release/regulator-bench webhooks --rate 1000 --duration-secs 30`.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -66,10 +66,11 @@ use regulator::auth::Role;
 use regulator::webhooks::signing::Secret;
 use regulator::webhooks::{webhook_id, UrlGuard, WebhookConfig};
 
-use super::bench::{
-    bench_client, metric, order_body, print_header, register_assets, wait_until_leading, Context,
-    Failure, Harness, ServiceArgs, Snapshot, Stats, Tokens, CHAIN,
+use crate::harness::{
+    bench_client, metric, print_header, register_assets, wait_until_leading, Context, Failure,
+    Harness, ServiceArgs, Snapshot, Stats, Tokens, CHAIN,
 };
+use crate::orders::order_body;
 
 /// The authority the orders come from, and its roles.
 const SUB: &str = "US-SEC";
@@ -115,9 +116,6 @@ pub struct BenchWebhooksArgs {
 
 impl BenchWebhooksArgs {
     pub fn run(self) -> ExitCode {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
         match self.bench() {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
@@ -204,7 +202,7 @@ impl BenchWebhooksArgs {
 
         let mut stats = Stats::connect(&self.database_url).await?;
         print_header(
-            "regulator bench-webhooks",
+            "regulator-bench webhooks",
             &mut stats,
             &self.service.db_settings,
         )
@@ -507,7 +505,7 @@ async fn subscribe(
     let body = serde_json::json!({
         "chain": CHAIN,
         "url": url,
-        "description": "regulator bench-webhooks receiver",
+        "description": "regulator-bench webhooks receiver",
     });
     let response = client
         .post(format!("{base}/v1/webhooks/subscriptions"))

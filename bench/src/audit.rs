@@ -1,11 +1,11 @@
-//! `regulator bench-audit`: audit query and proof latency on a large decision log (SPEC §5 and
+//! `regulator-bench audit`: audit query and proof latency on a large decision log (SPEC §5 and
 //! §7; the targets are a p99 of at most 50 ms per audit query and at most 5 ms per proof).
 //!
 //! What it does, in order:
 //!
 //! 1. **A clean database.** Drops and recreates the database of `--database-url` (default
 //!    `postgres://postgres@127.0.0.1:5432/regulator_bench_audit`, env
-//!    `REGULATOR_BENCH_DATABASE_URL`) as `regulator bench` does, refusing any name without
+//!    `REGULATOR_BENCH_DATABASE_URL`) as `regulator-bench orders` does, refusing any name without
 //!    `bench`, and starts the real service in-process on `127.0.0.1:0` (its own runtime,
 //!    threads `regulator-srv`; the bench runs on another, `bench-client`) with the conflict
 //!    window `--window-ms` (default 0) and the periodic checkpoint turned off, so that the
@@ -54,8 +54,8 @@
 //! time. The service is stopped at the end; the database is left for inspection and dropped by
 //! the next run.
 //!
-//! Example: `cargo run --release -- bench-audit` (about 3 minutes of seeding here), or the
-//! quicker `cargo run --release -- bench-audit --decisions 100000`.
+//! Example: `cargo run --release -p regulator-bench -- audit` (about 3 minutes of seeding here), or the
+//! quicker `cargo run --release -p regulator-bench -- audit --decisions 100000`.
 
 use std::collections::BTreeMap;
 
@@ -79,7 +79,7 @@ use regulator::auth::Role;
 use regulator::domain::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
 use regulator::storage::audit::{time_to_seq, TimeSpan};
 
-use super::bench::{
+use crate::harness::{
     bench_client, print_header, register_named_assets, wait_until_leading, Context, Failure,
     Harness, ServiceArgs, Stats, Tokens,
 };
@@ -158,9 +158,6 @@ enum Verdict {
 
 impl BenchAuditArgs {
     pub fn run(self) -> ExitCode {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
         match self.bench() {
             Ok(Verdict::Pass) => ExitCode::SUCCESS,
             Ok(Verdict::Fail) => ExitCode::from(1),
@@ -210,7 +207,7 @@ impl BenchAuditArgs {
 
         let mut stats = Stats::connect(&self.database_url).await?;
         print_header(
-            "regulator bench-audit",
+            "regulator-bench audit",
             &mut stats,
             &self.service.db_settings,
         )

@@ -1,4 +1,4 @@
-//! `regulator bench-simulate`: impact-analysis throughput (issue 6's target: at least 10,000
+//! `regulator-bench simulate`: impact-analysis throughput (issue 6's target: at least 10,000
 //! recorded orders replayed per second).
 //!
 //! 1. **A clean database** (`--database-url`, default
@@ -21,7 +21,7 @@
 //! the expected changes. Exit 0 on PASS, 1 on FAIL, 2 if it could not run. Loopback only;
 //! every request has a timeout.
 //!
-//! Example: `cargo run --release -- bench-simulate`.
+//! Example: `cargo run --release -p regulator-bench -- simulate`.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -35,7 +35,7 @@ use regulator::simulate::Report;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::bench::{
+use crate::harness::{
     bench_client, register_named_assets, Context, Failure, Harness, ServiceArgs, Tokens,
 };
 
@@ -97,9 +97,6 @@ struct BatchItem {
 
 impl BenchSimulateArgs {
     pub fn run(self) -> ExitCode {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
         match self.bench() {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
@@ -142,7 +139,7 @@ impl BenchSimulateArgs {
         })
         .await?;
 
-        println!("regulator bench-simulate: impact analysis over a recorded history");
+        println!("regulator-bench simulate: impact analysis over a recorded history");
         println!("{}", self.service.describe(&base));
         let started = Instant::now();
         let holds_wanted = self.orders * 6 / 10;
