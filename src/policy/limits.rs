@@ -125,6 +125,7 @@ fn is_ident(b: u8) -> bool {
 mod tests {
     use super::*;
 
+    #[expect(clippy::result_large_err, reason = "a test helper")]
     fn policy(text: &str) -> Result<(), PolicyError> {
         check(&SourceFile::new("p.cedar", text), Grammar::Policy)
     }
