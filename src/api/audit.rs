@@ -23,7 +23,7 @@ use crate::audit::tree::{self, ProofRequestError};
 use crate::auth::{Principal, Role};
 use crate::domain::resolve::Outcome;
 use crate::domain::{AssetId, ChainId, HolderAddress, IssuerId, OrderKind, PolicyId};
-use crate::storage::audit::{self as store, AuditFilter, AuditRecord, Checkpoint};
+use crate::storage::audit::{self as store, AuditFilter, AuditRecord, Checkpoint, SubjectKind};
 use crate::storage::StorageError;
 
 const READERS: &[Role] = &[Role::Auditor, Role::Admin];
@@ -269,6 +269,11 @@ pub struct AuditQuery {
     pub outcome: Option<Outcome>,
     /// A policy id among the decision's determining policies.
     pub policy: Option<PolicyId>,
+    /// `order` or `expiry`: an expiry carries the kind and issuer of the SUSPEND hold that
+    /// expired, so `kind=SUSPEND&subject=order` are the suspensions ordered and
+    /// `subject=expiry` their expiries.
+    #[param(value_type = Option<String>)]
+    pub subject: Option<SubjectKind>,
     /// Decided at or after (RFC 3339).
     pub from_time: Option<DateTime<Utc>>,
     /// Decided before (RFC 3339).
@@ -305,6 +310,7 @@ impl AuditQuery {
             kind: self.kind.map(|k| k.as_str().to_owned()),
             outcome: self.outcome.map(|o| o.as_str().to_owned()),
             policy: self.policy.as_ref().map(|p| p.as_str().to_owned()),
+            subject: self.subject,
             from_time: self.from_time,
             to_time: self.to_time,
             from_seq: self.from_seq,

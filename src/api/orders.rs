@@ -1,6 +1,6 @@
 //! Orders: submit one, submit a batch, read one with its decision.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -94,6 +95,13 @@ fn admit(
         _ => &[Role::Regulator],
     };
     require(principal, allowed)?;
+    // Text and times a decision could not use are refused here, before they reach the ledger.
+    let invalid = |e: crate::domain::InvalidValue| ApiError::InvalidRequest(e.why);
+    request.legal_basis.check().map_err(invalid)?;
+    request
+        .instruction
+        .check_at(Utc::now())
+        .map_err(|e| ApiError::InvalidRequest(format!("{}: {}", e.what, e.why)))?;
     let issuer = match request.issuer {
         Some(issuer) if issuer.as_str() != principal.sub => {
             return Err(ApiError::IssuerMismatch {
@@ -177,8 +185,11 @@ pub async fn submit(
             };
             respond(stored.order, decision, StatusCode::OK)
         }
-        Intake::Existing { .. } => Err(ApiError::IdempotencyKeyReused(new.idempotency_key)),
+        Intake::Existing { .. } | Intake::KeyTaken => {
+            Err(ApiError::IdempotencyKeyReused(new.idempotency_key))
+        }
         Intake::UnknownAsset => Err(ApiError::UnknownAsset(new.target.asset.to_string())),
+        Intake::ReleaseRefused { releases, why } => Err(ApiError::ReleaseRefused { releases, why }),
     }
 }
 
@@ -313,11 +324,21 @@ pub async fn batch(
 
     let mut slots: Vec<Option<Slot>> = Vec::with_capacity(request.orders.len());
     let mut admitted: Vec<(usize, NewOrder)> = Vec::new();
+    // Keys of items refused here: the first item of a key is the one judged, so a later item
+    // with that key is not written in its place.
+    let mut refused_keys: HashSet<String> = HashSet::new();
     for (index, item) in request.orders.into_iter().enumerate() {
+        let key = item
+            .get("idempotency_key")
+            .and_then(|k| k.as_str())
+            .map(str::to_owned);
         let parsed = BatchItem::deserialize(&item)
             .map_err(ApiError::from)
             .and_then(|b| {
                 let key = parse_idempotency_key(&b.idempotency_key)?;
+                if refused_keys.contains(&key) {
+                    return Err(ApiError::IdempotencyKeyReused(key));
+                }
                 let canonical = item.get("order").cloned().unwrap_or_default();
                 admit(&principal, b.order, key, &canonical)
             });
@@ -326,7 +347,12 @@ pub async fn batch(
                 admitted.push((index, new));
                 slots.push(None);
             }
-            Err(e) => slots.push(Some(Slot::Failed(e))),
+            Err(e) => {
+                if let Some(key) = key {
+                    refused_keys.insert(key);
+                }
+                slots.push(Some(Slot::Failed(e)));
+            }
         }
     }
 
@@ -368,13 +394,17 @@ pub async fn batch(
                     decision: None,
                 }
             }
-            Intake::Existing { .. } => {
+            Intake::Existing { .. } | Intake::KeyTaken => {
                 waiters.remove(&new.id);
                 Slot::Failed(ApiError::IdempotencyKeyReused(new.idempotency_key.clone()))
             }
             Intake::UnknownAsset => {
                 waiters.remove(&new.id);
                 Slot::Failed(ApiError::UnknownAsset(new.target.asset.to_string()))
+            }
+            Intake::ReleaseRefused { releases, why } => {
+                waiters.remove(&new.id);
+                Slot::Failed(ApiError::ReleaseRefused { releases, why })
             }
         });
     }

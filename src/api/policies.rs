@@ -22,6 +22,7 @@ use super::problem::{ApiError, Problem};
 use super::AppState;
 use crate::auth::{Principal, Role};
 use crate::domain::event::{EventRecord, EventRequest, LedgerEvent, VersionRef};
+use crate::domain::{check_text, Lines};
 use crate::policy::diff::{diff, PolicyDiff};
 use crate::policy::suite::CaseResult;
 use crate::policy::{files::MAX_BYTES, Compiled, PolicyFiles};
@@ -36,6 +37,8 @@ const ACTIVATION_WAIT: Duration = Duration::from_secs(10);
 /// Changed orders listed by a simulation unless asked otherwise, and at most.
 const DEFAULT_MAX_CHANGES: usize = 1_000;
 const MAX_CHANGES: usize = 100_000;
+
+const MAX_MESSAGE_CHARS: usize = 2_000;
 
 const READERS: &[Role] = &[Role::PolicyAuthor, Role::Auditor, Role::Admin];
 const AUTHORS: &[Role] = &[Role::PolicyAuthor];
@@ -83,7 +86,9 @@ impl TestReport {
 #[serde(deny_unknown_fields)]
 pub struct CreateVersion {
     pub files: PolicyFiles,
-    /// Why: what the change is for, for the people who review and audit it.
+    /// Why: what the change is for, for the people who review and audit it. 1 to 2,000
+    /// characters; line breaks and tabs are the only control characters allowed.
+    #[schema(min_length = 1, max_length = 2000)]
     pub message: String,
 }
 
@@ -330,11 +335,13 @@ pub async fn create(
     require(&principal, AUTHORS)?;
     let request: CreateVersion = json_body(body, DRAFT_BODY_LIMIT)?;
     let message = request.message.trim();
-    if message.is_empty() || message.chars().count() > 2_000 {
+    if message.is_empty() {
         return Err(ApiError::InvalidRequest(
             "message is required: 1 to 2,000 characters saying what the change is for".into(),
         ));
     }
+    check_text("message", message, MAX_MESSAGE_CHARS, Lines::Many)
+        .map_err(ApiError::InvalidRequest)?;
     let (compiled, tests) = compile_and_test(request.files).await?;
     let (info, created) = store::create_version(
         &state.pool,

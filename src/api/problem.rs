@@ -65,6 +65,11 @@ pub enum ApiError {
     IdempotencyKeyReused(String),
     #[error("asset {0} is not registered; register it with PUT /v1/assets/{{chain}}/{{asset}}")]
     UnknownAsset(String),
+    #[error("the release of order {releases} is refused: {why}")]
+    ReleaseRefused {
+        releases: crate::domain::OrderId,
+        why: String,
+    },
     #[error("{0} not found")]
     NotFound(String),
     #[error("the body exceeds the limit of {0} bytes")]
@@ -101,6 +106,7 @@ impl ApiError {
             InvalidIdempotencyKey => (StatusCode::BAD_REQUEST, "invalid-idempotency-key"),
             IdempotencyKeyReused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused"),
             UnknownAsset(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown-asset"),
+            ReleaseRefused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "release-refused"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             BatchTooLarge { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "batch-too-large"),

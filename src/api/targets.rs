@@ -17,7 +17,9 @@ use crate::domain::ledger::TargetState;
 use crate::domain::{
     AssetClass, AssetId, AssetKey, ChainId, Hold, HolderAddress, JurisdictionCode, RegisteredAsset,
 };
+use crate::policy::vocabulary::Vocabulary;
 use crate::storage;
+use crate::storage::policy as store;
 
 const ASSET_BODY_LIMIT: usize = 16 * 1024;
 
@@ -68,6 +70,21 @@ pub async fn put_asset(
     require(&principal, &[Role::Admin])?;
     let key = asset_key(&chain, &asset)?;
     let request: AssetRequest = json_body(body, ASSET_BODY_LIMIT)?;
+    // Checked against the version that decides now; with none active yet, nothing to check.
+    if let Some(active) = store::active(&state.pool).await? {
+        if let Some(version) = store::version(&state.pool, active.version).await? {
+            let refused = Vocabulary::of(&version.files).refuse(
+                request.issuer_jurisdiction.as_str(),
+                request.asset_class.as_str(),
+            );
+            if let Some(why) = refused {
+                return Err(ApiError::InvalidRequest(format!(
+                    "{why}; the active policy version {} would never match this asset",
+                    active.version
+                )));
+            }
+        }
+    }
     let registered = RegisteredAsset {
         key,
         issuer_jurisdiction: request.issuer_jurisdiction,

@@ -16,7 +16,7 @@ use super::extract::{json_body, require, ApiQuery};
 use super::problem::{ApiError, Problem};
 use super::AppState;
 use crate::auth::{Principal, Role};
-use crate::domain::ChainId;
+use crate::domain::{check_text, ChainId, Lines};
 use crate::storage;
 use crate::storage::webhooks::{
     self as store, Attempt, AttemptOutcome, Change, NewSubscription, Subscription,
@@ -26,6 +26,8 @@ use crate::webhooks::signing::Secret;
 use crate::webhooks::webhook_id;
 
 const BODY_LIMIT: usize = 16 * 1024;
+const MAX_URL_CHARS: usize = 2_048;
+const MAX_DESCRIPTION_CHARS: usize = 500;
 /// The longest grace period a rotation may ask for.
 const MAX_GRACE_SECS: u64 = 30 * 24 * 3600;
 
@@ -36,8 +38,12 @@ pub struct CreateSubscription {
     /// Deliver the decisions on this chain's assets.
     pub chain: ChainId,
     /// Where to POST them: https, and allowed by the engine's URL guard.
+    #[schema(max_length = 2048, pattern = "^[^\\x00-\\x1F\\x7F]*$")]
     pub url: String,
+    /// For the people who run it: at most 500 characters; line breaks and tabs are the only
+    /// control characters allowed.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub description: String,
     /// The first sequence number to deliver (default 1: the chain's whole history, so nothing
     /// decided before the subscription existed is missed). Decisions of other chains are
@@ -142,12 +148,15 @@ pub async fn create(
 ) -> Result<(StatusCode, HeaderMap, Json<SubscriptionWithSecret>), ApiError> {
     require(&principal, &[Role::Admin])?;
     let request: CreateSubscription = json_body(body, BODY_LIMIT)?;
+    check_text("url", &request.url, MAX_URL_CHARS, Lines::One).map_err(ApiError::InvalidRequest)?;
+    check_text(
+        "description",
+        &request.description,
+        MAX_DESCRIPTION_CHARS,
+        Lines::Many,
+    )
+    .map_err(ApiError::InvalidRequest)?;
     let url = state.webhooks.guard.check(&request.url)?;
-    if request.description.chars().count() > 500 {
-        return Err(ApiError::InvalidRequest(
-            "description holds at most 500 characters".into(),
-        ));
-    }
     let from_seq = request.from_seq.unwrap_or(1);
     let next = storage::ledger_head(&state.pool).await?.seq + 1;
     if from_seq == 0 || from_seq > next {

@@ -104,6 +104,45 @@ macro_rules! string_schema {
 string_schema!(OrderId, "order id (UUID v7)");
 string_schema!(Amount, "amount in base units, as a decimal string");
 
+/// Whether free text may run over several lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lines {
+    /// One line: no control character at all.
+    One,
+    /// Line breaks and tabs allowed; every other control character refused.
+    Many,
+}
+
+/// Checks free text that people write (a legal reference, a description, a message) before it
+/// is stored: at most `max_chars` characters, and no NUL or other control characters, which
+/// Postgres refuses (NUL) or which hide what a log or a reviewer shows. The error names
+/// `field`, so a client can tell which one to fix.
+pub fn check_text(field: &str, text: &str, max_chars: usize, lines: Lines) -> Result<(), String> {
+    let count = text.chars().count();
+    if count > max_chars {
+        return Err(format!(
+            "{field} holds at most {max_chars} characters; this one holds {count}"
+        ));
+    }
+    let allowed = |c: char| lines == Lines::Many && matches!(c, '\n' | '\r' | '\t');
+    if let Some((at, c)) = text
+        .chars()
+        .enumerate()
+        .find(|(_, c)| c.is_control() && !allowed(*c))
+    {
+        return Err(format!(
+            "{field} contains the control character U+{:04X} at character {}; {}",
+            u32::from(c),
+            at + 1,
+            match lines {
+                Lines::One => "it must be one line of printable text",
+                Lines::Many => "only line breaks and tabs are allowed",
+            }
+        ));
+    }
+    Ok(())
+}
+
 fn bounded(s: &str, max: usize) -> Result<(), String> {
     if s.is_empty() {
         return Err("must not be empty".into());
@@ -418,6 +457,28 @@ mod tests {
         assert!(ChainId::parse("Ethereum").is_err());
         assert!(Instrument::parse("court_order").is_ok());
         assert!(Instrument::parse("Court Order").is_err());
+    }
+
+    #[test]
+    fn free_text_refuses_nul_control_characters_and_length() {
+        assert!(check_text(
+            "f",
+            "SEC v. Acme Corp., 26-cv-0142 (S.D.N.Y.) – §981",
+            100,
+            Lines::One
+        )
+        .is_ok());
+        let nul = check_text("legal_basis.reference", "a\u{0}b", 100, Lines::One).unwrap_err();
+        assert!(
+            nul.contains("legal_basis.reference") && nul.contains("U+0000"),
+            "{nul}"
+        );
+        assert!(check_text("f", "a\nb", 100, Lines::One).is_err());
+        assert!(check_text("f", "a\nb\tc", 100, Lines::Many).is_ok());
+        assert!(check_text("f", "a\u{1b}[31m", 100, Lines::Many).is_err());
+        assert!(check_text("f", "a\u{7f}", 100, Lines::Many).is_err());
+        assert!(check_text("f", &"é".repeat(100), 100, Lines::One).is_ok());
+        assert!(check_text("f", &"é".repeat(101), 100, Lines::One).is_err());
     }
 
     #[test]

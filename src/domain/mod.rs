@@ -13,8 +13,8 @@ pub mod resolve;
 pub mod state;
 
 pub use ids::{
-    Amount, AssetClass, AssetId, ChainId, HolderAddress, Instrument, InvalidValue, IssuerId,
-    JurisdictionCode, OrderId, PolicyId, Priority,
+    check_text, Amount, AssetClass, AssetId, ChainId, HolderAddress, Instrument, InvalidValue,
+    IssuerId, JurisdictionCode, Lines, OrderId, PolicyId, Priority,
 };
 pub use order::{
     AssetKey, Instruction, LeaseTtl, LegalBasis, LockLevel, Order, OrderKind, RegisteredAsset,

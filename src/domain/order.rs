@@ -7,8 +7,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ids::{
-    Amount, AssetClass, AssetId, ChainId, HolderAddress, Instrument, InvalidValue, IssuerId,
-    JurisdictionCode, OrderId,
+    check_text, Amount, AssetClass, AssetId, ChainId, HolderAddress, Instrument, InvalidValue,
+    IssuerId, JurisdictionCode, Lines, OrderId,
 };
 
 /// The six lock levels of the design notes. Ordered: a higher level restricts more.
@@ -236,7 +236,30 @@ pub struct RegisteredAsset {
 #[serde(deny_unknown_fields)]
 pub struct LegalBasis {
     pub instrument: Instrument,
+    /// One line of printable text, at most 500 characters.
+    #[schema(max_length = 500)]
     pub reference: String,
+}
+
+impl LegalBasis {
+    /// The longest reference (a docket, a warrant number, a designation id), in characters.
+    pub const MAX_REFERENCE_CHARS: usize = 500;
+
+    /// Checks the reference an order brings: one line of printable text of at most
+    /// [`Self::MAX_REFERENCE_CHARS`]. It is checked where an order arrives, not when a stored one
+    /// is read, so orders accepted before the bound existed still read back.
+    pub fn check(&self) -> Result<(), InvalidValue> {
+        check_text(
+            "legal_basis.reference",
+            &self.reference,
+            Self::MAX_REFERENCE_CHARS,
+            Lines::One,
+        )
+        .map_err(|why| InvalidValue {
+            what: "legal basis",
+            why,
+        })
+    }
 }
 
 /// How long a preemptive lease lasts: short by design, between 1 ms and 5 minutes.
@@ -322,6 +345,34 @@ impl Instruction {
         }
     }
 
+    /// How far ahead a SUSPEND may expire. A suspension is temporary by nature; a longer hold is a
+    /// FREEZE, which lasts until released.
+    pub const MAX_SUSPENSION_YEARS: i64 = 10;
+
+    /// Refuses what cannot be decided as asked, judged at `now`: a SUSPEND that has already
+    /// expired, or that expires more than [`Self::MAX_SUSPENSION_YEARS`] ahead.
+    pub fn check_at(&self, now: DateTime<Utc>) -> Result<(), InvalidValue> {
+        if let Instruction::Suspend { expires_at, .. } = self {
+            if *expires_at <= now {
+                return Err(InvalidValue {
+                    what: "instruction.expires_at",
+                    why: format!("{expires_at} is not in the future (now is {now}); a SUSPEND must expire after it is received"),
+                });
+            }
+            let horizon = now + Duration::days(365 * Self::MAX_SUSPENSION_YEARS + 3);
+            if *expires_at > horizon {
+                return Err(InvalidValue {
+                    what: "instruction.expires_at",
+                    why: format!(
+                        "{expires_at} is more than {} years ahead; use a FREEZE for a hold until release",
+                        Self::MAX_SUSPENSION_YEARS
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A partial order's amount; `None` means the whole balance.
     pub fn amount(&self) -> Option<Amount> {
         match self {
@@ -351,5 +402,31 @@ pub struct Order {
 impl Order {
     pub fn kind(&self) -> OrderKind {
         self.instruction.kind()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_suspension_must_expire_ahead_and_within_ten_years() {
+        let now = DateTime::parse_from_rfc3339("2026-12-02T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let suspend = |at: DateTime<Utc>| Instruction::Suspend {
+            expires_at: at,
+            amount: None,
+        };
+        assert!(suspend(now + Duration::hours(1)).check_at(now).is_ok());
+        assert!(suspend(now + Duration::days(3650)).check_at(now).is_ok());
+        assert!(suspend(now).check_at(now).is_err());
+        assert!(suspend(now - Duration::seconds(1)).check_at(now).is_err());
+        let far = DateTime::parse_from_rfc3339("9999-12-31T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let e = suspend(far).check_at(now).unwrap_err();
+        assert_eq!(e.what, "instruction.expires_at");
+        assert!(Instruction::Freeze { amount: None }.check_at(now).is_ok());
     }
 }

@@ -11,11 +11,16 @@ use cedar_policy::{
 };
 
 use super::error::{line_and_column, PolicyError, PolicyErrors, SourceFile};
+use super::limits::{self, Grammar};
 use crate::domain::{PolicyId, Priority};
 
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 pub const ENTITIES_FILE: &str = "entities.json";
 pub const TESTS_DIR: &str = "tests";
+/// The entity type of registered assets, which `entities.json` does not list.
+const ASSET_TYPE: &str = "Asset";
+/// The stack of the thread that runs Cedar over a bundle.
+const COMPILE_STACK: usize = 64 * 1024 * 1024;
 
 /// The files of a bundle, before they are checked.
 #[derive(Debug, Clone)]
@@ -93,24 +98,57 @@ impl PolicyBundle {
         Self::compile(&PolicySources::read_dir(dir)?)
     }
 
+    /// Checks every file and builds the bundle, or returns every error found.
+    ///
+    /// Cedar runs on a thread of its own with a known stack: the shape bounds of
+    /// [`limits`](super::limits) are measured against a 2 MiB stack, and this leaves a wide
+    /// margin whatever thread (a tokio worker, `main`) asks.
     pub fn compile(sources: &PolicySources) -> Result<Self, PolicyErrors> {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("policy-compile".into())
+                .stack_size(COMPILE_STACK)
+                .spawn_scoped(scope, || Self::compile_here(sources))
+                .map_err(|e| PolicyErrors {
+                    errors: vec![PolicyError::new(
+                        "policy::internal",
+                        &sources.schema,
+                        format!("cannot start the policy compiler thread: {e}"),
+                    )],
+                })?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(PolicyErrors {
+                        errors: vec![PolicyError::new(
+                            "policy::internal",
+                            &sources.schema,
+                            "the policy compiler failed; the bundle is refused",
+                        )],
+                    })
+                })
+        })
+    }
+
+    fn compile_here(sources: &PolicySources) -> Result<Self, PolicyErrors> {
         let mut errors = Vec::new();
-        let schema = match Schema::from_cedarschema_str(&sources.schema.text) {
-            Ok((schema, _warnings)) => Some(schema),
+        let schema = match limits::check(&sources.schema, Grammar::Schema) {
             Err(e) => {
-                errors.push(PolicyError::from_cedar(
-                    "schema::invalid",
-                    &sources.schema,
-                    &e,
-                ));
+                errors.push(e);
                 None
             }
+            Ok(()) => Self::parse_schema(&sources.schema, &mut errors),
         };
 
         let mut policies = PolicySet::new();
         let mut priorities = HashMap::new();
         let mut origins: HashMap<String, PolicyOrigin> = HashMap::new();
+        // Each policy with its file and place, for the checks that need the entities.
+        let mut named: Vec<(Policy, &SourceFile, usize, usize)> = Vec::new();
         for file in &sources.policies {
+            if let Err(e) = limits::check(file, Grammar::Policy) {
+                errors.push(e);
+                continue;
+            }
             for parsed in parse_file(file, &mut errors) {
                 let ParsedPolicy {
                     policy,
@@ -136,6 +174,7 @@ impl PolicyBundle {
                         line,
                     },
                 );
+                named.push((policy.clone(), file, offset, len));
                 if let Err(e) = policies.add(policy.new_id(cedar_id)) {
                     errors.push(PolicyError::new("policy::set", file, e.to_string()));
                 }
@@ -159,6 +198,12 @@ impl PolicyBundle {
                 })
                 .ok()
         });
+
+        if let Some(entities) = &entities {
+            for (policy, file, offset, len) in &named {
+                errors.extend(unknown_entities(policy, entities, file, *offset, *len));
+            }
+        }
 
         if let Some(schema) = &schema {
             let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
@@ -184,6 +229,16 @@ impl PolicyBundle {
                 origins,
             }),
             _ => Err(PolicyErrors { errors }),
+        }
+    }
+
+    fn parse_schema(file: &SourceFile, errors: &mut Vec<PolicyError>) -> Option<Schema> {
+        match Schema::from_cedarschema_str(&file.text) {
+            Ok((schema, _warnings)) => Some(schema),
+            Err(e) => {
+                errors.push(PolicyError::from_cedar("schema::invalid", file, &e));
+                None
+            }
         }
     }
 
@@ -277,6 +332,44 @@ fn parse_file(file: &SourceFile, errors: &mut Vec<PolicyError>) -> Vec<ParsedPol
                 offset,
                 len,
             }
+        })
+        .collect()
+}
+
+/// Entities that the policy names and the bundle's entities lack: Cedar's validator checks
+/// only their types, and a policy naming `Authority::"US-SECC"` would silently never match.
+/// Assets are exempt: they are registered over the API, not listed in `entities.json`.
+fn unknown_entities(
+    policy: &Policy,
+    entities: &Entities,
+    file: &SourceFile,
+    offset: usize,
+    len: usize,
+) -> Vec<PolicyError> {
+    let mut seen = std::collections::HashSet::new();
+    let end = (offset + len).min(file.text.len());
+    policy
+        .entity_literals()
+        .into_iter()
+        .filter(|uid| uid.type_name().to_string() != ASSET_TYPE)
+        .filter(|uid| entities.get(uid).is_none())
+        .filter(|uid| seen.insert(uid.clone()))
+        .map(|uid| {
+            let text = uid.to_string();
+            let (at, at_len) = match file.text[offset..end].find(text.as_str()) {
+                Some(i) => (offset + i, text.len()),
+                None => (offset, first_line_len(&file.text[offset..])),
+            };
+            let id = policy.annotation("id").unwrap_or("?");
+            PolicyError::new(
+                "policy::unknown_entity",
+                file,
+                format!("policy `{id}` names {text}, which is not in {ENTITIES_FILE}"),
+            )
+            .at(at, at_len, "unknown entity")
+            .hint(format!(
+                "add {text} to {ENTITIES_FILE}, or name an entity it holds (ids are case-sensitive)"
+            ))
         })
         .collect()
 }

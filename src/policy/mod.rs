@@ -7,7 +7,9 @@ pub mod diff;
 pub mod error;
 pub mod files;
 pub mod index;
+pub mod limits;
 pub mod suite;
+pub mod vocabulary;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -192,6 +192,8 @@ pub struct AuditFilter {
     pub outcome: Option<String>,
     /// A policy id among the decision's determining policies.
     pub policy: Option<String>,
+    /// What the decisions are about: orders, or holds that expired by themselves.
+    pub subject: Option<SubjectKind>,
     /// `decided_at >= from_time`.
     pub from_time: Option<DateTime<Utc>>,
     /// `decided_at < to_time`.
@@ -200,6 +202,17 @@ pub struct AuditFilter {
     pub from_seq: Option<u64>,
     /// `seq <= to_seq`.
     pub to_seq: Option<u64>,
+}
+
+/// What a decision is about, as a filter: an expiry records the kind and issuer of the hold
+/// that expired, so only its subject tells it from a new order of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectKind {
+    /// Decisions on orders (`"subject": "order"`).
+    Order,
+    /// Expiries of SUSPEND holds (`"subject": "expiry"`).
+    Expiry,
 }
 
 /// A decision as the audit API gives it: seq, hex record hash, exact record text.
@@ -259,6 +272,12 @@ pub async fn audit_page(
             q.push(format!(" AND {column} = ")).push_bind(value.clone());
         }
     }
+    match filter.subject {
+        // Exactly one of the two is set on every decision (migration 0001's check).
+        Some(SubjectKind::Order) => q.push(" AND order_id IS NOT NULL"),
+        Some(SubjectKind::Expiry) => q.push(" AND expired_hold IS NOT NULL"),
+        None => &mut q,
+    };
     if let Some(policy) = &filter.policy {
         q.push(" AND seq IN (SELECT seq FROM decision_policies WHERE policy = ")
             .push_bind(policy.clone())
