@@ -36,6 +36,8 @@ pub struct Config {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub max_connections: u32,
+    /// How long a request waits for a database connection before it is answered 503.
+    pub db_acquire_timeout: Duration,
     pub webhooks: WebhookConfig,
     /// The Ed25519 key that signs checkpoints (PKCS#8 PEM; created, mode 0600, if missing).
     pub checkpoint_key: PathBuf,
@@ -87,7 +89,12 @@ impl App {
     /// Connects (creating the database and applying migrations) and starts.
     pub async fn start(config: Config) -> Result<App, StartError> {
         check_listen(&config)?;
-        let pool = storage::connect(&config.database_url, config.max_connections).await?;
+        let pool = storage::connect_with(
+            &config.database_url,
+            config.max_connections,
+            config.db_acquire_timeout,
+        )
+        .await?;
         Self::start_with_pool(config, pool).await
     }
 

@@ -411,6 +411,7 @@ async fn start_service(
         jwt_issuer: ISSUER.into(),
         jwt_audience: AUDIENCE.into(),
         max_connections: setup.db_connections,
+        db_acquire_timeout: regulator::storage::DEFAULT_ACQUIRE_TIMEOUT,
         webhooks,
         checkpoint_key: secret_dir.join("checkpoint-key.pem"),
         checkpoint_interval,

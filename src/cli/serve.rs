@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// Database connections per replica.
     #[arg(long, env = "REGULATOR_DB_CONNECTIONS", default_value_t = 16)]
     db_connections: u32,
+    /// How long a request waits for a database connection before it is answered 503
+    /// `not-ready` (the database is down or every connection is busy).
+    #[arg(long, env = "REGULATOR_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = duration)]
+    db_acquire_timeout: Duration,
     /// Log format: `json` (structured) or `text`.
     #[arg(long, env = "REGULATOR_LOG_FORMAT", default_value = "json")]
     log_format: String,
@@ -171,6 +175,7 @@ impl ServeArgs {
             jwt_issuer: self.tokens.jwt_issuer,
             jwt_audience: self.tokens.jwt_audience,
             max_connections: self.db_connections,
+            db_acquire_timeout: self.db_acquire_timeout,
             webhooks: self.webhooks.config(),
             checkpoint_key: self.checkpoint_key,
             checkpoint_interval: self.checkpoint_interval,

@@ -48,12 +48,48 @@ pub enum StorageError {
     Deposed { expected_seq: u64, epoch: i64 },
 }
 
+impl StorageError {
+    /// The database could not be reached (down, restarting, or every connection busy past
+    /// the acquire timeout): the engine is not ready, which is no fault of the request.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StorageError::Database(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Io(_)
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::WorkerCrashed
+                ) || matches!(e, sqlx::Error::Database(db)
+                // Class 08: connection exception; 57: operator intervention (shutting down,
+                // starting up, terminated).
+                if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57")))
+            }
+            _ => false,
+        }
+    }
+}
+
 pub fn corrupt(what: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt(what.to_string())
 }
 
+/// How long a request waits for a pooled connection before it is answered 503 `not-ready`:
+/// with the database down, a request should fail fast rather than wait out sqlx's 30 s.
+pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Creates the database if it is missing, connects, and applies the migrations.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StorageError> {
+    connect_with(url, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+}
+
+/// [`connect`], waiting at most `acquire_timeout` for a pooled connection.
+pub async fn connect_with(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: std::time::Duration,
+) -> Result<PgPool, StorageError> {
     if !Postgres::database_exists(url).await? {
         tracing::info!("creating database");
         Postgres::create_database(url).await?;
@@ -61,6 +97,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StorageE
     let options: PgConnectOptions = url.parse()?;
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
         .connect_with(options)
         .await?;
     MIGRATOR.run(&pool).await?;
