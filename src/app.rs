@@ -12,6 +12,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
+use crate::audit::notary::{Notary, NotaryError};
 use crate::audit::signer::CheckpointKey;
 use crate::auth::{KeyError, KeySource, Verifier};
 use crate::hub::Hub;
@@ -109,8 +110,9 @@ impl App {
             &config.jwt_audience,
         )?);
 
-        let checkpoint_key = Arc::new(CheckpointKey::load_or_create(&config.checkpoint_key)?);
+        let checkpoint_key = CheckpointKey::load_or_create(&config.checkpoint_key)?;
         tracing::info!(key_id = checkpoint_key.key_id(), "checkpoint key loaded");
+        let notary = Arc::new(Notary::new(checkpoint_key));
 
         let head = storage::ledger_head(&pool).await?;
         let hub = Arc::new(Hub::new(head.seq));
@@ -139,7 +141,7 @@ impl App {
 
         tasks.push(tokio::spawn(checkpoints(
             pool.clone(),
-            Arc::clone(&checkpoint_key),
+            Arc::clone(&notary),
             config.checkpoint_interval,
             shutdown_rx.clone(),
         )));
@@ -168,7 +170,7 @@ impl App {
             leading,
             webhooks: Arc::new(config.webhooks.clone()),
             webhook_wake,
-            checkpoint_key,
+            notary,
         };
         await_first_activation(&pool).await?;
         let listener =
@@ -326,7 +328,7 @@ fn check_listen(config: &Config) -> Result<(), StartError> {
 /// runs this; the tree's row lock serializes building, and one checkpoint per size stands.
 async fn checkpoints(
     pool: PgPool,
-    key: Arc<CheckpointKey>,
+    notary: Arc<Notary>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -343,12 +345,11 @@ async fn checkpoints(
             }
         };
         match storage::ledger_head(&pool).await {
-            Ok(head) if head.seq > latest => {
-                match crate::api::audit::publish_checkpoint(&pool, &key).await {
-                    Ok(cp) => tracing::info!(tree_size = cp.tree_size, "checkpoint published"),
-                    Err(error) => tracing::warn!(%error, "cannot publish a checkpoint"),
-                }
-            }
+            Ok(head) if head.seq > latest => match notary.publish(&pool).await {
+                Ok(cp) => tracing::info!(tree_size = cp.tree_size, "checkpoint published"),
+                Err(error @ NotaryError::Refused(_)) => tracing::error!(%error),
+                Err(error) => tracing::warn!(%error, "cannot publish a checkpoint"),
+            },
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "cannot read the ledger head"),
         }

@@ -48,7 +48,8 @@ pub struct AppState {
     pub webhooks: Arc<WebhookConfig>,
     /// Wakes this replica's webhook worker when a subscription needs delivering.
     pub webhook_wake: Arc<Changes>,
-    pub checkpoint_key: Arc<crate::audit::signer::CheckpointKey>,
+    /// Signs checkpoints, of trees it has recomputed from the records.
+    pub notary: Arc<crate::audit::notary::Notary>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use sqlx::postgres::PgPoolOptions;
 
-use ed25519_dalek::pkcs8::DecodePublicKey;
-use ed25519_dalek::VerifyingKey;
-use regulator::audit::{verify, ChainCheck, CheckpointCheck};
+use regulator::audit::signer::public_key_from_pem;
+use regulator::audit::{verify, ChainCheck, CheckpointCheck, TreeCheck};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -49,7 +48,7 @@ impl AuditCommand {
             None => None,
             Some(path) => match std::fs::read_to_string(path)
                 .map_err(|e| e.to_string())
-                .and_then(|pem| VerifyingKey::from_public_key_pem(&pem).map_err(|e| e.to_string()))
+                .and_then(|pem| public_key_from_pem(&pem))
             {
                 Ok(key) => Some(key),
                 Err(e) => {
@@ -120,6 +119,25 @@ impl AuditCommand {
                 }
                 CheckpointCheck::Skipped => {
                     println!("checkpoints not checked: the hash chain is broken");
+                }
+            }
+            match verification.tree {
+                TreeCheck::Sound { size } => println!(
+                    "stored Merkle tree sound: {size} leaves, every leaf its record's, the root at its head recomputed"
+                ),
+                TreeCheck::Bad {
+                    seq: Some(seq),
+                    reason,
+                } => {
+                    sound = false;
+                    println!("first bad entry: seq {seq}: {reason}");
+                }
+                TreeCheck::Bad { seq: None, reason } => {
+                    sound = false;
+                    println!("stored Merkle tree bad: {reason}");
+                }
+                TreeCheck::Skipped => {
+                    println!("stored Merkle tree not checked: the hash chain is broken");
                 }
             }
             if sound {
