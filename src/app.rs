@@ -39,6 +39,8 @@ pub struct Config {
     pub max_connections: u32,
     /// How long a request waits for a database connection before it is answered 503.
     pub db_acquire_timeout: Duration,
+    /// How long the sequencer leader's lease lasts unrenewed before a standby deposes it.
+    pub leader_lease: Duration,
     pub webhooks: WebhookConfig,
     /// The Ed25519 key that signs checkpoints (PKCS#8 PEM; created, mode 0600, if missing).
     pub checkpoint_key: PathBuf,
@@ -125,6 +127,7 @@ impl App {
             Arc::clone(&hub),
             SequencerConfig {
                 window: config.window,
+                lease_ttl: config.leader_lease,
                 ..SequencerConfig::default()
             },
             Arc::clone(&intake_signal),

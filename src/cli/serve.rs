@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// `not-ready` (the database is down or every connection is busy).
     #[arg(long, env = "REGULATOR_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = duration)]
     db_acquire_timeout: Duration,
+    /// How long the sequencer leader's lease lasts unrenewed. A standby deposes a leader that
+    /// has not renewed it for this long (frozen, or stuck), terminating its database session.
+    /// It must exceed the longest sequencer round.
+    #[arg(long, env = "REGULATOR_LEADER_LEASE", default_value = "5s", value_parser = duration)]
+    leader_lease: Duration,
     /// Log format: `json` (structured) or `text`.
     #[arg(long, env = "REGULATOR_LOG_FORMAT", default_value = "json")]
     log_format: String,
@@ -176,6 +181,7 @@ impl ServeArgs {
             jwt_audience: self.tokens.jwt_audience,
             max_connections: self.db_connections,
             db_acquire_timeout: self.db_acquire_timeout,
+            leader_lease: self.leader_lease,
             webhooks: self.webhooks.config(),
             checkpoint_key: self.checkpoint_key,
             checkpoint_interval: self.checkpoint_interval,
