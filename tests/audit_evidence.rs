@@ -273,3 +273,47 @@ async fn verify_takes_a_public_key_pem_with_surrounding_whitespace(pool: PgPool)
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("signatures verified"), "{out}");
 }
+
+/// Past checkpoints are listed, a page at a time, smallest tree first, each with the text it
+/// signed.
+#[sqlx::test]
+async fn past_checkpoints_are_listed_in_pages(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    app.register("ethereum", "0xACME-BOND-2031", "US", "security")
+        .await;
+    let mut sizes = Vec::new();
+    for i in 0..3 {
+        freezes(&app, i..i + 1).await;
+        let (status, cp) = publish(&app).await;
+        assert_eq!(status, StatusCode::CREATED);
+        sizes.push(cp["tree_size"].as_u64().unwrap());
+    }
+    assert_eq!(sizes, [2, 3, 4]);
+    let auditor = app.auditor();
+    let (status, page) = app.get(&auditor, "/v1/audit/checkpoints?limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let listed: Vec<u64> = page["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["tree_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [2, 3]);
+    assert_eq!(page["next_after"], 3);
+    let text = page["checkpoints"][0]["signed_text"].as_str().unwrap();
+    assert!(
+        text.starts_with("regulator checkpoint v1\ntree_size 2\n"),
+        "{text}"
+    );
+    let (_, page) = app.get(&auditor, "/v1/audit/checkpoints?after=3").await;
+    assert_eq!(page["checkpoints"][0]["tree_size"], 4);
+    assert_eq!(page["checkpoints"].as_array().unwrap().len(), 1);
+    let (_, page) = app.get(&auditor, "/v1/audit/checkpoints?after=4").await;
+    assert!(page["checkpoints"].as_array().unwrap().is_empty());
+    assert_eq!(page["next_after"], 4);
+    let (status, _) = app
+        .get(&app.regulator("US-SEC"), "/v1/audit/checkpoints")
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    app.app.stop().await;
+}

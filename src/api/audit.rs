@@ -87,6 +87,51 @@ pub async fn latest(
     Ok(Json(latest.into()))
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointsQuery {
+    /// The cursor: checkpoints of trees larger than this (default 0: from the first).
+    pub after: Option<u64>,
+    /// Page size (default 100, at most 1,000).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CheckpointPage {
+    /// Smallest tree first.
+    pub checkpoints: Vec<CheckpointView>,
+    /// Pass as `after` for the next page: the last tree size returned (the same as `after`
+    /// when there are no more yet).
+    pub next_after: u64,
+}
+
+/// Past checkpoints, smallest tree first, a page at a time: an auditor who missed some can
+/// collect every signed tree head and check each against the next by a consistency proof.
+#[utoipa::path(
+    get, path = "/v1/audit/checkpoints", tag = "audit",
+    params(CheckpointsQuery),
+    responses(
+        (status = 200, body = CheckpointPage),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn checkpoints(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(query): ApiQuery<CheckpointsQuery>,
+) -> Result<Json<CheckpointPage>, ApiError> {
+    require(&principal, READERS)?;
+    let limit = super::targets::page_limit(query.limit)?;
+    let after = query.after.unwrap_or(0);
+    let page = store::checkpoints_after(&state.pool, after, limit).await?;
+    let next_after = page.last().map_or(after, |cp| cp.tree_size);
+    Ok(Json(CheckpointPage {
+        checkpoints: page.into_iter().map(CheckpointView::from).collect(),
+        next_after,
+    }))
+}
+
 /// Publish a checkpoint now, covering every decision committed so far.
 #[utoipa::path(
     post, path = "/v1/audit/checkpoints", tag = "audit",
