@@ -317,3 +317,134 @@ async fn past_checkpoints_are_listed_in_pages(pool: PgPool) {
     assert_eq!(status, StatusCode::FORBIDDEN);
     app.app.stop().await;
 }
+
+fn verify_proof(args: &[std::ffi::OsString]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_regulator"))
+        .args(["audit", "verify-proof"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Proofs saved from the API check offline against the saved checkpoints and key; a proof,
+/// checkpoint or record altered by one byte does not.
+#[sqlx::test]
+async fn verify_proof_checks_saved_proofs_offline(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    app.register("ethereum", "0xACME-BOND-2031", "US", "security")
+        .await;
+    freezes(&app, 0..3).await;
+    let (_, old) = publish(&app).await;
+    freezes(&app, 3..7).await;
+    let (_, new) = publish(&app).await;
+    let auditor = app.auditor();
+    let (_, key) = app.get(&auditor, "/v1/audit/public-key").await;
+    let (status, inclusion) = app
+        .get(&auditor, "/v1/audit/proofs/inclusion?seq=3&tree_size=8")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{inclusion}");
+    let (status, consistency) = app
+        .get(&auditor, "/v1/audit/proofs/consistency?from=4&to=8")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{consistency}");
+    app.app.stop().await;
+    let record: String = sqlx::query_scalar("SELECT record::text FROM ledger WHERE seq = 3")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+
+    let dir = app.secret.parent().unwrap().to_owned();
+    let save = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let key = save("key.pem", key["pem"].as_str().unwrap().to_owned());
+    let old_cp = save("old.json", old.to_string());
+    let new_cp = save("new.json", new.to_string());
+    let inclusion_file = save("inclusion.json", inclusion.to_string());
+    let consistency_file = save("consistency.json", consistency.to_string());
+    let record_file = save("record.json", record.clone());
+    let os = |p: &std::path::PathBuf| p.as_os_str().to_owned();
+    let flag = |f: &str| std::ffi::OsString::from(f);
+
+    let inclusion_args = |proof: &std::path::PathBuf, cp: &std::path::PathBuf| {
+        vec![
+            flag("--proof"),
+            os(proof),
+            flag("--checkpoint"),
+            os(cp),
+            flag("--public-key"),
+            os(&key),
+            flag("--record"),
+            os(&record_file),
+        ]
+    };
+    let (code, out) = verify_proof(&inclusion_args(&inclusion_file, &new_cp));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("inclusion proof verified: record seq 3"),
+        "{out}"
+    );
+
+    // Against the older checkpoint: another tree.
+    let (code, out) = verify_proof(&inclusion_args(&inclusion_file, &old_cp));
+    assert_eq!(code, 1, "{out}");
+    // A sibling hash altered.
+    let mut bad = inclusion.clone();
+    let first = bad["audit_path"][0].as_str().unwrap().to_owned();
+    let flipped = if first.starts_with('0') { "1" } else { "0" };
+    bad["audit_path"][0] = json!(format!("{flipped}{}", &first[1..]));
+    let bad_file = save("bad-inclusion.json", bad.to_string());
+    let (code, out) = verify_proof(&inclusion_args(&bad_file, &new_cp));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("another root"), "{out}");
+    // A checkpoint whose root was changed: its signature no longer verifies.
+    let mut forged = new.clone();
+    forged["root"] = json!("ab".repeat(32));
+    forged.as_object_mut().unwrap().remove("signed_text");
+    let forged_cp = save("forged.json", forged.to_string());
+    let (code, out) = verify_proof(&inclusion_args(&inclusion_file, &forged_cp));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("signature does not verify"), "{out}");
+    // Another record.
+    std::fs::write(&record_file, record.replace("SEC v. Acme", "SEC v. Acne")).unwrap();
+    let (code, out) = verify_proof(&inclusion_args(&inclusion_file, &new_cp));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("hashes to"), "{out}");
+
+    let consistency_args = |old: &std::path::PathBuf| {
+        vec![
+            flag("--proof"),
+            os(&consistency_file),
+            flag("--checkpoint"),
+            os(&new_cp),
+            flag("--old-checkpoint"),
+            os(old),
+            flag("--public-key"),
+            os(&key),
+        ]
+    };
+    let (code, out) = verify_proof(&consistency_args(&old_cp));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("the signed tree of 8 leaves") && out.contains("extends the signed tree of 4"),
+        "{out}"
+    );
+    let (code, out) = verify_proof(&consistency_args(&forged_cp));
+    assert_eq!(code, 1, "{out}");
+    // Unreadable input is exit 2.
+    let (code, _) = verify_proof(&[
+        flag("--proof"),
+        os(&key),
+        flag("--checkpoint"),
+        os(&new_cp),
+        flag("--public-key"),
+        os(&key),
+    ]);
+    assert_eq!(code, 2);
+}

@@ -1,5 +1,6 @@
 //! `regulator audit verify`: recompute the ledger's hash chain in the database and name the
-//! first bad entry.
+//! first bad entry; `regulator audit verify-proof`: check a proof offline
+//! ([`super::verify_proof`]).
 
 use std::process::ExitCode;
 
@@ -14,6 +15,10 @@ pub enum AuditCommand {
     /// Recompute every record's hash and every link of the chain, and check the head. Exits 0
     /// if the ledger is sound, 1 naming the first bad entry, 2 if it cannot run.
     Verify(VerifyArgs),
+    /// Check an inclusion or consistency proof offline, as the API served it, against signed
+    /// checkpoints and the public key: no database, no engine. Exits 0 if it verifies, 1 if
+    /// it does not, 2 if it cannot run (unreadable input).
+    VerifyProof(super::verify_proof::VerifyProofArgs),
 }
 
 #[derive(Debug, Args)]
@@ -33,7 +38,16 @@ pub struct VerifyArgs {
 
 impl AuditCommand {
     pub fn run(self) -> ExitCode {
-        let AuditCommand::Verify(args) = self;
+        match self {
+            AuditCommand::Verify(args) => args.run(),
+            AuditCommand::VerifyProof(args) => args.run(),
+        }
+    }
+}
+
+impl VerifyArgs {
+    fn run(self) -> ExitCode {
+        let args = self;
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

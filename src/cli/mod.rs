@@ -9,6 +9,7 @@ mod bench_webhooks;
 mod openapi;
 mod policy;
 mod serve;
+mod verify_proof;
 
 use std::process::ExitCode;
 
@@ -26,7 +27,7 @@ enum Command {
     /// Work with jurisdiction policies: validate, test, diff, simulate (offline or --server).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// Check the ledger in the database: `regulator audit verify`.
+    /// Check the ledger in the database (`audit verify`), or a proof offline (`audit verify-proof`).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Run a replica: HTTP API, sequencer, notifications.
