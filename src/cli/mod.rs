@@ -8,6 +8,7 @@ mod bench_simulate;
 mod bench_webhooks;
 mod openapi;
 mod policy;
+mod private_pg;
 mod serve;
 mod verify_proof;
 
