@@ -12,6 +12,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
+use crate::audit::notary::{Notary, NotaryError};
 use crate::audit::signer::CheckpointKey;
 use crate::auth::{KeyError, KeySource, Verifier};
 use crate::hub::Hub;
@@ -36,6 +37,10 @@ pub struct Config {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub max_connections: u32,
+    /// How long a request waits for a database connection before it is answered 503.
+    pub db_acquire_timeout: Duration,
+    /// How long the sequencer leader's lease lasts unrenewed before a standby deposes it.
+    pub leader_lease: Duration,
     pub webhooks: WebhookConfig,
     /// The Ed25519 key that signs checkpoints (PKCS#8 PEM; created, mode 0600, if missing).
     pub checkpoint_key: PathBuf,
@@ -47,8 +52,12 @@ pub struct Config {
 pub enum StartError {
     #[error("refusing to listen on {0}: a non-loopback address needs configured keys (--jwt-public-key or --jwks), not the development secret")]
     InsecureListen(SocketAddr),
-    #[error("the policies in {dir} do not load:\n{errors}")]
+    #[error("the policies in {dir} do not load:\n{}", list(errors))]
     Policies { dir: PathBuf, errors: PolicyErrors },
+    #[error("there is no policy directory {0}: give --policies (REGULATOR_POLICIES); a new database needs the jurisdiction policies to import as version 1")]
+    PoliciesMissing(PathBuf),
+    #[error("cannot use the database at {url}: {source}{}", if source.is_unavailable() { DATABASE_HINT } else { "" })]
+    Database { url: String, source: StorageError },
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("invalid configuration: {0}")]
@@ -68,6 +77,45 @@ pub enum StartError {
     },
 }
 
+const DATABASE_HINT: &str =
+    "\n  hint: is PostgreSQL running and listening there? Start it, or give --database-url \
+     (DATABASE_URL). With neither, `serve` starts a private PostgreSQL of its own when the server \
+     binaries are installed.";
+
+/// Each error on a line of its own, with its place.
+fn list(errors: &PolicyErrors) -> String {
+    errors
+        .errors
+        .iter()
+        .map(|e| {
+            let place = match (e.line, e.column) {
+                (Some(l), Some(c)) => format!("{}:{l}:{c}", e.file),
+                _ => e.file.clone(),
+            };
+            let hint = e
+                .hint
+                .as_ref()
+                .map_or(String::new(), |h| format!(" (hint: {h})"));
+            format!("  {place}: [{}] {}{hint}", e.code, e.message)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user_info, host)) if user_info.contains(':') => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// How long [`App::stop`] waits for open requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -84,16 +132,40 @@ pub struct App {
 }
 
 impl App {
-    /// Connects (creating the database and applying migrations) and starts.
+    /// Takes the port, connects (creating the database and applying migrations) and starts.
+    /// The port is taken first: a port in use is reported before anything is migrated.
     pub async fn start(config: Config) -> Result<App, StartError> {
         check_listen(&config)?;
-        let pool = storage::connect(&config.database_url, config.max_connections).await?;
-        Self::start_with_pool(config, pool).await
+        let listener = bind(config.listen).await?;
+        tracing::info!(url = %redact(&config.database_url), "connecting to the database");
+        let pool = storage::connect_with(
+            &config.database_url,
+            config.max_connections,
+            config.db_acquire_timeout,
+        )
+        .await
+        .map_err(|source| StartError::Database {
+            url: redact(&config.database_url),
+            source,
+        })?;
+        Self::start_on(config, pool, Some(listener)).await
     }
 
     /// Starts on an existing, migrated pool (tests give each app its own database).
     pub async fn start_with_pool(config: Config, pool: PgPool) -> Result<App, StartError> {
+        Self::start_on(config, pool, None).await
+    }
+
+    async fn start_on(
+        config: Config,
+        pool: PgPool,
+        listener: Option<TcpListener>,
+    ) -> Result<App, StartError> {
         check_listen(&config)?;
+        let listener = match listener {
+            Some(listener) => listener,
+            None => bind(config.listen).await?,
+        };
         config.webhooks.check().map_err(StartError::Config)?;
         import_policies(&pool, &config.policies).await?;
         let verifier = Arc::new(Verifier::new(
@@ -102,8 +174,9 @@ impl App {
             &config.jwt_audience,
         )?);
 
-        let checkpoint_key = Arc::new(CheckpointKey::load_or_create(&config.checkpoint_key)?);
+        let checkpoint_key = CheckpointKey::load_or_create(&config.checkpoint_key)?;
         tracing::info!(key_id = checkpoint_key.key_id(), "checkpoint key loaded");
+        let notary = Arc::new(Notary::new(checkpoint_key));
 
         let head = storage::ledger_head(&pool).await?;
         let hub = Arc::new(Hub::new(head.seq));
@@ -116,6 +189,7 @@ impl App {
             Arc::clone(&hub),
             SequencerConfig {
                 window: config.window,
+                lease_ttl: config.leader_lease,
                 ..SequencerConfig::default()
             },
             Arc::clone(&intake_signal),
@@ -132,7 +206,7 @@ impl App {
 
         tasks.push(tokio::spawn(checkpoints(
             pool.clone(),
-            Arc::clone(&checkpoint_key),
+            Arc::clone(&notary),
             config.checkpoint_interval,
             shutdown_rx.clone(),
         )));
@@ -161,16 +235,9 @@ impl App {
             leading,
             webhooks: Arc::new(config.webhooks.clone()),
             webhook_wake,
-            checkpoint_key,
+            notary,
         };
         await_first_activation(&pool).await?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -240,6 +307,9 @@ pub async fn import_policies(pool: &PgPool, dir: &std::path::Path) -> Result<(),
         }
         return Ok(());
     }
+    if !dir.is_dir() {
+        return Err(StartError::PoliciesMissing(dir.to_owned()));
+    }
     let files = PolicyFiles::read_dir(dir).map_err(invalid)?;
     let compiled = Compiled::compile(files).map_err(invalid)?;
     let (version, created) = storage::policy::create_version(
@@ -308,6 +378,12 @@ fn spawn_sequencer(
     }))
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
 fn check_listen(config: &Config) -> Result<(), StartError> {
     if config.keys.is_development() && !config.listen.ip().is_loopback() {
         return Err(StartError::InsecureListen(config.listen));
@@ -319,7 +395,7 @@ fn check_listen(config: &Config) -> Result<(), StartError> {
 /// runs this; the tree's row lock serializes building, and one checkpoint per size stands.
 async fn checkpoints(
     pool: PgPool,
-    key: Arc<CheckpointKey>,
+    notary: Arc<Notary>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -336,12 +412,11 @@ async fn checkpoints(
             }
         };
         match storage::ledger_head(&pool).await {
-            Ok(head) if head.seq > latest => {
-                match crate::api::audit::publish_checkpoint(&pool, &key).await {
-                    Ok(cp) => tracing::info!(tree_size = cp.tree_size, "checkpoint published"),
-                    Err(error) => tracing::warn!(%error, "cannot publish a checkpoint"),
-                }
-            }
+            Ok(head) if head.seq > latest => match notary.publish(&pool).await {
+                Ok(cp) => tracing::info!(tree_size = cp.tree_size, "checkpoint published"),
+                Err(error @ NotaryError::Refused(_)) => tracing::error!(%error),
+                Err(error) => tracing::warn!(%error, "cannot publish a checkpoint"),
+            },
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "cannot read the ledger head"),
         }

@@ -31,6 +31,9 @@ use crate::storage::policy::Settled;
 use crate::storage::{self, StorageError};
 
 use crate::domain::event::ENGINE_ACTOR;
+
+/// The default [`SequencerConfig::lease_ttl`].
+pub const DEFAULT_LEASE_TTL: StdDuration = StdDuration::from_secs(5);
 /// Most event requests settled per round.
 const REQUESTS_PER_ROUND: i64 = 100;
 
@@ -42,6 +45,9 @@ pub struct SequencerConfig {
     pub fetch_limit: i64,
     /// How often a standby tries to take the lead, and the longest a leader sleeps unwoken.
     pub poll: StdDuration,
+    /// How long a leader's lease lasts unrenewed: a standby deposes a leader that has not
+    /// renewed it for this long (by the database's clock). It must exceed the longest round.
+    pub lease_ttl: StdDuration,
 }
 
 impl Default for SequencerConfig {
@@ -50,6 +56,7 @@ impl Default for SequencerConfig {
             window: Duration::milliseconds(100),
             fetch_limit: 5_000,
             poll: StdDuration::from_millis(250),
+            lease_ttl: DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -85,8 +92,12 @@ impl Sequencer {
 
     /// Runs until `shutdown` turns true: stand by, lead when the lock is free, repeat.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        // The connection this replica stands for leadership on, kept from one try to the next
+        // (and through a leadership): standing must not need a new connection, which a process
+        // out of file descriptors, or a server out of connection slots, could not open.
+        let mut standby: Option<PgConnection> = None;
         while !*shutdown.borrow() {
-            match self.candidate().await {
+            match self.candidate(&mut standby).await {
                 Ok(Some(mut leader)) => {
                     tracing::info!(
                         epoch = leader.epoch,
@@ -97,7 +108,7 @@ impl Sequencer {
                         Ok(()) => {
                             self.leading.send_replace(true);
                             tokio::select! {
-                                r = self.lead(leader) => r,
+                                r = self.lead(&mut leader) => r,
                                 _ = shutdown.changed() => Ok(()),
                             }
                         }
@@ -107,6 +118,16 @@ impl Sequencer {
                     self.leading.send_replace(false);
                     if let Err(error) = result {
                         tracing::warn!(%error, "sequencer stepped down");
+                    }
+                    // Keep the connection to stand again, if it is sound and lets go of the lock.
+                    let mut conn = leader.conn;
+                    let released = tokio::time::timeout(
+                        StdDuration::from_secs(2),
+                        storage::release_lead(&mut conn),
+                    )
+                    .await;
+                    if matches!(released, Ok(Ok(()))) {
+                        standby = Some(conn);
                     }
                 }
                 Ok(None) => {}
@@ -119,12 +140,32 @@ impl Sequencer {
         }
     }
 
-    async fn candidate(&self) -> Result<Option<Leader>, StorageError> {
-        // A connection of its own, outside the pool: when the leader is dropped it closes and
-        // the lock goes with it (a pooled one would return to the pool still holding the lock),
-        // and it lives on the sequencer's own runtime.
-        let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
-        let Some((epoch, head)) = storage::try_lead(&mut conn).await? else {
+    async fn candidate(
+        &self,
+        standby: &mut Option<PgConnection>,
+    ) -> Result<Option<Leader>, StorageError> {
+        // A connection of its own, outside the pool: if it breaks, the lock goes with it (a
+        // pooled one would return to the pool still holding the lock), and it lives on the
+        // sequencer's own runtime. On an error it is dropped, and the next try reconnects.
+        let mut conn = match standby.take() {
+            Some(conn) => conn,
+            None => PgConnection::connect_with(&self.pool.connect_options()).await?,
+        };
+        let mut lead = storage::try_lead(&mut conn).await?;
+        if lead.is_none() {
+            if let Some(pid) =
+                storage::depose_stuck_leader(&mut conn, self.config.lease_ttl).await?
+            {
+                tracing::warn!(
+                    backend_pid = pid,
+                    lease_ttl_ms = self.config.lease_ttl.as_millis() as u64,
+                    "the leader stopped renewing its lease: its session was terminated"
+                );
+                lead = storage::try_lead(&mut conn).await?;
+            }
+        }
+        let Some((epoch, head)) = lead else {
+            *standby = Some(conn);
             return Ok(None);
         };
         let last_stamp = storage::last_stamp(&mut conn).await?;
@@ -138,6 +179,7 @@ impl Sequencer {
         );
         Ok(Some(Leader {
             conn,
+            renewed: tokio::time::Instant::now(),
             epoch,
             head,
             states: HashMap::new(),
@@ -308,10 +350,15 @@ impl Sequencer {
         Ok(())
     }
 
-    /// Leads until an error: any failure drops the connection, and with it the lock.
-    async fn lead(&self, mut leader: Leader) -> Result<(), StorageError> {
+    /// Leads until an error, renewing the lease as it goes.
+    async fn lead(&self, leader: &mut Leader) -> Result<(), StorageError> {
+        let renew_every = self.config.lease_ttl / 4;
         loop {
-            let next = self.round(&mut leader).await?;
+            if leader.renewed.elapsed() >= renew_every {
+                storage::renew_lease(&mut leader.conn, leader.epoch, leader.head.seq).await?;
+                leader.renewed = tokio::time::Instant::now();
+            }
+            let next = self.round(leader).await?;
             let Some(wait) = next else { continue };
             tokio::select! {
                 _ = self.intake.notified() => {}
@@ -479,6 +526,8 @@ impl Sequencer {
 struct Leader {
     /// Holds the advisory lock; every sequencer statement runs on it.
     conn: PgConnection,
+    /// When the lease was last renewed.
+    renewed: tokio::time::Instant,
     epoch: i64,
     head: Head,
     /// The states of the assets this leader has touched: valid because only it writes them.

@@ -390,6 +390,7 @@ async fn a_window_larger_than_the_fetch_limit_is_decided_whole(pool: PgPool) {
             window: chrono::Duration::milliseconds(200),
             fetch_limit: 10,
             poll: Duration::from_millis(50),
+            ..Default::default()
         },
         Arc::new(tokio::sync::Notify::new()),
     );

@@ -18,10 +18,37 @@ async fn a_non_loopback_address_is_refused_without_keys(pool: PgPool) {
 }
 
 #[test]
-fn the_token_command_mints_with_a_fresh_0600_secret_that_the_server_accepts() {
+fn the_token_command_mints_with_the_servers_secret_that_the_server_accepts() {
     let secret = service::secret_file();
+    // No secret yet: `token` says so rather than sign with a new one no server knows.
     let out = Command::new(env!("CARGO_BIN_EXE_regulator"))
-        .args(["token", "--sub", "US-SEC", "--roles", "regulator,auditor"])
+        .args(["token", "--sub", "US-SEC", "--roles", "regulator"])
+        .arg("--dev-secret-file")
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("there is no development secret"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!secret.exists(), "no secret was created");
+
+    // The secret as `serve` creates it on first start: mode 0600.
+    regulator::auth::dev_secret(&secret).unwrap();
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // Roles with spaces after the commas, quoted or not.
+    let out = Command::new(env!("CARGO_BIN_EXE_regulator"))
+        .args([
+            "token",
+            "--sub",
+            "US-SEC",
+            "--roles",
+            "regulator,",
+            "auditor",
+        ])
         .arg("--dev-secret-file")
         .arg(&secret)
         .output()
@@ -31,12 +58,9 @@ fn the_token_command_mints_with_a_fresh_0600_secret_that_the_server_accepts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
-
     let token = String::from_utf8(out.stdout).unwrap();
     let verifier = Verifier::new(
-        &KeySource::DevSecret(secret),
+        &KeySource::DevSecret(secret.clone()),
         service::ISSUER,
         service::AUDIENCE,
     )
@@ -44,6 +68,24 @@ fn the_token_command_mints_with_a_fresh_0600_secret_that_the_server_accepts() {
     let principal = verifier.verify(token.trim()).unwrap();
     assert_eq!(principal.sub, "US-SEC");
     assert!(principal.has(regulator::auth::Role::Auditor));
+    assert!(principal.has(regulator::auth::Role::Regulator));
+    let out = Command::new(env!("CARGO_BIN_EXE_regulator"))
+        .args([
+            "token",
+            "--sub",
+            "US-SEC",
+            "--roles",
+            "regulator, policy_author",
+        ])
+        .arg("--dev-secret-file")
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let principal = verifier
+        .verify(String::from_utf8(out.stdout).unwrap().trim())
+        .unwrap();
+    assert!(principal.has(regulator::auth::Role::PolicyAuthor));
 }
 
 #[test]
@@ -57,10 +99,12 @@ fn a_secret_others_can_read_is_refused() {
 
 #[test]
 fn an_unknown_role_is_refused_by_the_token_command() {
+    let secret = service::secret_file();
+    regulator::auth::dev_secret(&secret).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_regulator"))
         .args(["token", "--sub", "US-SEC", "--roles", "overlord"])
         .arg("--dev-secret-file")
-        .arg(service::secret_file())
+        .arg(secret)
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -181,6 +181,8 @@ async fn start_service(
         jwt_issuer: ISSUER.into(),
         jwt_audience: AUDIENCE.into(),
         max_connections: setup.db_connections,
+        db_acquire_timeout: regulator::storage::DEFAULT_ACQUIRE_TIMEOUT,
+        leader_lease: regulator::sequencer::DEFAULT_LEASE_TTL,
         webhooks,
         checkpoint_key: secret_dir.join("checkpoint-key.pem"),
         checkpoint_interval,

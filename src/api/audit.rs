@@ -1,8 +1,6 @@
 //! Tamper evidence over HTTP (auditor or admin): the latest signed checkpoint, a new one on
 //! demand, the public key, and inclusion and consistency proofs.
 
-use std::sync::Arc;
-
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -18,6 +16,7 @@ use serde_json::value::RawValue;
 use super::extract::{require, ApiQuery};
 use super::problem::{ApiError, Problem};
 use super::AppState;
+use crate::audit::notary::NotaryError;
 use crate::audit::signer::{checkpoint_text, CheckpointKey};
 use crate::audit::tree::{self, ProofRequestError};
 use crate::auth::{Principal, Role};
@@ -56,14 +55,16 @@ impl From<Checkpoint> for CheckpointView {
     }
 }
 
-/// Extends the tree to every committed decision and signs a checkpoint of it (or returns the
-/// one already signed at that size).
-pub async fn publish_checkpoint(
-    pool: &sqlx::PgPool,
-    key: &CheckpointKey,
-) -> Result<Checkpoint, StorageError> {
-    let (size, root) = tree::extend(pool).await?;
-    store::insert_checkpoint(pool, &key.sign(size, root, Utc::now())).await
+impl From<NotaryError> for ApiError {
+    fn from(e: NotaryError) -> Self {
+        match e {
+            NotaryError::Storage(e) => ApiError::Internal(e),
+            refused @ NotaryError::Refused(_) => {
+                tracing::error!(error = %refused, "checkpoint refused");
+                ApiError::Conflict(refused.to_string())
+            }
+        }
+    }
 }
 
 /// The latest signed checkpoint.
@@ -86,10 +87,58 @@ pub async fn latest(
     Ok(Json(latest.into()))
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointsQuery {
+    /// The cursor: checkpoints of trees larger than this (default 0: from the first).
+    pub after: Option<u64>,
+    /// Page size (default 100, at most 1,000).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CheckpointPage {
+    /// Smallest tree first.
+    pub checkpoints: Vec<CheckpointView>,
+    /// Pass as `after` for the next page: the last tree size returned (the same as `after`
+    /// when there are no more yet).
+    pub next_after: u64,
+}
+
+/// Past checkpoints, smallest tree first, a page at a time: an auditor who missed some can
+/// collect every signed tree head and check each against the next by a consistency proof.
+#[utoipa::path(
+    get, path = "/v1/audit/checkpoints", tag = "audit",
+    params(CheckpointsQuery),
+    responses(
+        (status = 200, body = CheckpointPage),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn checkpoints(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(query): ApiQuery<CheckpointsQuery>,
+) -> Result<Json<CheckpointPage>, ApiError> {
+    require(&principal, READERS)?;
+    let limit = super::targets::page_limit(query.limit)?;
+    let after = query.after.unwrap_or(0);
+    let page = store::checkpoints_after(&state.pool, after, limit).await?;
+    let next_after = page.last().map_or(after, |cp| cp.tree_size);
+    Ok(Json(CheckpointPage {
+        checkpoints: page.into_iter().map(CheckpointView::from).collect(),
+        next_after,
+    }))
+}
+
 /// Publish a checkpoint now, covering every decision committed so far.
 #[utoipa::path(
     post, path = "/v1/audit/checkpoints", tag = "audit",
-    responses((status = 201, body = CheckpointView)),
+    responses(
+        (status = 201, body = CheckpointView),
+        (status = 409, description = "Refused: the stored tree is not the one the records since the last verified checkpoint make (the log was altered)", body = Problem, content_type = "application/problem+json"),
+    ),
     security(("bearer" = []))
 )]
 pub async fn publish(
@@ -97,7 +146,7 @@ pub async fn publish(
     principal: Principal,
 ) -> Result<(StatusCode, Json<CheckpointView>), ApiError> {
     require(&principal, READERS)?;
-    let cp = publish_checkpoint(&state.pool, &state.checkpoint_key).await?;
+    let cp = state.notary.publish(&state.pool).await?;
     Ok((StatusCode::CREATED, Json(cp.into())))
 }
 
@@ -123,10 +172,10 @@ pub async fn public_key(
     principal: Principal,
 ) -> Result<Json<PublicKeyView>, ApiError> {
     require(&principal, READERS)?;
-    Ok(Json(key_view(&state.checkpoint_key)))
+    Ok(Json(key_view(state.notary.key())))
 }
 
-fn key_view(key: &Arc<CheckpointKey>) -> PublicKeyView {
+fn key_view(key: &CheckpointKey) -> PublicKeyView {
     PublicKeyView {
         key_id: key.key_id().to_owned(),
         algorithm: "Ed25519",

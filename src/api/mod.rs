@@ -48,7 +48,8 @@ pub struct AppState {
     pub webhooks: Arc<WebhookConfig>,
     /// Wakes this replica's webhook worker when a subscription needs delivering.
     pub webhook_wake: Arc<Changes>,
-    pub checkpoint_key: Arc<crate::audit::signer::CheckpointKey>,
+    /// Signs checkpoints, of trees it has recomputed from the records.
+    pub notary: Arc<crate::audit::notary::Notary>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -97,7 +98,10 @@ pub fn router(state: AppState) -> Router {
             "/webhooks/subscriptions/{id}/attempts",
             get(webhooks::attempts),
         )
-        .route("/audit/checkpoints", post(audit::publish))
+        .route(
+            "/audit/checkpoints",
+            post(audit::publish).get(audit::checkpoints),
+        )
         .route("/audit/checkpoints/latest", get(audit::latest))
         .route("/audit/public-key", get(audit::public_key))
         .route("/audit/proofs/inclusion", get(audit::inclusion))
@@ -176,7 +180,7 @@ pub fn router(state: AppState) -> Router {
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete,
         webhooks::enable, webhooks::disable, webhooks::replay, webhooks::rotate_secret,
         webhooks::attempts,
-        audit::latest, audit::publish, audit::public_key, audit::inclusion, audit::consistency,
+        audit::latest, audit::checkpoints, audit::publish, audit::public_key, audit::inclusion, audit::consistency,
         audit::query, audit::export, audit::events,
         policies::validate, policies::test, policies::create, policies::list, policies::get,
         policies::version_diff, policies::activate, policies::rollback, policies::activations,

@@ -41,6 +41,22 @@ pub struct Readiness {
     responses((status = 200, body = Readiness), (status = 503, body = Problem, content_type = "application/problem+json"))
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+    // A probe gives up after about a second; it must get an answer before then, whatever the
+    // pool's acquire timeout.
+    tokio::time::timeout(READY_PROBE, readiness(&state))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::NotReady(format!(
+                "the database did not answer within {} ms",
+                READY_PROBE.as_millis()
+            )))
+        })
+}
+
+/// How long `/readyz` waits for the database.
+const READY_PROBE: std::time::Duration = std::time::Duration::from_millis(800);
+
+async fn readiness(state: &AppState) -> Result<Json<Readiness>, ApiError> {
     let applied = storage::migrations_applied(&state.pool)
         .await
         .map_err(|e| ApiError::NotReady(format!("database: {e}")))?;

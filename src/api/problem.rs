@@ -121,6 +121,7 @@ impl ApiError {
             UrlRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "url-refused"),
             PolicyInvalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "policy-invalid"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Internal(e) if e.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "not-ready"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -129,6 +130,10 @@ impl ApiError {
         let (status, slug) = self.status_and_slug();
         let detail = match self {
             // Database details are for the log, not for the caller.
+            ApiError::Internal(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "the database is unavailable");
+                "the database is unavailable; try again shortly".to_owned()
+            }
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "request failed");
                 "the engine could not complete the request; it has been logged".to_owned()

@@ -5,7 +5,9 @@
 //!   ledger had activated); `regulator audit verify` runs it and names the first bad entry.
 //! - [`tree`]: the RFC 6962 Merkle tree in Postgres, extended as decisions commit, and proofs.
 //! - [`signer`]: the Ed25519 key that signs checkpoints of the tree.
+//! - [`notary`]: signs a checkpoint only of a tree it recomputed from the records.
 
+pub mod notary;
 pub mod signer;
 pub mod tree;
 
@@ -49,11 +51,26 @@ pub enum CheckpointCheck {
     Skipped,
 }
 
+/// What the check of the stored Merkle tree (which proofs and new checkpoints are made from)
+/// found, at its head and not only at checkpoint sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeCheck {
+    /// Every stored leaf is its record's, and the stored subtrees give the records' root at
+    /// the tree's size.
+    Sound { size: u64 },
+    /// The first record whose stored leaf is another (the record was rewritten after the tree
+    /// was built), or, with `seq` absent, stored interior nodes that give another root.
+    Bad { seq: Option<u64>, reason: String },
+    /// Not checked: the chain is broken.
+    Skipped,
+}
+
 /// Everything `regulator audit verify` checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verification {
     pub chain: ChainCheck,
     pub checkpoints: CheckpointCheck,
+    pub tree: TreeCheck,
 }
 
 /// Recomputes the hash chain from the genesis head, a page at a time.
@@ -102,6 +119,10 @@ pub async fn verify(
         }
     };
     check_at_size(&tree, &mut bad_checkpoint);
+    // The stored tree's size when the pass starts; it may grow meanwhile, never change.
+    let built = storage::audit::merkle_size(pool).await?;
+    let mut built_root = (built == 0).then(|| tree.root());
+    let mut bad_leaf: Option<(u64, String)> = None;
     let mut head = Head::GENESIS;
     let mut trail = ActiveTrail::default();
     loop {
@@ -109,6 +130,13 @@ pub async fn verify(
         if page.is_empty() {
             break;
         }
+        let stored_leaves = match bad_leaf {
+            None if head.seq < built => {
+                storage::audit::stored_leaves(pool, head.seq, built.min(head.seq + PAGE as u64))
+                    .await?
+            }
+            _ => Default::default(),
+        };
         for (seq, text, stored) in page {
             let linked = check_link(head, seq, &text, stored)
                 .and_then(|next| trail.follow(&text).map(|()| next).map_err(Into::into));
@@ -118,10 +146,29 @@ pub async fn verify(
                     return Ok(Verification {
                         chain: ChainCheck::Broken { seq, reason },
                         checkpoints: CheckpointCheck::Skipped,
+                        tree: TreeCheck::Skipped,
                     })
                 }
             }
-            tree.push(leaf_hash(&stored), &mut Vec::new());
+            let leaf = leaf_hash(&stored);
+            if bad_leaf.is_none() && seq <= built && stored_leaves.get(&seq) != Some(&leaf) {
+                bad_leaf = Some((
+                    seq,
+                    match stored_leaves.get(&seq) {
+                        Some(other) => format!(
+                            "the stored Merkle tree holds leaf {} for it, not its record's {} \
+                             (the record was rewritten after the tree was built)",
+                            hex::encode(other),
+                            hex::encode(leaf)
+                        ),
+                        None => "the stored Merkle tree misses its leaf".to_owned(),
+                    },
+                ));
+            }
+            tree.push(leaf, &mut Vec::new());
+            if tree.size() == built {
+                built_root = Some(tree.root());
+            }
             check_at_size(&tree, &mut bad_checkpoint);
         }
     }
@@ -161,6 +208,31 @@ pub async fn verify(
             }
         }
     }
+    let tree = match (bad_leaf, built_root) {
+        (Some((seq, reason)), _) => TreeCheck::Bad {
+            seq: Some(seq),
+            reason,
+        },
+        (None, None) => TreeCheck::Bad {
+            seq: None,
+            reason: format!(
+                "the stored Merkle tree has {built} leaves; the log holds {} records",
+                head.seq
+            ),
+        },
+        (None, Some(records_root)) => match tree::root_at_if_built(pool, built).await? {
+            Some(stored) if stored != records_root => TreeCheck::Bad {
+                seq: None,
+                reason: format!(
+                    "the stored subtrees of the tree of {built} leaves give root {}, the \
+                     records give {}",
+                    hex::encode(stored),
+                    hex::encode(records_root)
+                ),
+            },
+            _ => TreeCheck::Sound { size: built },
+        },
+    };
     let checkpoints = match bad_checkpoint {
         Some((tree_size, reason)) => CheckpointCheck::Bad { tree_size, reason },
         None => CheckpointCheck::Sound {
@@ -168,5 +240,9 @@ pub async fn verify(
             signatures_checked: key.is_some(),
         },
     };
-    Ok(Verification { chain, checkpoints })
+    Ok(Verification {
+        chain,
+        checkpoints,
+        tree,
+    })
 }

@@ -2,13 +2,17 @@
 //!
 //! The key is a PKCS#8 PEM file, created with mode 0600 on first start if missing (as the
 //! development token secret is), so every replica pointed at the same file signs with the same
-//! key. Its id is the first 16 hex digits of SHA-256 of the public key.
+//! key. It is written as PKCS#8 v1 (RFC 8410 §7: the private key only), the form OpenSSL and
+//! most tools read; a v2 file (with the public key) is read too. Its id is the first 16 hex
+//! digits of SHA-256 of the 32-byte public key.
 
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
 
@@ -55,12 +59,18 @@ impl CheckpointKey {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let signing = SigningKey::generate(&mut rand::rngs::OsRng);
-                let pem = signing.to_pkcs8_pem(LineEnding::LF).map_err(|e| {
-                    CheckpointKeyError::Malformed {
-                        path: path.to_owned(),
-                        reason: e.to_string(),
-                    }
-                })?;
+                // v1: without the optional public key, which OpenSSL 1.1 and 3 refuse in a
+                // v2 document of this shape.
+                let v1 = KeypairBytes {
+                    secret_key: signing.to_bytes(),
+                    public_key: None,
+                };
+                let pem =
+                    v1.to_pkcs8_pem(LineEnding::LF)
+                        .map_err(|e| CheckpointKeyError::Malformed {
+                            path: path.to_owned(),
+                            reason: e.to_string(),
+                        })?;
                 write_private(path, pem.as_bytes()).map_err(|source| {
                     CheckpointKeyError::Write {
                         path: path.to_owned(),
@@ -111,6 +121,12 @@ impl CheckpointKey {
             signature,
         }
     }
+}
+
+/// Reads a SubjectPublicKeyInfo PEM (as `GET /v1/audit/public-key` serves it, or as
+/// `openssl pkey -pubout` writes it), ignoring whitespace around it.
+pub fn public_key_from_pem(pem: &str) -> Result<VerifyingKey, String> {
+    VerifyingKey::from_public_key_pem(pem.trim()).map_err(|e| e.to_string())
 }
 
 /// The key id of a public key: 16 hex digits of its SHA-256.

@@ -26,7 +26,7 @@ pub async fn extend(pool: &PgPool) -> Result<(u64, Hash), StorageError> {
         let stored = store::nodes(&mut *tx, &coordinates).await?;
         let mut frontier = Frontier::restore(size, |l, i| stored.get(&(l, i)).copied())
             .ok_or_else(|| corrupt(format!("the Merkle tree of {size} leaves misses a node")))?;
-        let leaves = store::leaf_data(&mut tx, size, BATCH).await?;
+        let leaves = store::leaf_data(&mut *tx, size, BATCH).await?;
         if leaves.is_empty() {
             tx.commit().await?;
             return Ok((size, frontier.root()));

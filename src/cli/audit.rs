@@ -1,20 +1,24 @@
 //! `regulator audit verify`: recompute the ledger's hash chain in the database and name the
-//! first bad entry.
+//! first bad entry; `regulator audit verify-proof`: check a proof offline
+//! ([`super::verify_proof`]).
 
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use sqlx::postgres::PgPoolOptions;
 
-use ed25519_dalek::pkcs8::DecodePublicKey;
-use ed25519_dalek::VerifyingKey;
-use regulator::audit::{verify, ChainCheck, CheckpointCheck};
+use regulator::audit::signer::public_key_from_pem;
+use regulator::audit::{verify, ChainCheck, CheckpointCheck, TreeCheck};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Recompute every record's hash and every link of the chain, and check the head. Exits 0
     /// if the ledger is sound, 1 naming the first bad entry, 2 if it cannot run.
     Verify(VerifyArgs),
+    /// Check an inclusion or consistency proof offline, as the API served it, against signed
+    /// checkpoints and the public key: no database, no engine. Exits 0 if it verifies, 1 if
+    /// it does not, 2 if it cannot run (unreadable input).
+    VerifyProof(super::verify_proof::VerifyProofArgs),
 }
 
 #[derive(Debug, Args)]
@@ -34,7 +38,16 @@ pub struct VerifyArgs {
 
 impl AuditCommand {
     pub fn run(self) -> ExitCode {
-        let AuditCommand::Verify(args) = self;
+        match self {
+            AuditCommand::Verify(args) => args.run(),
+            AuditCommand::VerifyProof(args) => args.run(),
+        }
+    }
+}
+
+impl VerifyArgs {
+    fn run(self) -> ExitCode {
+        let args = self;
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -49,7 +62,7 @@ impl AuditCommand {
             None => None,
             Some(path) => match std::fs::read_to_string(path)
                 .map_err(|e| e.to_string())
-                .and_then(|pem| VerifyingKey::from_public_key_pem(&pem).map_err(|e| e.to_string()))
+                .and_then(|pem| public_key_from_pem(&pem))
             {
                 Ok(key) => Some(key),
                 Err(e) => {
@@ -120,6 +133,25 @@ impl AuditCommand {
                 }
                 CheckpointCheck::Skipped => {
                     println!("checkpoints not checked: the hash chain is broken");
+                }
+            }
+            match verification.tree {
+                TreeCheck::Sound { size } => println!(
+                    "stored Merkle tree sound: {size} leaves, every leaf its record's, the root at its head recomputed"
+                ),
+                TreeCheck::Bad {
+                    seq: Some(seq),
+                    reason,
+                } => {
+                    sound = false;
+                    println!("first bad entry: seq {seq}: {reason}");
+                }
+                TreeCheck::Bad { seq: None, reason } => {
+                    sound = false;
+                    println!("stored Merkle tree bad: {reason}");
+                }
+                TreeCheck::Skipped => {
+                    println!("stored Merkle tree not checked: the hash chain is broken");
                 }
             }
             if sound {

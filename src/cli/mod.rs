@@ -4,7 +4,9 @@
 mod audit;
 mod openapi;
 mod policy;
+mod private_pg;
 mod serve;
+mod verify_proof;
 
 use std::process::ExitCode;
 
@@ -22,7 +24,7 @@ enum Command {
     /// Work with jurisdiction policies: validate, test, diff, simulate (offline or --server).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// Check the ledger in the database: `regulator audit verify`.
+    /// Check the ledger in the database (`audit verify`), or a proof offline (`audit verify-proof`).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Run a replica: HTTP API, sequencer, notifications.

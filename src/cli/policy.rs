@@ -202,7 +202,7 @@ impl Server {
             return Ok(None);
         };
         let Some(token) = &args.token else {
-            eprintln!("error: --server needs a token (--token or REGULATOR_TOKEN); mint one with `regulator token --sub <you> --role policy_author`");
+            eprintln!("error: --server needs a token (--token or REGULATOR_TOKEN); mint one with `regulator token --sub <you> --roles policy_author`");
             return Err(FAILED);
         };
         Ok(Some(Self {

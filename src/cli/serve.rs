@@ -36,13 +36,18 @@ pub struct ServeArgs {
     /// Address to listen on. A non-loopback address needs --jwt-public-key or --jwks.
     #[arg(long, env = "REGULATOR_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Postgres URL; the database is created if missing and migrated on start.
+    /// Postgres URL; the database is created if missing and migrated on start. Without it,
+    /// `postgres://postgres@127.0.0.1:5432/regulator`; if nothing listens there, a private
+    /// PostgreSQL is started under `--private-postgres-dir` from the installed server binaries.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Where the private PostgreSQL keeps its cluster, when one is needed.
     #[arg(
         long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/regulator"
+        env = "REGULATOR_PRIVATE_POSTGRES_DIR",
+        default_value = ".regulator/pg"
     )]
-    database_url: String,
+    private_postgres_dir: PathBuf,
     /// Directory of the jurisdiction policies.
     #[arg(long, env = "REGULATOR_POLICIES", default_value = "policies")]
     policies: PathBuf,
@@ -62,6 +67,15 @@ pub struct ServeArgs {
     /// Database connections per replica.
     #[arg(long, env = "REGULATOR_DB_CONNECTIONS", default_value_t = 16)]
     db_connections: u32,
+    /// How long a request waits for a database connection before it is answered 503
+    /// `not-ready` (the database is down or every connection is busy).
+    #[arg(long, env = "REGULATOR_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = duration)]
+    db_acquire_timeout: Duration,
+    /// How long the sequencer leader's lease lasts unrenewed. A standby deposes a leader that
+    /// has not renewed it for this long (frozen, or stuck), terminating its database session.
+    /// It must exceed the longest sequencer round.
+    #[arg(long, env = "REGULATOR_LEADER_LEASE", default_value = "5s", value_parser = duration)]
+    leader_lease: Duration,
     /// Log format: `json` (structured) or `text`.
     #[arg(long, env = "REGULATOR_LOG_FORMAT", default_value = "json")]
     log_format: String,
@@ -153,9 +167,58 @@ pub fn init_tracing(format: &str) {
     };
 }
 
+/// The database `serve` uses when given none.
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/regulator";
+
+/// The default database URL; the tests point it at a port where nothing listens.
+fn default_database_url() -> String {
+    std::env::var("REGULATOR_DEFAULT_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into())
+}
+
+/// SIGINT or SIGTERM.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "SIGINT"
+}
+
 impl ServeArgs {
     pub fn run(self) -> ExitCode {
         init_tracing(&self.log_format);
+        let mut private = None;
+        let database_url = match self.database_url {
+            Some(url) => url,
+            None => {
+                let url = default_database_url();
+                if super::private_pg::listening(&url) {
+                    url
+                } else {
+                    match super::private_pg::PrivatePostgres::start(&self.private_postgres_dir) {
+                        Ok(cluster) => {
+                            let url = cluster.url.clone();
+                            private = Some(cluster);
+                            url
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "error: nothing listens at {} (the default database URL): {e}",
+                                regulator::app::redact(&url)
+                            );
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            }
+        };
         let keys = match (&self.jwt_public_key, &self.jwks) {
             (Some(pem), _) => KeySource::PublicKeyPem(pem.clone()),
             (None, Some(jwks)) => KeySource::Jwks(jwks.clone()),
@@ -163,7 +226,7 @@ impl ServeArgs {
         };
         let config = Config {
             listen: self.listen,
-            database_url: self.database_url,
+            database_url,
             policies: self.policies,
             window: chrono::Duration::milliseconds(i64::from(self.conflict_window_ms)),
             submit_wait: Duration::from_millis(self.submit_wait_ms),
@@ -171,6 +234,8 @@ impl ServeArgs {
             jwt_issuer: self.tokens.jwt_issuer,
             jwt_audience: self.tokens.jwt_audience,
             max_connections: self.db_connections,
+            db_acquire_timeout: self.db_acquire_timeout,
+            leader_lease: self.leader_lease,
             webhooks: self.webhooks.config(),
             checkpoint_key: self.checkpoint_key,
             checkpoint_interval: self.checkpoint_interval,
@@ -182,20 +247,25 @@ impl ServeArgs {
                 return ExitCode::from(2);
             }
         };
-        runtime.block_on(async move {
+        let code = runtime.block_on(async move {
             let app = match App::start(config).await {
                 Ok(app) => app,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot start");
+                    // Once, on stderr, for whoever started it.
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
+            let signal = stop_signal().await;
+            tracing::info!(signal, "shutting down: no new requests; open ones get 5 s");
             app.stop().await;
+            tracing::info!("stopped");
             ExitCode::SUCCESS
-        })
+        });
+        if let Some(mut cluster) = private {
+            cluster.stop();
+        }
+        code
     }
 }
 
@@ -204,9 +274,10 @@ pub struct TokenCommand {
     /// The authority or service the token speaks for, e.g. US-SEC.
     #[arg(long)]
     sub: String,
-    /// Comma-separated roles: regulator, coordinator, policy_author, auditor, chain, admin.
-    #[arg(long, value_delimiter = ',', required = true)]
-    roles: Vec<Role>,
+    /// Comma-separated roles: regulator, coordinator, policy_author, auditor, chain, admin
+    /// (spaces after the commas are fine).
+    #[arg(long, required = true, num_args = 1..)]
+    roles: Vec<String>,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl_secs: i64,
@@ -216,12 +287,38 @@ pub struct TokenCommand {
 
 impl TokenCommand {
     pub fn run(self) -> ExitCode {
+        let mut roles = Vec::new();
+        for role in self.roles.iter().flat_map(|r| r.split(',')).map(str::trim) {
+            if role.is_empty() {
+                continue;
+            }
+            match role.parse::<Role>() {
+                Ok(role) => roles.push(role),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        if roles.is_empty() {
+            eprintln!("error: --roles names no role");
+            return ExitCode::from(2);
+        }
+        if !self.tokens.dev_secret_file.exists() {
+            // A new secret would sign tokens no running server accepts.
+            eprintln!(
+                "error: there is no development secret at {}: `regulator serve` creates it on \
+                 first start; run `token` where the server runs, with the same --dev-secret-file",
+                self.tokens.dev_secret_file.display()
+            );
+            return ExitCode::from(2);
+        }
         match mint_dev_token(
             &self.tokens.dev_secret_file,
             &self.tokens.jwt_issuer,
             &self.tokens.jwt_audience,
             &self.sub,
-            self.roles,
+            roles,
             chrono::Duration::seconds(self.ttl_secs),
         ) {
             Ok(token) => {

@@ -64,9 +64,9 @@ pub async fn nodes<'c>(
         .collect()
 }
 
-/// The leaf data (record hashes) of the decisions after the first `size`, in order.
-pub async fn leaf_data(
-    tx: &mut PgConnection,
+/// The leaf data (record hashes) of the records after the first `size`, in order.
+pub async fn leaf_data<'c>(
+    tx: impl sqlx::PgExecutor<'c>,
     size: u64,
     limit: i64,
 ) -> Result<Vec<(u64, Hash)>, StorageError> {
@@ -81,6 +81,30 @@ pub async fn leaf_data(
             Ok((
                 u64::try_from(seq).map_err(corrupt)?,
                 hash32(r.try_get(1)?, "a record hash")?,
+            ))
+        })
+        .collect()
+}
+
+/// The stored leaves (level 0) of the records `after + 1 ..= upto`, by seq.
+pub async fn stored_leaves(
+    pool: &PgPool,
+    after: u64,
+    upto: u64,
+) -> Result<HashMap<u64, Hash>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT idx, hash FROM merkle_nodes WHERE level = 0 AND idx >= $1 AND idx < $2",
+    )
+    .bind(i64::try_from(after).unwrap_or(i64::MAX))
+    .bind(i64::try_from(upto).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let idx: i64 = r.try_get(0)?;
+            Ok((
+                u64::try_from(idx).map_err(corrupt)? + 1,
+                hash32(r.try_get(1)?, "a merkle leaf")?,
             ))
         })
         .collect()
@@ -169,6 +193,35 @@ pub async fn latest_checkpoint(pool: &PgPool) -> Result<Option<Checkpoint>, Stor
     .fetch_optional(pool)
     .await?;
     row.map(checkpoint).transpose()
+}
+
+/// The checkpoint of the tree of `size` leaves, if one was signed.
+pub async fn checkpoint_at(pool: &PgPool, size: u64) -> Result<Option<Checkpoint>, StorageError> {
+    let row = sqlx::query(
+        "SELECT tree_size, root, signed_at, key_id, signature FROM checkpoints WHERE tree_size = $1",
+    )
+    .bind(i64::try_from(size).unwrap_or(i64::MAX))
+    .fetch_optional(pool)
+    .await?;
+    row.map(checkpoint).transpose()
+}
+
+/// Up to `limit` checkpoints of trees larger than `after`, smallest first: a page of the
+/// checkpoints, whose cursor is the last tree size returned.
+pub async fn checkpoints_after(
+    pool: &PgPool,
+    after: u64,
+    limit: i64,
+) -> Result<Vec<Checkpoint>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT tree_size, root, signed_at, key_id, signature FROM checkpoints
+         WHERE tree_size > $1 ORDER BY tree_size LIMIT $2",
+    )
+    .bind(i64::try_from(after).unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(checkpoint).collect()
 }
 
 /// Every checkpoint, smallest tree first.

@@ -48,12 +48,48 @@ pub enum StorageError {
     Deposed { expected_seq: u64, epoch: i64 },
 }
 
+impl StorageError {
+    /// The database could not be reached (down, restarting, or every connection busy past
+    /// the acquire timeout): the engine is not ready, which is no fault of the request.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StorageError::Database(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Io(_)
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::WorkerCrashed
+                ) || matches!(e, sqlx::Error::Database(db)
+                // Class 08: connection exception; 57: operator intervention (shutting down,
+                // starting up, terminated).
+                if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57")))
+            }
+            _ => false,
+        }
+    }
+}
+
 pub fn corrupt(what: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt(what.to_string())
 }
 
+/// How long a request waits for a pooled connection before it is answered 503 `not-ready`:
+/// with the database down, a request should fail fast rather than wait out sqlx's 30 s.
+pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Creates the database if it is missing, connects, and applies the migrations.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StorageError> {
+    connect_with(url, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+}
+
+/// [`connect`], waiting at most `acquire_timeout` for a pooled connection.
+pub async fn connect_with(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: std::time::Duration,
+) -> Result<PgPool, StorageError> {
     if !Postgres::database_exists(url).await? {
         tracing::info!("creating database");
         Postgres::create_database(url).await?;
@@ -61,6 +97,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StorageE
     let options: PgConnectOptions = url.parse()?;
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
         .connect_with(options)
         .await?;
     MIGRATOR.run(&pool).await?;
@@ -484,7 +521,81 @@ pub async fn try_lead(conn: &mut PgConnection) -> Result<Option<(i64, Head)>, St
     let row = sqlx::query("UPDATE ledger_head SET epoch = epoch + 1 RETURNING epoch, seq, hash")
         .fetch_one(&mut *conn)
         .await?;
-    Ok(Some((row.get(0), head_from(row.get(1), row.get(2))?)))
+    let epoch: i64 = row.get(0);
+    sqlx::query(
+        "INSERT INTO sequencer_lease (epoch, backend_pid, renewed_at)
+         VALUES ($1, pg_backend_pid(), clock_timestamp())
+         ON CONFLICT (singleton) DO UPDATE SET epoch = EXCLUDED.epoch,
+             backend_pid = EXCLUDED.backend_pid, renewed_at = EXCLUDED.renewed_at",
+    )
+    .bind(epoch)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Some((epoch, head_from(row.get(1), row.get(2))?)))
+}
+
+/// Renews the leader's lease (epoch `epoch`, on the lock's own connection). `Deposed` if
+/// another leader has taken it.
+pub async fn renew_lease(
+    conn: &mut PgConnection,
+    epoch: i64,
+    seq: u64,
+) -> Result<(), StorageError> {
+    let renewed = sqlx::query(
+        "UPDATE sequencer_lease SET renewed_at = clock_timestamp()
+         WHERE epoch = $1 AND backend_pid = pg_backend_pid()",
+    )
+    .bind(epoch)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if renewed == 0 {
+        return Err(StorageError::Deposed {
+            expected_seq: seq,
+            epoch,
+        });
+    }
+    Ok(())
+}
+
+/// A leader that stopped renewing its lease for longer than `ttl` (by the database's clock) is
+/// stuck: terminates the backend that holds the sequencer lock, if it is the one the lease
+/// names, so that the lock is free. Returns that backend's pid, if it was terminated.
+pub async fn depose_stuck_leader(
+    conn: &mut PgConnection,
+    ttl: std::time::Duration,
+) -> Result<Option<i32>, StorageError> {
+    // pg_locks shows a bigint advisory key as its high half in classid, its low half in objid,
+    // with objsubid 1. Only the lock's holder is terminated, never a pid merely recorded (a
+    // new leader that has not written its lease yet holds the lock under another pid).
+    let stuck: Option<i32> = sqlx::query_scalar(
+        "SELECT l.backend_pid FROM sequencer_lease l
+         JOIN pg_locks k ON k.pid = l.backend_pid AND k.locktype = 'advisory' AND k.granted
+              AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND k.classid::bigint = ($1 >> 32) AND k.objid::bigint = ($1 & 4294967295)
+              AND k.objsubid = 1
+         WHERE clock_timestamp() - l.renewed_at > make_interval(secs => $2)",
+    )
+    .bind(SEQUENCER_LOCK)
+    .bind(ttl.as_secs_f64())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(pid) = stuck else { return Ok(None) };
+    // Waits up to 5 s for the backend to end, so that the lock is free when this returns.
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+        .bind(pid)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(ended.then_some(pid))
+}
+
+/// Releases the sequencer lock if this connection holds it (a leader stepping down keeps its
+/// connection to stand again).
+pub async fn release_lead(conn: &mut PgConnection) -> Result<(), StorageError> {
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 fn head_from(seq: i64, hash: Vec<u8>) -> Result<Head, StorageError> {

@@ -40,6 +40,8 @@ pub fn config(secret: PathBuf, window_ms: i64) -> Config {
         jwt_issuer: ISSUER.into(),
         jwt_audience: AUDIENCE.into(),
         max_connections: 8,
+        db_acquire_timeout: regulator::storage::DEFAULT_ACQUIRE_TIMEOUT,
+        leader_lease: regulator::sequencer::DEFAULT_LEASE_TTL,
         webhooks: regulator::webhooks::WebhookConfig::default(),
         checkpoint_key,
         checkpoint_interval: Duration::from_secs(3600),
