@@ -3,6 +3,7 @@
 //! Every error leaves through [`problem::ApiError`] as an RFC 9457 problem document.
 
 pub mod audit;
+pub mod edge;
 pub mod extract;
 pub mod feed;
 pub mod ops;
@@ -15,7 +16,6 @@ pub mod webhooks;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -53,97 +53,189 @@ pub struct AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(state: AppState) -> Router {
+/// Who may use which routes at all; handlers decide the finer rules.
+mod roles {
+    use crate::auth::Role::{self, *};
+    pub const SUBMITTERS: &[Role] = &[Regulator, Coordinator];
+    pub const ORDER_READERS: &[Role] = &[Regulator, Coordinator, Auditor, Admin];
+    pub const ADMINS: &[Role] = &[Admin];
+    pub const TARGET_READERS: &[Role] = &[Regulator, Coordinator, Chain, Auditor, Admin];
+    pub const FEED_READERS: &[Role] = &[Chain, Auditor, Admin];
+    pub const AUDITORS: &[Role] = &[Auditor, Admin];
+    pub const POLICY_READERS: &[Role] = &[PolicyAuthor, Auditor, Admin];
+    pub const POLICY_AUTHORS: &[Role] = &[PolicyAuthor];
+    pub const MONITORS: &[Role] = &[Monitor, Admin];
+}
+
+/// The API's routes with the edge's checks (see [`edge`]), each error a problem document.
+pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
+    use edge::json;
+    use roles::*;
+    let gate = |roles: &'static [crate::auth::Role]| {
+        axum::middleware::from_fn_with_state((state.clone(), roles), extract::check_gate)
+    };
     let v1 = Router::new()
         .route(
             "/orders",
-            post(orders::submit).layer(DefaultBodyLimit::max(orders::ORDER_BODY_LIMIT)),
+            json(post(orders::submit), orders::ORDER_BODY_LIMIT).route_layer(gate(SUBMITTERS)),
         )
         .route(
             "/orders/batch",
-            post(orders::batch).layer(DefaultBodyLimit::max(orders::BATCH_BODY_LIMIT)),
+            json(post(orders::batch), orders::BATCH_BODY_LIMIT).route_layer(gate(SUBMITTERS)),
         )
-        .route("/orders/{order_id}", get(orders::get))
-        .route("/assets/{chain}/{asset}", put(targets::put_asset))
-        .route("/targets/{chain}/{asset}", get(targets::get_target))
-        .route("/targets/{chain}/{asset}/history", get(targets::history))
-        .route("/decisions", get(feed::poll))
-        .route("/decisions/stream", get(feed::stream))
+        .route(
+            "/orders/{order_id}",
+            get(orders::get).route_layer(gate(ORDER_READERS)),
+        )
+        .route(
+            "/assets/{chain}/{asset}",
+            json(put(targets::put_asset), targets::ASSET_BODY_LIMIT).route_layer(gate(ADMINS)),
+        )
+        .route(
+            "/targets/{chain}/{asset}",
+            get(targets::get_target).route_layer(gate(TARGET_READERS)),
+        )
+        .route(
+            "/targets/{chain}/{asset}/history",
+            get(targets::history).route_layer(gate(TARGET_READERS)),
+        )
+        .route(
+            "/decisions",
+            get(feed::poll).route_layer(gate(FEED_READERS)),
+        )
+        .route(
+            "/decisions/stream",
+            get(feed::stream).route_layer(gate(FEED_READERS)),
+        )
         .route(
             "/webhooks/subscriptions",
-            post(webhooks::create).get(webhooks::list),
+            json(post(webhooks::create), webhooks::BODY_LIMIT)
+                .get(webhooks::list)
+                .route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}",
-            get(webhooks::get).delete(webhooks::delete),
+            get(webhooks::get)
+                .delete(webhooks::delete)
+                .route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}/enable",
-            post(webhooks::enable),
+            post(webhooks::enable).route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}/disable",
-            post(webhooks::disable),
+            post(webhooks::disable).route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}/replay",
-            post(webhooks::replay),
+            json(post(webhooks::replay), webhooks::BODY_LIMIT).route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}/rotate-secret",
-            post(webhooks::rotate_secret),
+            json(post(webhooks::rotate_secret), webhooks::BODY_LIMIT).route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}/attempts",
-            get(webhooks::attempts),
+            get(webhooks::attempts).route_layer(gate(ADMINS)),
         )
-        .route("/audit/checkpoints", post(audit::publish))
-        .route("/audit/checkpoints/latest", get(audit::latest))
-        .route("/audit/public-key", get(audit::public_key))
-        .route("/audit/proofs/inclusion", get(audit::inclusion))
-        .route("/audit/proofs/consistency", get(audit::consistency))
-        .route("/audit/decisions", get(audit::query))
-        .route("/audit/export", get(audit::export))
-        .route("/audit/events", get(audit::events))
+        .route(
+            "/audit/checkpoints",
+            post(audit::publish).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/checkpoints/latest",
+            get(audit::latest).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/public-key",
+            get(audit::public_key).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/proofs/inclusion",
+            get(audit::inclusion).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/proofs/consistency",
+            get(audit::consistency).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/decisions",
+            get(audit::query).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/export",
+            get(audit::export).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/events",
+            get(audit::events).route_layer(gate(AUDITORS)),
+        )
         .route(
             "/policies/validate",
-            post(policies::validate).layer(DefaultBodyLimit::max(policies::DRAFT_BODY_LIMIT)),
+            json(post(policies::validate), policies::DRAFT_BODY_LIMIT)
+                .route_layer(gate(POLICY_AUTHORS)),
         )
         .route(
             "/policies/test",
-            post(policies::test).layer(DefaultBodyLimit::max(policies::DRAFT_BODY_LIMIT)),
+            json(post(policies::test), policies::DRAFT_BODY_LIMIT)
+                .route_layer(gate(POLICY_AUTHORS)),
         )
         .route(
             "/policies/simulate",
-            post(policies::simulate).layer(DefaultBodyLimit::max(policies::DRAFT_BODY_LIMIT)),
+            json(post(policies::simulate), policies::DRAFT_BODY_LIMIT)
+                .route_layer(gate(POLICY_AUTHORS)),
         )
         .route(
             "/policies/versions",
-            post(policies::create)
-                .layer(DefaultBodyLimit::max(policies::DRAFT_BODY_LIMIT))
-                .get(policies::list),
+            json(post(policies::create), policies::DRAFT_BODY_LIMIT)
+                .route_layer(gate(POLICY_AUTHORS))
+                .merge(get(policies::list).route_layer(gate(POLICY_READERS))),
         )
-        .route("/policies/versions/{version}", get(policies::get))
+        .route(
+            "/policies/versions/{version}",
+            get(policies::get).route_layer(gate(POLICY_READERS)),
+        )
         .route(
             "/policies/versions/{version}/activate",
-            post(policies::activate),
+            post(policies::activate).route_layer(gate(POLICY_AUTHORS)),
         )
-        .route("/policies/rollback", post(policies::rollback))
-        .route("/policies/activations", get(policies::activations))
+        .route(
+            "/policies/rollback",
+            json(post(policies::rollback), policies::ROLLBACK_BODY_LIMIT)
+                .route_layer(gate(POLICY_AUTHORS)),
+        )
+        .route(
+            "/policies/activations",
+            get(policies::activations).route_layer(gate(POLICY_READERS)),
+        )
         .route(
             "/policies/requests/{request}",
-            get(policies::request_status),
+            get(policies::request_status).route_layer(gate(POLICY_READERS)),
         )
-        .route("/policies/diff", get(policies::version_diff));
+        .route(
+            "/policies/diff",
+            get(policies::version_diff).route_layer(gate(POLICY_READERS)),
+        );
+    let metrics = if http.metrics_need_token {
+        get(ops::metrics).route_layer(gate(MONITORS))
+    } else {
+        get(ops::metrics)
+    };
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+        .route("/metrics", metrics)
         .route("/openapi.json", get(ops::openapi))
         .fallback(|| async { problem::ApiError::NotFound("this route".into()) })
         .method_not_allowed_fallback(|| async { problem::ApiError::MethodNotAllowed })
         .with_state(state)
+        .layer(axum::middleware::from_fn(problem::problems_only))
+        .layer(axum::middleware::from_fn_with_state(
+            http.body_timeout,
+            edge::body_deadline,
+        ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {

@@ -19,7 +19,7 @@ use crate::domain::{
 };
 use crate::storage;
 
-const ASSET_BODY_LIMIT: usize = 16 * 1024;
+pub const ASSET_BODY_LIMIT: usize = 16 * 1024;
 
 /// The attributes of an asset that policies read.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -25,7 +25,7 @@ use crate::storage::webhooks::{
 use crate::webhooks::signing::Secret;
 use crate::webhooks::webhook_id;
 
-const BODY_LIMIT: usize = 16 * 1024;
+pub const BODY_LIMIT: usize = 16 * 1024;
 /// The longest grace period a rotation may ask for.
 const MAX_GRACE_SECS: u64 = 30 * 24 * 3600;
 
