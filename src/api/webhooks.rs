@@ -257,6 +257,7 @@ pub async fn delete(
     if !store::delete(&state.pool, id, &principal.sub).await? {
         return Err(not_found(id));
     }
+    crate::webhooks::series::retire(id);
     tracing::info!(subscription = %id, by = %principal.sub, "webhook subscription deleted");
     Ok(StatusCode::NO_CONTENT)
 }
