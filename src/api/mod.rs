@@ -109,7 +109,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         )
         .route(
             "/webhooks/subscriptions",
-            json(post(webhooks::create), webhooks::BODY_LIMIT)
+            json(post(webhooks::create), webhooks::ROUTE_BODY_LIMIT)
                 .get(webhooks::list)
                 .route_layer(gate(ADMINS)),
         )
@@ -129,11 +129,12 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         )
         .route(
             "/webhooks/subscriptions/{id}/replay",
-            json(post(webhooks::replay), webhooks::BODY_LIMIT).route_layer(gate(ADMINS)),
+            json(post(webhooks::replay), webhooks::ROUTE_BODY_LIMIT).route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}/rotate-secret",
-            json(post(webhooks::rotate_secret), webhooks::BODY_LIMIT).route_layer(gate(ADMINS)),
+            json(post(webhooks::rotate_secret), webhooks::ROUTE_BODY_LIMIT)
+                .route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}/attempts",
@@ -275,8 +276,8 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         policies::simulate, policies::request_status,
         ops::healthz, ops::readyz, ops::metrics,
     ),
-    components(schemas(crate::auth::Role)),
-    modifiers(&BearerAuth),
+    components(schemas(crate::auth::Role, audit::ExportFormat)),
+    modifiers(&BearerAuth, &EdgeResponses, &OperationIds, &IdPatterns),
     tags(
         (name = "orders", description = "Submit orders and read their decisions"),
         (name = "assets", description = "Register the assets orders may target"),
@@ -299,6 +300,154 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+    }
+}
+
+/// Every operation's methods, for the modifiers below.
+fn operations(
+    openapi: &mut utoipa::openapi::OpenApi,
+) -> Vec<&mut utoipa::openapi::path::Operation> {
+    openapi
+        .paths
+        .paths
+        .values_mut()
+        .flat_map(|item| {
+            [
+                item.get.as_mut(),
+                item.put.as_mut(),
+                item.post.as_mut(),
+                item.delete.as_mut(),
+                item.patch.as_mut(),
+            ]
+        })
+        .flatten()
+        .collect()
+}
+
+/// Documents, on every operation they apply to, the answers the edge gives before a handler
+/// runs (see [`edge`] and [`extract::check_gate`]); an operation's own description of the same
+/// status wins. Responses without a description get the status's reason phrase.
+struct EdgeResponses;
+
+impl utoipa::Modify for EdgeResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                            "Problem",
+                        ))))
+                        .build(),
+                )
+                .build()
+        };
+        for op in operations(openapi) {
+            let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            let has_body = op.request_body.is_some();
+            let params = op.parameters.clone().unwrap_or_default();
+            let has_in = |place: ParameterIn| {
+                params
+                    .iter()
+                    .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == place))
+            };
+            let mut add = |status: &str, description: &str| {
+                op.responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| RefOr::T(problem(description)));
+            };
+            if secured {
+                add("401", "Missing, invalid or expired token");
+                add("403", "The token lacks a role this operation needs");
+            }
+            if has_in(ParameterIn::Path) {
+                add("400", "A path segment that does not parse");
+            }
+            if has_in(ParameterIn::Query) {
+                add("422", "A query parameter that does not parse");
+            }
+            if has_body {
+                add("400", "Malformed JSON");
+                add("408", "The body did not arrive within the body timeout");
+                add("413", "The body exceeds this operation's limit");
+                add("415", "The body is not application/json");
+                add("422", "JSON of the wrong shape");
+            }
+            for (status, response) in op.responses.responses.iter_mut() {
+                if let RefOr::T(response) = response {
+                    if response.description.is_empty() {
+                        response.description = status
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                            .and_then(|s| s.canonical_reason())
+                            .unwrap_or("Response")
+                            .to_owned();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Operation ids are `<tag>_<handler>`: handler names repeat across modules (`get`, `list`).
+struct OperationIds;
+
+impl utoipa::Modify for OperationIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for op in operations(openapi) {
+            let tag = op
+                .tags
+                .as_ref()
+                .and_then(|t| t.first())
+                .cloned()
+                .unwrap_or_default();
+            if let Some(id) = op.operation_id.as_mut() {
+                if !tag.is_empty() && !id.starts_with(&format!("{tag}_")) {
+                    *id = format!("{tag}_{id}");
+                }
+            }
+        }
+    }
+}
+
+/// The patterns of the identifiers and amounts, as their parsers in [`crate::domain::ids`]
+/// accept them (`tests/openapi.rs` checks the two agree on samples).
+pub const ID_PATTERNS: &[(&str, &str)] = &[
+    ("IssuerId", "^[A-Za-z0-9._-]{1,64}$"),
+    ("ChainId", "^[a-z0-9_-]{1,64}$"),
+    ("AssetId", "^[!-.0-~]{1,256}$"),
+    ("HolderAddress", "^[!-.0-~]{1,256}$"),
+    ("JurisdictionCode", "^[A-Z0-9-]{1,32}$"),
+    ("AssetClass", "^[a-z0-9_]{1,64}$"),
+    ("Instrument", "^[a-z0-9_]{1,64}$"),
+    ("PolicyId", "^[A-Za-z0-9._-]{1,128}$"),
+    ("Amount", "^0*[1-9][0-9]{0,37}$"),
+    (
+        "OrderId",
+        "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+    ),
+];
+
+struct IdPatterns;
+
+impl utoipa::Modify for IdPatterns {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::RefOr;
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for (name, pattern) in ID_PATTERNS {
+            if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(*name) {
+                object.pattern = Some((*pattern).to_owned());
+            }
+        }
     }
 }
 

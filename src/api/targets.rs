@@ -91,6 +91,7 @@ pub async fn put_asset(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TargetQuery {
     /// One holder's balance; absent: the asset as a whole.
@@ -175,6 +176,7 @@ pub async fn get_target(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// Only decisions on this holder's balance or on the whole asset.

@@ -25,7 +25,7 @@ use crate::storage::webhooks::{
 use crate::webhooks::signing::Secret;
 use crate::webhooks::webhook_id;
 
-pub const BODY_LIMIT: usize = 16 * 1024;
+const BODY_LIMIT: usize = 16 * 1024;
 /// The longest grace period a rotation may ask for.
 const MAX_GRACE_SECS: u64 = 30 * 24 * 3600;
 
@@ -188,10 +188,11 @@ pub async fn create(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this chain's subscriptions.
-    pub chain: Option<String>,
+    pub chain: Option<ChainId>,
 }
 
 /// List subscriptions.
@@ -210,7 +211,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<SubscriptionList>, ApiError> {
     require(&principal, &[Role::Admin])?;
-    let found = store::list(&state.pool, query.chain.as_deref()).await?;
+    let found = store::list(&state.pool, query.chain.as_ref().map(ChainId::as_str)).await?;
     Ok(Json(SubscriptionList {
         subscriptions: found.into_iter().map(Into::into).collect(),
     }))
@@ -443,6 +444,7 @@ pub async fn rotate_secret(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptsQuery {
     /// Attempts before this attempt id (the previous page's `next_before`).
@@ -524,3 +526,6 @@ pub async fn attempts(
         next_before,
     }))
 }
+
+/// The body limit of the webhooks routes that take one, for the router's edge checks.
+pub(super) const ROUTE_BODY_LIMIT: usize = BODY_LIMIT;
