@@ -46,6 +46,8 @@ pub struct Config {
     pub checkpoint_key: PathBuf,
     /// How often a checkpoint is published when there are new decisions.
     pub checkpoint_interval: Duration,
+    /// Timeouts of the HTTP edge, the token lifetime cap, and who may scrape `/metrics`.
+    pub http: api::edge::HttpConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,11 +170,10 @@ impl App {
         };
         config.webhooks.check().map_err(StartError::Config)?;
         import_policies(&pool, &config.policies).await?;
-        let verifier = Arc::new(Verifier::new(
-            &config.keys,
-            &config.jwt_issuer,
-            &config.jwt_audience,
-        )?);
+        let verifier = Arc::new(
+            Verifier::new(&config.keys, &config.jwt_issuer, &config.jwt_audience)?
+                .with_max_lifetime(config.http.max_token_lifetime),
+        );
 
         let checkpoint_key = CheckpointKey::load_or_create(&config.checkpoint_key)?;
         tracing::info!(key_id = checkpoint_key.key_id(), "checkpoint key loaded");
@@ -242,14 +243,10 @@ impl App {
             addr: config.listen,
             source,
         })?;
-        let mut stop = shutdown_rx;
-        let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
+        let router = api::router(state, &config.http);
+        let http = config.http.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(%error, "HTTP server failed");
-            }
+            api::edge::serve(listener, router, &http, shutdown_rx).await;
         }));
         tracing::info!(%addr, "listening");
         Ok(App {

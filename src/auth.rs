@@ -4,6 +4,12 @@
 //! JWKS file). Development uses HS256 with a secret generated into a 0600 file, and
 //! `regulator token` mints tokens with it. A verifier accepts exactly the algorithms of its keys,
 //! so a token cannot pick a weaker one (`alg: none`, or HS256 signed with a public key).
+//!
+//! Every token must carry `sub`, `iss`, `aud` (a string or an array naming this audience), `exp`
+//! and `iat`; `nbf` is checked when present. `iat` is required because the lifetime cap is
+//! `exp - iat`: without it a token minted for a year would pass once its last day came. A token
+//! is refused when it is longer than [`MAX_TOKEN_BYTES`], lives longer than the configured cap,
+//! or says it was issued in the future (beyond the clock leeway).
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -27,18 +33,20 @@ pub enum Role {
     /// A chain's adapter: reads the feed and targets of its own chain (its `sub`).
     Chain,
     Admin,
+    /// Scrapes `/metrics` when the service requires a token for it; reads nothing else.
+    Monitor,
 }
 
 impl std::str::FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
-            format!("unknown role {s:?}; roles are regulator, coordinator, policy_author, auditor, chain, admin")
+            format!("unknown role {s:?}; roles are regulator, coordinator, policy_author, auditor, chain, admin, monitor")
         })
     }
 }
 
-/// The claims the engine reads and checks.
+/// The claims of a token the engine mints (`regulator token`); see the module for what it checks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -51,6 +59,28 @@ pub struct Claims {
     pub nbf: Option<i64>,
     pub iat: i64,
 }
+
+/// What the engine reads from a verified token; `iss`, `aud`, `exp` and `nbf` are checked by
+/// the signature validation (which reads `aud` as a string or an array).
+#[derive(Debug, Deserialize)]
+struct VerifiedClaims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<Role>,
+    exp: i64,
+    iat: i64,
+}
+
+/// The longest token accepted, in bytes: a real one is well under 2 KB, and a bigger one only
+/// costs parsing time.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The longest lifetime (`exp - iat`) accepted unless configured otherwise.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
+
+/// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
+const LEEWAY_SECS: u64 = 30;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +148,7 @@ struct VerifyingKey {
 /// Checks bearer tokens against the configured keys, issuer and audience.
 pub struct Verifier {
     keys: Vec<VerifyingKey>,
+    max_lifetime: std::time::Duration,
 }
 
 impl Verifier {
@@ -128,7 +159,7 @@ impl Verifier {
             v.set_audience(&[audience]);
             v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
             v.validate_nbf = true;
-            v.leeway = 30;
+            v.leeway = LEEWAY_SECS;
             v
         };
         let keys = match source {
@@ -186,12 +217,26 @@ impl Verifier {
                 keys
             }
         };
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+        })
+    }
+
+    /// Refuses tokens whose `exp - iat` exceeds `max` (default [`DEFAULT_MAX_TOKEN_LIFETIME`]).
+    pub fn with_max_lifetime(mut self, max: std::time::Duration) -> Self {
+        self.max_lifetime = max;
+        self
     }
 
     /// Verifies `token` (without the `Bearer ` prefix).
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Invalid(format!(
+                "the token is longer than {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let candidates = self.keys.iter().filter(|k| match (&k.kid, &header.kid) {
@@ -200,12 +245,13 @@ impl Verifier {
         });
         let mut last = AuthError::Invalid("no key matches the token".into());
         for k in candidates {
-            match jsonwebtoken::decode::<Claims>(token, &k.key, &k.validation) {
+            match jsonwebtoken::decode::<VerifiedClaims>(token, &k.key, &k.validation) {
                 Ok(data) => {
+                    self.check_lifetime(&data.claims)?;
                     return Ok(Principal {
                         sub: data.claims.sub,
                         roles: data.claims.roles.into_iter().collect(),
-                    })
+                    });
                 }
                 Err(e) => {
                     last = match e.kind() {
@@ -217,6 +263,23 @@ impl Verifier {
             }
         }
         Err(last)
+    }
+
+    /// The signature is good; now the times the signature cannot judge.
+    fn check_lifetime(&self, claims: &VerifiedClaims) -> Result<(), AuthError> {
+        let now = chrono::Utc::now().timestamp();
+        if claims.iat > now.saturating_add(LEEWAY_SECS as i64) {
+            return Err(AuthError::Invalid(
+                "the token's iat is in the future".into(),
+            ));
+        }
+        let max = i64::try_from(self.max_lifetime.as_secs()).unwrap_or(i64::MAX);
+        if claims.exp.saturating_sub(claims.iat) > max {
+            return Err(AuthError::Invalid(format!(
+                "the token lives longer than the {max} s this service accepts (exp - iat)"
+            )));
+        }
+        Ok(())
     }
 }
 

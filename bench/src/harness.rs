@@ -186,6 +186,7 @@ async fn start_service(
         webhooks,
         checkpoint_key: secret_dir.join("checkpoint-key.pem"),
         checkpoint_interval,
+        http: Default::default(),
     };
     App::start_with_pool(config, pool)
         .await

@@ -185,6 +185,7 @@ fn key_view(key: &CheckpointKey) -> PublicKeyView {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InclusionQuery {
     /// The decision.
@@ -259,6 +260,7 @@ pub async fn inclusion(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyQuery {
     /// The older tree's size.
@@ -302,6 +304,7 @@ pub async fn consistency(
 
 /// The filters of an audit query or export; every one narrows it.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// The target's chain.
@@ -517,7 +520,11 @@ fn encode(format: ExportFormat, page: &[AuditRecord]) -> Result<Vec<u8>, String>
     get, path = "/v1/audit/export", tag = "audit",
     params(AuditQuery),
     responses(
-        (status = 200, description = "application/x-ndjson or text/csv", body = String),
+        (status = 200, description = "The records, one per line: NDJSON (`format=ndjson`, the default) or CSV with a header row (`format=csv`)",
+            content(
+                (String = "application/x-ndjson"),
+                (String = "text/csv"),
+            )),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -592,6 +599,7 @@ pub async fn export(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// The cursor: events after this sequence number.

@@ -8,23 +8,56 @@ use serde::de::DeserializeOwned;
 
 use super::problem::ApiError;
 use super::AppState;
-use crate::auth::{AuthError, Principal, Role};
+use crate::auth::{AuthError, Principal, Role, Verifier};
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or(AuthError::Missing)?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| AuthError::Invalid("expected `Authorization: Bearer <token>`".into()))?;
-        Ok(state.verifier.verify(token.trim())?)
+        // The route's role gate (see `super::gate`) has verified the token already.
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(principal.clone());
+        }
+        authenticate(&parts.headers, &state.verifier)
     }
+}
+
+/// Verifies the `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+pub fn authenticate(headers: &HeaderMap, verifier: &Verifier) -> Result<Principal, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?;
+    let token = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| AuthError::Invalid("expected `Authorization: Bearer <token>`".into()))?;
+    Ok(verifier.verify(token)?)
+}
+
+/// The roles that may use a route at all (the router's `gate`), checked before any of its
+/// extractors run, so a caller without them learns nothing from a malformed path or body.
+/// Handlers then decide the finer rules (whose orders, which chain).
+pub async fn check_gate(
+    axum::extract::State((state, roles)): axum::extract::State<(AppState, &'static [Role])>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let principal = match authenticate(request.headers(), &state.verifier) {
+        Ok(principal) => principal,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = require(&principal, roles) {
+        return e.into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
 }
 
 /// Refuses callers with none of `roles`.
@@ -54,6 +87,8 @@ pub fn json_body<T: DeserializeOwned>(
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(limit)
+        } else if super::edge::is_body_timeout(&rejection) {
+            ApiError::RequestTimeout
         } else {
             ApiError::MalformedJson(rejection.body_text())
         }

@@ -25,6 +25,7 @@ use crate::storage;
 const MAX_WAIT_SECS: u64 = 30;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// Decisions after this sequence number (default 0: from the start).
@@ -93,6 +94,7 @@ pub async fn poll(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Start after this sequence number; `Last-Event-ID` takes precedence when present.

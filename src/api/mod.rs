@@ -3,6 +3,7 @@
 //! Every error leaves through [`problem::ApiError`] as an RFC 9457 problem document.
 
 pub mod audit;
+pub mod edge;
 pub mod extract;
 pub mod feed;
 pub mod ops;
@@ -15,7 +16,6 @@ pub mod webhooks;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -54,100 +54,192 @@ pub struct AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(state: AppState) -> Router {
+/// Who may use which routes at all; handlers decide the finer rules.
+mod roles {
+    use crate::auth::Role::{self, *};
+    pub const SUBMITTERS: &[Role] = &[Regulator, Coordinator];
+    pub const ORDER_READERS: &[Role] = &[Regulator, Coordinator, Auditor, Admin];
+    pub const ADMINS: &[Role] = &[Admin];
+    pub const TARGET_READERS: &[Role] = &[Regulator, Coordinator, Chain, Auditor, Admin];
+    pub const FEED_READERS: &[Role] = &[Chain, Auditor, Admin];
+    pub const AUDITORS: &[Role] = &[Auditor, Admin];
+    pub const POLICY_READERS: &[Role] = &[PolicyAuthor, Auditor, Admin];
+    pub const POLICY_AUTHORS: &[Role] = &[PolicyAuthor];
+    pub const MONITORS: &[Role] = &[Monitor, Admin];
+}
+
+/// The API's routes with the edge's checks (see [`edge`]), each error a problem document.
+pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
+    use edge::json;
+    use roles::*;
+    let gate = |roles: &'static [crate::auth::Role]| {
+        axum::middleware::from_fn_with_state((state.clone(), roles), extract::check_gate)
+    };
     let v1 = Router::new()
         .route(
             "/orders",
-            post(orders::submit).layer(DefaultBodyLimit::max(orders::ORDER_BODY_LIMIT)),
+            json(post(orders::submit), orders::ORDER_BODY_LIMIT).route_layer(gate(SUBMITTERS)),
         )
         .route(
             "/orders/batch",
-            post(orders::batch).layer(DefaultBodyLimit::max(orders::BATCH_BODY_LIMIT)),
+            json(post(orders::batch), orders::BATCH_BODY_LIMIT).route_layer(gate(SUBMITTERS)),
         )
-        .route("/orders/{order_id}", get(orders::get))
-        .route("/assets/{chain}/{asset}", put(targets::put_asset))
-        .route("/targets/{chain}/{asset}", get(targets::get_target))
-        .route("/targets/{chain}/{asset}/history", get(targets::history))
-        .route("/decisions", get(feed::poll))
-        .route("/decisions/stream", get(feed::stream))
+        .route(
+            "/orders/{order_id}",
+            get(orders::get).route_layer(gate(ORDER_READERS)),
+        )
+        .route(
+            "/assets/{chain}/{asset}",
+            json(put(targets::put_asset), targets::ASSET_BODY_LIMIT).route_layer(gate(ADMINS)),
+        )
+        .route(
+            "/targets/{chain}/{asset}",
+            get(targets::get_target).route_layer(gate(TARGET_READERS)),
+        )
+        .route(
+            "/targets/{chain}/{asset}/history",
+            get(targets::history).route_layer(gate(TARGET_READERS)),
+        )
+        .route(
+            "/decisions",
+            get(feed::poll).route_layer(gate(FEED_READERS)),
+        )
+        .route(
+            "/decisions/stream",
+            get(feed::stream).route_layer(gate(FEED_READERS)),
+        )
         .route(
             "/webhooks/subscriptions",
-            post(webhooks::create).get(webhooks::list),
+            json(post(webhooks::create), webhooks::ROUTE_BODY_LIMIT)
+                .get(webhooks::list)
+                .route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}",
-            get(webhooks::get).delete(webhooks::delete),
+            get(webhooks::get)
+                .delete(webhooks::delete)
+                .route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}/enable",
-            post(webhooks::enable),
+            post(webhooks::enable).route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}/disable",
-            post(webhooks::disable),
+            post(webhooks::disable).route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}/replay",
-            post(webhooks::replay),
+            json(post(webhooks::replay), webhooks::ROUTE_BODY_LIMIT).route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}/rotate-secret",
-            post(webhooks::rotate_secret),
+            json(post(webhooks::rotate_secret), webhooks::ROUTE_BODY_LIMIT)
+                .route_layer(gate(ADMINS)),
         )
         .route(
             "/webhooks/subscriptions/{id}/attempts",
-            get(webhooks::attempts),
+            get(webhooks::attempts).route_layer(gate(ADMINS)),
         )
         .route(
             "/audit/checkpoints",
-            post(audit::publish).get(audit::checkpoints),
+            post(audit::publish)
+                .get(audit::checkpoints)
+                .route_layer(gate(AUDITORS)),
         )
-        .route("/audit/checkpoints/latest", get(audit::latest))
-        .route("/audit/public-key", get(audit::public_key))
-        .route("/audit/proofs/inclusion", get(audit::inclusion))
-        .route("/audit/proofs/consistency", get(audit::consistency))
-        .route("/audit/decisions", get(audit::query))
-        .route("/audit/export", get(audit::export))
-        .route("/audit/events", get(audit::events))
+        .route(
+            "/audit/checkpoints/latest",
+            get(audit::latest).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/public-key",
+            get(audit::public_key).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/proofs/inclusion",
+            get(audit::inclusion).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/proofs/consistency",
+            get(audit::consistency).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/decisions",
+            get(audit::query).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/export",
+            get(audit::export).route_layer(gate(AUDITORS)),
+        )
+        .route(
+            "/audit/events",
+            get(audit::events).route_layer(gate(AUDITORS)),
+        )
         .route(
             "/policies/validate",
-            post(policies::validate).layer(DefaultBodyLimit::max(policies::DRAFT_BODY_LIMIT)),
+            json(post(policies::validate), policies::DRAFT_BODY_LIMIT)
+                .route_layer(gate(POLICY_AUTHORS)),
         )
         .route(
             "/policies/test",
-            post(policies::test).layer(DefaultBodyLimit::max(policies::DRAFT_BODY_LIMIT)),
+            json(post(policies::test), policies::DRAFT_BODY_LIMIT)
+                .route_layer(gate(POLICY_AUTHORS)),
         )
         .route(
             "/policies/simulate",
-            post(policies::simulate).layer(DefaultBodyLimit::max(policies::DRAFT_BODY_LIMIT)),
+            json(post(policies::simulate), policies::DRAFT_BODY_LIMIT)
+                .route_layer(gate(POLICY_AUTHORS)),
         )
         .route(
             "/policies/versions",
-            post(policies::create)
-                .layer(DefaultBodyLimit::max(policies::DRAFT_BODY_LIMIT))
-                .get(policies::list),
+            json(post(policies::create), policies::DRAFT_BODY_LIMIT)
+                .route_layer(gate(POLICY_AUTHORS))
+                .merge(get(policies::list).route_layer(gate(POLICY_READERS))),
         )
-        .route("/policies/versions/{version}", get(policies::get))
+        .route(
+            "/policies/versions/{version}",
+            get(policies::get).route_layer(gate(POLICY_READERS)),
+        )
         .route(
             "/policies/versions/{version}/activate",
-            post(policies::activate),
+            post(policies::activate).route_layer(gate(POLICY_AUTHORS)),
         )
-        .route("/policies/rollback", post(policies::rollback))
-        .route("/policies/activations", get(policies::activations))
+        .route(
+            "/policies/rollback",
+            json(post(policies::rollback), policies::ROLLBACK_BODY_LIMIT)
+                .route_layer(gate(POLICY_AUTHORS)),
+        )
+        .route(
+            "/policies/activations",
+            get(policies::activations).route_layer(gate(POLICY_READERS)),
+        )
         .route(
             "/policies/requests/{request}",
-            get(policies::request_status),
+            get(policies::request_status).route_layer(gate(POLICY_READERS)),
         )
-        .route("/policies/diff", get(policies::version_diff));
+        .route(
+            "/policies/diff",
+            get(policies::version_diff).route_layer(gate(POLICY_READERS)),
+        );
+    let metrics = if http.metrics_need_token {
+        get(ops::metrics).route_layer(gate(MONITORS))
+    } else {
+        get(ops::metrics)
+    };
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+        .route("/metrics", metrics)
         .route("/openapi.json", get(ops::openapi))
         .fallback(|| async { problem::ApiError::NotFound("this route".into()) })
         .method_not_allowed_fallback(|| async { problem::ApiError::MethodNotAllowed })
         .with_state(state)
+        .layer(axum::middleware::from_fn(problem::problems_only))
+        .layer(axum::middleware::from_fn_with_state(
+            http.body_timeout,
+            edge::body_deadline,
+        ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
@@ -187,8 +279,8 @@ pub fn router(state: AppState) -> Router {
         policies::simulate, policies::request_status,
         ops::healthz, ops::readyz, ops::metrics,
     ),
-    components(schemas(crate::auth::Role)),
-    modifiers(&BearerAuth),
+    components(schemas(crate::auth::Role, audit::ExportFormat)),
+    modifiers(&BearerAuth, &EdgeResponses, &OperationIds, &IdPatterns),
     tags(
         (name = "orders", description = "Submit orders and read their decisions"),
         (name = "assets", description = "Register the assets orders may target"),
@@ -211,6 +303,154 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+    }
+}
+
+/// Every operation's methods, for the modifiers below.
+fn operations(
+    openapi: &mut utoipa::openapi::OpenApi,
+) -> Vec<&mut utoipa::openapi::path::Operation> {
+    openapi
+        .paths
+        .paths
+        .values_mut()
+        .flat_map(|item| {
+            [
+                item.get.as_mut(),
+                item.put.as_mut(),
+                item.post.as_mut(),
+                item.delete.as_mut(),
+                item.patch.as_mut(),
+            ]
+        })
+        .flatten()
+        .collect()
+}
+
+/// Documents, on every operation they apply to, the answers the edge gives before a handler
+/// runs (see [`edge`] and [`extract::check_gate`]); an operation's own description of the same
+/// status wins. Responses without a description get the status's reason phrase.
+struct EdgeResponses;
+
+impl utoipa::Modify for EdgeResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                            "Problem",
+                        ))))
+                        .build(),
+                )
+                .build()
+        };
+        for op in operations(openapi) {
+            let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            let has_body = op.request_body.is_some();
+            let params = op.parameters.clone().unwrap_or_default();
+            let has_in = |place: ParameterIn| {
+                params
+                    .iter()
+                    .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == place))
+            };
+            let mut add = |status: &str, description: &str| {
+                op.responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| RefOr::T(problem(description)));
+            };
+            if secured {
+                add("401", "Missing, invalid or expired token");
+                add("403", "The token lacks a role this operation needs");
+            }
+            if has_in(ParameterIn::Path) {
+                add("400", "A path segment that does not parse");
+            }
+            if has_in(ParameterIn::Query) {
+                add("422", "A query parameter that does not parse");
+            }
+            if has_body {
+                add("400", "Malformed JSON");
+                add("408", "The body did not arrive within the body timeout");
+                add("413", "The body exceeds this operation's limit");
+                add("415", "The body is not application/json");
+                add("422", "JSON of the wrong shape");
+            }
+            for (status, response) in op.responses.responses.iter_mut() {
+                if let RefOr::T(response) = response {
+                    if response.description.is_empty() {
+                        response.description = status
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                            .and_then(|s| s.canonical_reason())
+                            .unwrap_or("Response")
+                            .to_owned();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Operation ids are `<tag>_<handler>`: handler names repeat across modules (`get`, `list`).
+struct OperationIds;
+
+impl utoipa::Modify for OperationIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for op in operations(openapi) {
+            let tag = op
+                .tags
+                .as_ref()
+                .and_then(|t| t.first())
+                .cloned()
+                .unwrap_or_default();
+            if let Some(id) = op.operation_id.as_mut() {
+                if !tag.is_empty() && !id.starts_with(&format!("{tag}_")) {
+                    *id = format!("{tag}_{id}");
+                }
+            }
+        }
+    }
+}
+
+/// The patterns of the identifiers and amounts, as their parsers in [`crate::domain::ids`]
+/// accept them (`tests/openapi.rs` checks the two agree on samples).
+pub const ID_PATTERNS: &[(&str, &str)] = &[
+    ("IssuerId", "^[A-Za-z0-9._-]{1,64}$"),
+    ("ChainId", "^[a-z0-9_-]{1,64}$"),
+    ("AssetId", "^[!-.0-~]{1,256}$"),
+    ("HolderAddress", "^[!-.0-~]{1,256}$"),
+    ("JurisdictionCode", "^[A-Z0-9-]{1,32}$"),
+    ("AssetClass", "^[a-z0-9_]{1,64}$"),
+    ("Instrument", "^[a-z0-9_]{1,64}$"),
+    ("PolicyId", "^[A-Za-z0-9._-]{1,128}$"),
+    ("Amount", "^0*[1-9][0-9]{0,37}$"),
+    (
+        "OrderId",
+        "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+    ),
+];
+
+struct IdPatterns;
+
+impl utoipa::Modify for IdPatterns {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::RefOr;
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for (name, pattern) in ID_PATTERNS {
+            if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(*name) {
+                object.pattern = Some((*pattern).to_owned());
+            }
+        }
     }
 }
 

@@ -82,15 +82,21 @@ async fn readiness(state: &AppState) -> Result<Json<Readiness>, ApiError> {
     }))
 }
 
-/// Prometheus metrics.
+/// Prometheus metrics. Open unless the service runs with `--metrics-require-token`; then it
+/// needs a token with the `monitor` or `admin` role.
 #[utoipa::path(
     get, path = "/metrics", tag = "ops",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, description = "With --metrics-require-token: missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "With --metrics-require-token: the token lacks the monitor or admin role", body = Problem, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer" = []))
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        crate::webhooks::series::scrub(state.metrics.render()),
     )
 }
 

@@ -32,6 +32,8 @@ use crate::storage::{self, StorageError};
 
 /// A draft's files may take `MAX_BYTES`; JSON escaping adds some.
 pub const DRAFT_BODY_LIMIT: usize = MAX_BYTES + MAX_BYTES / 2;
+/// A rollback names at most a version.
+pub const ROLLBACK_BODY_LIMIT: usize = 1024;
 /// How long an activation waits for the sequencer to record it before answering 202.
 const ACTIVATION_WAIT: Duration = Duration::from_secs(10);
 /// Changed orders listed by a simulation unless asked otherwise, and at most.
@@ -209,6 +211,7 @@ pub struct RequestView {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DiffQuery {
     /// The version to compare from.
@@ -496,7 +499,7 @@ pub async fn rollback(
     let request: RollbackRequest = if empty {
         RollbackRequest::default()
     } else {
-        json_body(body, 1024)?
+        json_body(body, ROLLBACK_BODY_LIMIT)?
     };
     let history = store::activations(&state.pool, i64::MAX).await?;
     let Some(current) = history.first() else {

@@ -84,6 +84,10 @@ pub enum ApiError {
     IssuerMismatch { sub: String, issuer: String },
     #[error("this route does not accept that method")]
     MethodNotAllowed,
+    #[error("the body must be JSON (Content-Type: application/json), not {0}")]
+    UnsupportedMediaType(String),
+    #[error("the request body did not arrive within the body timeout")]
+    RequestTimeout,
     #[error("not ready: {0}")]
     NotReady(String),
     #[error("the webhook URL is refused: {0}")]
@@ -117,6 +121,10 @@ impl ApiError {
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             IssuerMismatch { .. } => (StatusCode::FORBIDDEN, "issuer-mismatch"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+            UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout"),
             NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-ready"),
             UrlRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "url-refused"),
             PolicyInvalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "policy-invalid"),
@@ -169,8 +177,70 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: do not read it as the next request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
+}
+
+/// The problem `type` slug of an error status that did not come from an [`ApiError`].
+fn slug_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::REQUEST_TIMEOUT => "request-timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid-request",
+        s if s.is_server_error() => "internal",
+        _ => "bad-request",
+    }
+}
+
+/// Turns every error response that is not a problem document yet (axum's own rejections:
+/// an unparsable path segment, for one, are `text/plain`) into one, keeping its status and
+/// headers and using its text as the `detail`. Handlers' errors pass through untouched.
+pub async fn problems_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let problem = Problem {
+        kind: format!("urn:regulator:problem:{}", slug_for_status(status)),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail,
+        errors: None,
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// Maps a body parse failure: broken JSON is a 400, JSON of the wrong shape a 422.

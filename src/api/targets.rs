@@ -21,7 +21,7 @@ use crate::policy::vocabulary::Vocabulary;
 use crate::storage;
 use crate::storage::policy as store;
 
-const ASSET_BODY_LIMIT: usize = 16 * 1024;
+pub const ASSET_BODY_LIMIT: usize = 16 * 1024;
 
 /// The attributes of an asset that policies read.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -108,6 +108,7 @@ pub async fn put_asset(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TargetQuery {
     /// One holder's balance; absent: the asset as a whole.
@@ -192,6 +193,7 @@ pub async fn get_target(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// Only decisions on this holder's balance or on the whole asset.

@@ -197,10 +197,11 @@ pub async fn create(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this chain's subscriptions.
-    pub chain: Option<String>,
+    pub chain: Option<ChainId>,
 }
 
 /// List subscriptions.
@@ -219,7 +220,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<SubscriptionList>, ApiError> {
     require(&principal, &[Role::Admin])?;
-    let found = store::list(&state.pool, query.chain.as_deref()).await?;
+    let found = store::list(&state.pool, query.chain.as_ref().map(ChainId::as_str)).await?;
     Ok(Json(SubscriptionList {
         subscriptions: found.into_iter().map(Into::into).collect(),
     }))
@@ -266,6 +267,7 @@ pub async fn delete(
     if !store::delete(&state.pool, id, &principal.sub).await? {
         return Err(not_found(id));
     }
+    crate::webhooks::series::retire(id);
     tracing::info!(subscription = %id, by = %principal.sub, "webhook subscription deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -451,6 +453,7 @@ pub async fn rotate_secret(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptsQuery {
     /// Attempts before this attempt id (the previous page's `next_before`).
@@ -532,3 +535,6 @@ pub async fn attempts(
         next_before,
     }))
 }
+
+/// The body limit of the webhooks routes that take one, for the router's edge checks.
+pub(super) const ROUTE_BODY_LIMIT: usize = BODY_LIMIT;

@@ -83,6 +83,8 @@ pub struct ServeArgs {
     tokens: TokenArgs,
     #[command(flatten)]
     webhooks: WebhookArgs,
+    #[command(flatten)]
+    http: HttpArgs,
     /// The Ed25519 key that signs checkpoints of the decision log (PKCS#8 PEM), created with
     /// mode 0600 if missing. Give every replica the same key.
     #[arg(
@@ -94,6 +96,35 @@ pub struct ServeArgs {
     /// How often a checkpoint is published when there are new decisions.
     #[arg(long, env = "REGULATOR_CHECKPOINT_INTERVAL", default_value = "60s", value_parser = duration)]
     checkpoint_interval: Duration,
+}
+
+/// The HTTP edge. Durations are written `250ms`, `10s`, `5m` or `1h`.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// A connection must send a request's complete headers within this, or it is closed; also
+    /// how long an idle keep-alive connection is kept.
+    #[arg(long, env = "REGULATOR_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    http_header_timeout: Duration,
+    /// A request's body must have arrived within this after its headers, or it gets 408.
+    #[arg(long, env = "REGULATOR_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = duration)]
+    http_body_timeout: Duration,
+    /// Refuse tokens that live longer than this (`exp - iat`).
+    #[arg(long, env = "REGULATOR_JWT_MAX_LIFETIME", default_value = "24h", value_parser = duration)]
+    jwt_max_lifetime: Duration,
+    /// `/metrics` needs a bearer token with the `monitor` (or `admin`) role.
+    #[arg(long, env = "REGULATOR_METRICS_REQUIRE_TOKEN")]
+    metrics_require_token: bool,
+}
+
+impl HttpArgs {
+    fn config(self) -> regulator::api::edge::HttpConfig {
+        regulator::api::edge::HttpConfig {
+            header_timeout: self.http_header_timeout,
+            body_timeout: self.http_body_timeout,
+            metrics_need_token: self.metrics_require_token,
+            max_token_lifetime: self.jwt_max_lifetime,
+        }
+    }
 }
 
 /// Webhook delivery (SPEC §8). Durations are written `250ms`, `10s`, `5m` or `1h`.
@@ -239,6 +270,7 @@ impl ServeArgs {
             webhooks: self.webhooks.config(),
             checkpoint_key: self.checkpoint_key,
             checkpoint_interval: self.checkpoint_interval,
+            http: self.http.config(),
         };
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,
@@ -274,8 +306,8 @@ pub struct TokenCommand {
     /// The authority or service the token speaks for, e.g. US-SEC.
     #[arg(long)]
     sub: String,
-    /// Comma-separated roles: regulator, coordinator, policy_author, auditor, chain, admin
-    /// (spaces after the commas are fine).
+    /// Comma-separated roles: regulator, coordinator, policy_author, auditor, chain, admin,
+    /// monitor (spaces after the commas are fine).
     #[arg(long, required = true, num_args = 1..)]
     roles: Vec<String>,
     /// Lifetime in seconds.

@@ -5,12 +5,14 @@
 //! - [`guard`]: which URLs and addresses a delivery may reach (SSRF).
 //! - [`retry`]: the backoff schedule and `Retry-After`.
 //! - [`worker`]: the delivery worker; one per replica, one deliverer per subscription.
+//! - [`series`]: the per-subscription metrics, and dropping those of deleted subscriptions.
 //!
 //! The decision log is the outbox: a subscription is only a cursor into it (see
 //! [`crate::storage::webhooks`]), so a notification can never disagree with the decision.
 
 pub mod guard;
 pub mod retry;
+pub mod series;
 pub mod signing;
 pub mod worker;
 

@@ -193,6 +193,7 @@ impl Worker {
     async fn report_lags(&self) {
         match store::lags(&self.pool, BACKLOG_CAP).await {
             Ok(lags) => {
+                super::series::keep_only(&lags.iter().map(|l| l.id).collect());
                 for lag in lags {
                     let label = lag.id.to_string();
                     gauge!("regulator_webhook_lag_decisions", "subscription" => label.clone())
@@ -239,6 +240,7 @@ impl Worker {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), StorageError> {
         let label = id.to_string();
+        super::series::labelled(id);
         let lease = self.config.lease;
         let mut head = self.head.clone();
         let Some(mut held) = self.first_hold(id).await? else {

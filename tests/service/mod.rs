@@ -45,6 +45,7 @@ pub fn config(secret: PathBuf, window_ms: i64) -> Config {
         webhooks: regulator::webhooks::WebhookConfig::default(),
         checkpoint_key,
         checkpoint_interval: Duration::from_secs(3600),
+        http: Default::default(),
     }
 }
 
