@@ -17,6 +17,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod chain;
 pub mod decide;
 pub mod domain;
 pub mod hub;
