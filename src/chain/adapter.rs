@@ -280,13 +280,12 @@ impl Adapter {
         keys: &[TargetKey],
         block: BlockId,
     ) -> Result<Vec<Observed>, ChainError> {
-        use futures::StreamExt;
-        futures::stream::iter(keys.iter().map(|k| self.read(k, block)))
-            .buffered(READ_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect()
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(READ_CONCURRENCY) {
+            let reads: Vec<_> = chunk.iter().map(|k| self.read(k, block)).collect();
+            out.extend(futures::future::try_join_all(reads).await?);
+        }
+        Ok(out)
     }
 
     /// Sends what the dirty targets lack and waits for it to be mined.
