@@ -23,6 +23,7 @@ pub mod domain;
 pub mod hub;
 pub mod intake;
 pub mod policy;
+pub mod reconcile;
 pub mod sequencer;
 pub mod simulate;
 pub mod storage;

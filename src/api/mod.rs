@@ -3,6 +3,7 @@
 //! Every error leaves through [`problem::ApiError`] as an RFC 9457 problem document.
 
 pub mod audit;
+pub mod chains;
 pub mod extract;
 pub mod feed;
 pub mod ops;
@@ -134,7 +135,12 @@ pub fn router(state: AppState) -> Router {
             "/policies/requests/{request}",
             get(policies::request_status),
         )
-        .route("/policies/diff", get(policies::version_diff));
+        .route("/policies/diff", get(policies::version_diff))
+        .route(
+            "/chains/{chain}/observations",
+            post(chains::observe).layer(DefaultBodyLimit::max(chains::OBSERVATIONS_BODY_LIMIT)),
+        )
+        .route("/reconciliation", get(chains::reconciliation));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(ops::healthz))
@@ -181,6 +187,7 @@ pub fn router(state: AppState) -> Router {
         policies::validate, policies::test, policies::create, policies::list, policies::get,
         policies::version_diff, policies::activate, policies::rollback, policies::activations,
         policies::simulate, policies::request_status,
+        chains::observe, chains::reconciliation,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(crate::auth::Role)),
@@ -193,6 +200,7 @@ pub fn router(state: AppState) -> Router {
         (name = "webhooks", description = "Subscriptions that push the decision log to chains (admin)"),
         (name = "audit", description = "Signed checkpoints of the Merkle tree over the log, and proofs (auditor)"),
         (name = "policies", description = "Policy versions: validate, test, diff, simulate, activate, roll back (policy_author)"),
+        (name = "chains", description = "Observations from chain adapters and the reconciler's status per target"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]
