@@ -196,9 +196,12 @@ impl Adapter {
             self.resync.extend(all);
             self.next_resync = now + self.config.resync();
         }
-        let busy = !self.dirty.is_empty() || !self.awaiting.is_empty() || !self.resync.is_empty();
-        let wait = if busy {
+        let wait = if !self.dirty.is_empty() || !self.resync.is_empty() {
             0
+        } else if !self.awaiting.is_empty() {
+            // Waiting for blocks to become final: look again in a second, or as soon as a
+            // decision comes.
+            1
         } else {
             self.next_resync
                 .saturating_duration_since(now)
