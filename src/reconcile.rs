@@ -157,7 +157,16 @@ pub async fn chain_report(
         );
         let status = projection::status(&st, now, apply_deadline());
         summary.count(status);
-        out.push(report(chain, key, status, projection.clone(), state, decided_at, stored, count));
+        out.push(report(
+            chain,
+            key,
+            status,
+            projection.clone(),
+            state,
+            decided_at,
+            stored,
+            count,
+        ));
     }
     summary.publish();
     Ok((out, summary))
@@ -268,8 +277,7 @@ pub async fn ingest(
         );
         let was = last_status.get(&key).copied().flatten();
         let mut opened = None;
-        if status == Status::Diverged
-            && !matches!(was, Some(Status::Diverged | Status::Escalated))
+        if status == Status::Diverged && !matches!(was, Some(Status::Diverged | Status::Escalated))
         {
             let count = counts.entry(key.clone()).or_insert(0);
             *count += 1;

@@ -109,13 +109,26 @@ async fn wait_status(app: &TestApp, chain: &Chain, holder: Option<Address>, want
 #[sqlx::test]
 async fn an_sec_freeze_takes_effect_on_chain_and_converges(pool: PgPool) {
     let (app, chain, _adapter) = story(pool, "anvil-sec", 30).await;
-    submit(&app, &chain, "US-SEC", "sec-1", Some(chain.alice), SEC_COURT, json!({"kind": "FREEZE"})).await;
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "sec-1",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE"}),
+    )
+    .await;
     let converged = wait_status(&app, &chain, Some(chain.alice), "converged").await;
     assert!(chain.is_frozen(chain.alice).await);
     assert!(!chain.is_frozen(chain.bob).await, "only Alice is frozen");
     assert_eq!(converged["decided"]["frozen"], true);
     assert_eq!(converged["applied"]["observed"]["frozen"], true);
-    assert_eq!(converged["applied"]["tx_hashes"].as_array().unwrap().len(), 1, "{converged}");
+    assert_eq!(
+        converged["applied"]["tx_hashes"].as_array().unwrap().len(),
+        1,
+        "{converged}"
+    );
     assert!(converged["applied"]["block"]["number"].as_u64().unwrap() > 0);
     app.app.stop().await;
 }
@@ -125,21 +138,57 @@ async fn an_sec_freeze_takes_effect_on_chain_and_converges(pool: PgPool) {
 #[sqlx::test]
 async fn two_partial_freezes_sum_and_a_release_lifts_exactly_its_amount(pool: PgPool) {
     let (app, chain, _adapter) = story(pool, "anvil-partial", 30).await;
-    let first = submit(&app, &chain, "US-SEC", "p-1", Some(chain.alice), SEC_COURT, json!({"kind": "FREEZE", "amount": "300"})).await;
-    submit(&app, &chain, "US-SEC", "p-2", Some(chain.alice), SEC_COURT, json!({"kind": "FREEZE", "amount": "200"})).await;
+    let first = submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "p-1",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE", "amount": "300"}),
+    )
+    .await;
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "p-2",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE", "amount": "200"}),
+    )
+    .await;
     let converged = wait_status(&app, &chain, Some(chain.alice), "converged").await;
     assert_eq!(converged["decided"]["frozen_tokens"], "500", "{converged}");
     assert_eq!(chain.frozen_tokens(chain.alice).await, 500);
-    assert!(!chain.is_frozen(chain.alice).await, "a partial freeze leaves the address free");
+    assert!(
+        !chain.is_frozen(chain.alice).await,
+        "a partial freeze leaves the address free"
+    );
 
-    submit(&app, &chain, "US-SEC", "p-3", Some(chain.alice), SEC_COURT, json!({"kind": "RELEASE", "releases": first})).await;
-    evm::eventually(Duration::from_secs(30), "the release is applied", || async {
-        chain.frozen_tokens(chain.alice).await == 200
-    })
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "p-3",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "RELEASE", "releases": first}),
+    )
+    .await;
+    evm::eventually(
+        Duration::from_secs(30),
+        "the release is applied",
+        || async { chain.frozen_tokens(chain.alice).await == 200 },
+    )
     .await;
     let converged = wait_status(&app, &chain, Some(chain.alice), "converged").await;
     assert_eq!(converged["applied"]["observed"]["frozen_tokens"], "200");
-    assert_eq!(chain.balance(chain.alice).await, ALICE_BALANCE, "nothing moved");
+    assert_eq!(
+        chain.balance(chain.alice).await,
+        ALICE_BALANCE,
+        "nothing moved"
+    );
     app.app.stop().await;
 }
 
@@ -148,15 +197,37 @@ async fn two_partial_freezes_sum_and_a_release_lifts_exactly_its_amount(pool: Pg
 #[sqlx::test]
 async fn a_doj_seizure_moves_the_balance_to_the_doj_custody_wallet(pool: PgPool) {
     let (app, chain, _adapter) = story(pool, "anvil-doj", 30).await;
-    submit(&app, &chain, "US-SEC", "f-1", Some(chain.alice), SEC_COURT, json!({"kind": "FREEZE", "amount": "100"})).await;
-    submit(&app, &chain, "US-DOJ", "s-1", Some(chain.alice), DOJ_WARRANT, json!({"kind": "SEIZE"})).await;
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "f-1",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE", "amount": "100"}),
+    )
+    .await;
+    submit(
+        &app,
+        &chain,
+        "US-DOJ",
+        "s-1",
+        Some(chain.alice),
+        DOJ_WARRANT,
+        json!({"kind": "SEIZE"}),
+    )
+    .await;
     let converged = wait_status(&app, &chain, Some(chain.alice), "converged").await;
     assert_eq!(converged["decided"]["seized_by"], "US-DOJ");
     assert_eq!(chain.balance(chain.alice).await, 0);
     assert_eq!(chain.balance(chain.doj_custody).await, ALICE_BALANCE);
     assert!(chain.is_frozen(chain.alice).await);
     assert_eq!(chain.frozen_tokens(chain.alice).await, 0);
-    assert_eq!(chain.balance(chain.bob).await, BOB_BALANCE, "Bob is untouched");
+    assert_eq!(
+        chain.balance(chain.bob).await,
+        BOB_BALANCE,
+        "Bob is untouched"
+    );
     app.app.stop().await;
 }
 
@@ -164,21 +235,51 @@ async fn a_doj_seizure_moves_the_balance_to_the_doj_custody_wallet(pool: PgPool)
 #[sqlx::test]
 async fn an_asset_wide_freeze_pauses_the_token(pool: PgPool) {
     let (app, chain, _adapter) = story(pool, "anvil-pause", 30).await;
-    let freeze = submit(&app, &chain, "US-SEC", "a-1", None, SEC_COURT, json!({"kind": "FREEZE"})).await;
+    let freeze = submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "a-1",
+        None,
+        SEC_COURT,
+        json!({"kind": "FREEZE"}),
+    )
+    .await;
     let converged = wait_status(&app, &chain, None, "converged").await;
-    assert_eq!(converged["decided"], json!({"kind": "asset", "paused": true}));
+    assert_eq!(
+        converged["decided"],
+        json!({"kind": "asset", "paused": true})
+    );
     assert!(chain.paused().await);
-    submit(&app, &chain, "US-SEC", "a-2", None, SEC_COURT, json!({"kind": "RELEASE", "releases": freeze})).await;
-    evm::eventually(Duration::from_secs(30), "unpaused", || async { !chain.paused().await }).await;
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "a-2",
+        None,
+        SEC_COURT,
+        json!({"kind": "RELEASE", "releases": freeze}),
+    )
+    .await;
+    evm::eventually(Duration::from_secs(30), "unpaused", || async {
+        !chain.paused().await
+    })
+    .await;
     wait_status(&app, &chain, None, "converged").await;
     app.app.stop().await;
 }
 
 /// The issuer's own agent (the suite's owner) sends `call` on the token, out of band.
 async fn out_of_band(chain: &Chain, input: Vec<u8>) {
-    let nonce = token::quiesce(&chain.owner, Duration::from_secs(10)).await.unwrap();
-    let hash = token::send(&chain.owner, chain.suite.token, input, nonce).await.unwrap();
-    let mined = token::receipt(&chain.owner, hash, Duration::from_secs(10)).await.unwrap();
+    let nonce = token::quiesce(&chain.owner, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let hash = token::send(&chain.owner, chain.suite.token, input, nonce)
+        .await
+        .unwrap();
+    let mined = token::receipt(&chain.owner, hash, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert!(mined.is_some_and(|m| m.success));
 }
 
@@ -188,7 +289,16 @@ async fn out_of_band(chain: &Chain, input: Vec<u8>) {
 #[sqlx::test]
 async fn an_out_of_band_unfreeze_diverges_and_is_re_applied(pool: PgPool) {
     let (app, chain, _adapter) = story(pool, "anvil-oob", 3).await;
-    submit(&app, &chain, "US-SEC", "o-1", Some(chain.alice), SEC_COURT, json!({"kind": "FREEZE"})).await;
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "o-1",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE"}),
+    )
+    .await;
     wait_status(&app, &chain, Some(chain.alice), "converged").await;
 
     out_of_band(
@@ -203,12 +313,21 @@ async fn an_out_of_band_unfreeze_diverges_and_is_re_applied(pool: PgPool) {
     let diverged = wait_status(&app, &chain, Some(chain.alice), "diverged").await;
     assert_eq!(diverged["divergences"], 1, "{diverged}");
     assert!(
-        diverged["differences"][0].as_str().unwrap().contains("isFrozen is false"),
+        diverged["differences"][0]
+            .as_str()
+            .unwrap()
+            .contains("isFrozen is false"),
         "{diverged}"
     );
     let converged = wait_status(&app, &chain, Some(chain.alice), "converged").await;
-    assert!(chain.is_frozen(chain.alice).await, "the adapter froze her again");
-    assert_eq!(converged["divergences"], 1, "the divergence stays on record");
+    assert!(
+        chain.is_frozen(chain.alice).await,
+        "the adapter froze her again"
+    );
+    assert_eq!(
+        converged["divergences"], 1,
+        "the divergence stays on record"
+    );
     app.app.stop().await;
 }
 
@@ -218,14 +337,35 @@ async fn an_out_of_band_unfreeze_diverges_and_is_re_applied(pool: PgPool) {
 async fn a_freeze_above_the_balance_fails_with_the_revert_reason(pool: PgPool) {
     let (app, chain, _adapter) = story(pool, "anvil-fail", 30).await;
     let too_much = (ALICE_BALANCE + 1).to_string();
-    submit(&app, &chain, "US-SEC", "x-1", Some(chain.alice), SEC_COURT, json!({"kind": "FREEZE", "amount": too_much})).await;
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "x-1",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE", "amount": too_much}),
+    )
+    .await;
     let failed = wait_status(&app, &chain, Some(chain.alice), "failed").await;
     let reason = failed["applied"]["failure"].as_str().unwrap();
-    assert!(reason.contains("Amount exceeds available balance"), "{reason}");
+    assert!(
+        reason.contains("Amount exceeds available balance"),
+        "{reason}"
+    );
     assert!(reason.starts_with("freezePartialTokens"), "{reason}");
     assert_eq!(chain.frozen_tokens(chain.alice).await, 0);
     // Bob's targets are unaffected by Alice's failure.
-    submit(&app, &chain, "US-SEC", "x-2", Some(chain.bob), SEC_COURT, json!({"kind": "FREEZE"})).await;
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "x-2",
+        Some(chain.bob),
+        SEC_COURT,
+        json!({"kind": "FREEZE"}),
+    )
+    .await;
     wait_status(&app, &chain, Some(chain.bob), "converged").await;
     app.app.stop().await;
 }

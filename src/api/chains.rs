@@ -126,9 +126,11 @@ pub async fn reconciliation(
         .map(|s| s.parse::<Status>())
         .transpose()
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    let chains = match (query.chain, principal.has_any(&[Role::Chain])
-        && !principal.has_any(&[Role::Auditor, Role::Admin, Role::Regulator]))
-    {
+    let chains = match (
+        query.chain,
+        principal.has_any(&[Role::Chain])
+            && !principal.has_any(&[Role::Auditor, Role::Admin, Role::Regulator]),
+    ) {
         (asked, true) => {
             let own = asked.unwrap_or_else(|| principal.sub.clone());
             may_read_chain(&principal, &own)?;

@@ -63,7 +63,8 @@ impl Durable {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ChainError> {
-        let err = |e: std::io::Error| ChainError::Other(format!("state file {}: {e}", path.display()));
+        let err =
+            |e: std::io::Error| ChainError::Other(format!("state file {}: {e}", path.display()));
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| ChainError::Other(format!("state file: {e}")))?;
         let tmp = path.with_extension("tmp");
@@ -347,8 +348,7 @@ impl Adapter {
                         None => Address::ZERO,
                     };
                     for action in actions {
-                        match token::send(&self.conn, token, action.calldata(holder), nonce).await
-                        {
+                        match token::send(&self.conn, token, action.calldata(holder), nonce).await {
                             Ok(hash) => {
                                 nonce += 1;
                                 tracing::info!(chain = %self.config.chain, asset = %key.0, holder = ?key.1, call = action.name(), %hash, "sent");
@@ -376,7 +376,9 @@ impl Adapter {
 
         let mut mined_at: HashMap<TargetKey, (u64, Vec<Hash32>, Option<String>)> = HashMap::new();
         for s in &sent {
-            let entry = mined_at.entry(s.key.clone()).or_insert((head, vec![], None));
+            let entry = mined_at
+                .entry(s.key.clone())
+                .or_insert((head, vec![], None));
             if let Ok(h) = s.hash.to_string().parse() {
                 entry.1.push(h);
             }

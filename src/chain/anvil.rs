@@ -61,11 +61,16 @@ impl Anvil {
         block_time: Option<u64>,
     ) -> Result<Self, ChainError> {
         let mut cmd = Command::new(binary());
-        cmd.args(["--port", &port.to_string(), "--chain-id", &chain_id.to_string()])
-            .args(["--host", "127.0.0.1", "--silent"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--chain-id",
+            &chain_id.to_string(),
+        ])
+        .args(["--host", "127.0.0.1", "--silent"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         if let Some(secs) = block_time {
             cmd.args(["--block-time", &secs.to_string()]);
         }

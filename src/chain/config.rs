@@ -94,7 +94,10 @@ impl AdapterConfig {
                 *p = base.join(&*p);
             }
         }
-        for (what, u) in [("rpc_url", &config.rpc_url), ("engine.url", &config.engine.url)] {
+        for (what, u) in [
+            ("rpc_url", &config.rpc_url),
+            ("engine.url", &config.engine.url),
+        ] {
             url::Url::parse(u).map_err(|e| format!("{what} {u:?}: {e}"))?;
         }
         config.engine.url = config.engine.url.trim_end_matches('/').to_owned();
@@ -142,7 +145,10 @@ token_file = "chain.jwt"
     #[test]
     fn a_sample_parses() {
         let config: AdapterConfig = toml::from_str(SAMPLE).unwrap();
-        assert_eq!(config.finality, Finality::Confirmations { confirmations: 2 });
+        assert_eq!(
+            config.finality,
+            Finality::Confirmations { confirmations: 2 }
+        );
         assert_eq!(config.resync_seconds, 30);
         assert_eq!(config.assets.len(), 1);
         let tagged = SAMPLE.replace("{ confirmations = 2 }", "{ tag = \"finalized\" }");
@@ -156,7 +162,10 @@ token_file = "chain.jwt"
             SAMPLE.replace("{ confirmations = 2 }", "{ tag = \"latest\" }"),
             SAMPLE.replace("{ confirmations = 2 }", "{ confirmation = 2 }"),
             SAMPLE.replace("chain = \"anvil-1\"", "chain = \"Anvil 1\""),
-            SAMPLE.replace("[custody]", "[custody]\n\"US DOJ\" = \"0x70997970C51812dc3A010C7d01b50e0d17dc79C8\""),
+            SAMPLE.replace(
+                "[custody]",
+                "[custody]\n\"US DOJ\" = \"0x70997970C51812dc3A010C7d01b50e0d17dc79C8\"",
+            ),
             SAMPLE.replace("0x5FbDB2315678afecb367f032d93F642f64180aa3", "0x5FbD"),
             SAMPLE.replace("chain_id = 31337", "chain_id = 31337\ncolour = 1"),
         ] {

@@ -163,7 +163,12 @@ pub async fn deploy_suite(
         },
     )
     .await?;
-    call(conn, ir, IIdentityRegistry::addAgentCall { agent: conn.signer }).await?;
+    call(
+        conn,
+        ir,
+        IIdentityRegistry::addAgentCall { agent: conn.signer },
+    )
+    .await?;
     let compliance = create(conn, bytecode(artifacts, MODULAR_COMPLIANCE)?).await?;
     init(compliance).await?;
     let token = create(conn, bytecode(artifacts, TOKEN)?).await?;

@@ -107,7 +107,11 @@ impl Engine {
         let answer: TargetAnswer = self
             .get(&format!("/v1/targets/{}/{}", self.chain, asset), &[])
             .await?;
-        Ok(AssetState::from_parts(answer.holds, answer.state.version, 0))
+        Ok(AssetState::from_parts(
+            answer.holds,
+            answer.state.version,
+            0,
+        ))
     }
 
     /// Reports observations; answers the status the engine gives each target.

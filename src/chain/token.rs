@@ -57,7 +57,12 @@ pub async fn observe_holder(
 ) -> Result<Observed, ChainError> {
     let (frozen, frozen_tokens, balance) = tokio::try_join!(
         read(conn, token, IToken::isFrozenCall { user: holder }, block),
-        read(conn, token, IToken::getFrozenTokensCall { user: holder }, block),
+        read(
+            conn,
+            token,
+            IToken::getFrozenTokensCall { user: holder },
+            block
+        ),
         read(conn, token, IToken::balanceOfCall { user: holder }, block),
     )?;
     Ok(Observed::Holder {
@@ -234,7 +239,9 @@ pub async fn send(
         .estimate_gas(tx.clone())
         .await
         .map_err(ChainError::rpc)?;
-    let tx = tx.with_nonce(nonce).with_gas_limit(gas.saturating_mul(6) / 5);
+    let tx = tx
+        .with_nonce(nonce)
+        .with_gas_limit(gas.saturating_mul(6) / 5);
     let pending = conn
         .provider
         .send_transaction(tx)
@@ -311,11 +318,21 @@ mod tests {
             Ok(vec![Action::SetFrozen(true)])
         );
         assert_eq!(
-            plan(&decided(false, 500, false), &holder(false, 300, 1000), None, false),
+            plan(
+                &decided(false, 500, false),
+                &holder(false, 300, 1000),
+                None,
+                false
+            ),
             Ok(vec![Action::FreezePartial(200)])
         );
         assert_eq!(
-            plan(&decided(false, 200, false), &holder(false, 500, 1000), None, false),
+            plan(
+                &decided(false, 200, false),
+                &holder(false, 500, 1000),
+                None,
+                false
+            ),
             Ok(vec![Action::UnfreezePartial(300)])
         );
         assert_eq!(
@@ -333,7 +350,12 @@ mod tests {
     fn a_seizure_moves_the_balance_once_then_freezes() {
         let custody = Address::repeat_byte(0xd0);
         assert_eq!(
-            plan(&decided(true, 0, true), &holder(false, 40, 100), Some(custody), false),
+            plan(
+                &decided(true, 0, true),
+                &holder(false, 40, 100),
+                Some(custody),
+                false
+            ),
             Ok(vec![
                 Action::ForcedTransfer {
                     to: custody,
@@ -343,7 +365,12 @@ mod tests {
             ])
         );
         assert_eq!(
-            plan(&decided(true, 0, true), &holder(true, 0, 100), Some(custody), true),
+            plan(
+                &decided(true, 0, true),
+                &holder(true, 0, 100),
+                Some(custody),
+                true
+            ),
             Ok(vec![]),
             "a balance that comes back after the seizure is not moved a second time"
         );

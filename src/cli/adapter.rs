@@ -111,7 +111,10 @@ impl DeployArgs {
         let agents = self
             .agents
             .iter()
-            .map(|a| a.parse().map_err(|_| format!("--agent {a}: not an address")))
+            .map(|a| {
+                a.parse()
+                    .map_err(|_| format!("--agent {a}: not an address"))
+            })
             .collect::<Result<_, _>>()?;
         let holders = self
             .holders

@@ -151,7 +151,12 @@ mod tests {
     fn hashes_are_normalised_and_checked() {
         let h: Hash32 = format!("0x{}", "AB".repeat(32)).parse().unwrap();
         assert_eq!(h.as_str(), format!("0x{}", "ab".repeat(32)));
-        for bad in ["", "0x", "ab".repeat(32).as_str(), &format!("0x{}", "g".repeat(64))] {
+        for bad in [
+            "",
+            "0x",
+            "ab".repeat(32).as_str(),
+            &format!("0x{}", "g".repeat(64)),
+        ] {
             assert!(bad.parse::<Hash32>().is_err(), "{bad:?}");
         }
     }

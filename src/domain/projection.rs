@@ -196,7 +196,17 @@ pub fn differences(decided: &Decided, observed: &Observed) -> Vec<String> {
 
 /// How far a chain is from the decided state of one target.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -328,8 +338,8 @@ fn is_rest(decided: &Decided) -> bool {
 mod tests {
     use super::*;
     use crate::domain::{
-        Amount, AssetId, AssetKey, ChainId, Effect, Hold, Instrument, OrderId, OrderKind,
-        Priority, Target,
+        Amount, AssetId, AssetKey, ChainId, Effect, Hold, Instrument, OrderId, OrderKind, Priority,
+        Target,
     };
 
     fn key() -> AssetKey {
@@ -416,7 +426,11 @@ mod tests {
         let s = state(vec![
             hold(OrderKind::Freeze, Some(alice()), Some(300)),
             hold(OrderKind::Suspend, Some(alice()), Some(200)),
-            hold(OrderKind::Freeze, Some(HolderAddress::parse("0xb0b").unwrap()), Some(7)),
+            hold(
+                OrderKind::Freeze,
+                Some(HolderAddress::parse("0xb0b").unwrap()),
+                Some(7),
+            ),
         ]);
         assert_eq!(
             holder_of(&s),
@@ -523,21 +537,33 @@ mod tests {
         let st = |s: Standing<'_>, d| status(&s, now, d);
 
         assert_eq!(
-            st(standing(&frozen, 2, Some(obs(on_chain_frozen, 1, None)), 0), long),
+            st(
+                standing(&frozen, 2, Some(obs(on_chain_frozen, 1, None)), 0),
+                long
+            ),
             Status::Converged,
             "the chain shows the decided state, whichever version the adapter read it for"
         );
         assert_eq!(
-            st(standing(&frozen, 2, Some(obs(on_chain_free, 1, None)), 0), long),
+            st(
+                standing(&frozen, 2, Some(obs(on_chain_free, 1, None)), 0),
+                long
+            ),
             Status::Pending
         );
         assert_eq!(
-            st(standing(&frozen, 2, Some(obs(on_chain_free, 1, None)), 0), short),
+            st(
+                standing(&frozen, 2, Some(obs(on_chain_free, 1, None)), 0),
+                short
+            ),
             Status::Lagging
         );
         assert_eq!(st(standing(&frozen, 2, None, 0), long), Status::Pending);
         assert_eq!(
-            st(standing(&frozen, 2, Some(obs(on_chain_free, 2, None)), 0), long),
+            st(
+                standing(&frozen, 2, Some(obs(on_chain_free, 2, None)), 0),
+                long
+            ),
             Status::Diverged,
             "the adapter believed version 2 in force and the chain disagrees"
         );
@@ -550,7 +576,12 @@ mod tests {
         );
         assert_eq!(
             st(
-                standing(&frozen, 2, Some(obs(on_chain_free, 2, None)), ESCALATE_AFTER),
+                standing(
+                    &frozen,
+                    2,
+                    Some(obs(on_chain_free, 2, None)),
+                    ESCALATE_AFTER
+                ),
                 long
             ),
             Status::Escalated
@@ -562,11 +593,14 @@ mod tests {
     #[test]
     fn units_parse_at_the_edge() {
         assert_eq!("0".parse::<Units>(), Ok(Units(0)));
-        assert_eq!(
-            u128::MAX.to_string().parse::<Units>(),
-            Ok(Units(u128::MAX))
-        );
-        for bad in ["", "-1", "1e3", "340282366920938463463374607431768211456", " 1"] {
+        assert_eq!(u128::MAX.to_string().parse::<Units>(), Ok(Units(u128::MAX)));
+        for bad in [
+            "",
+            "-1",
+            "1e3",
+            "340282366920938463463374607431768211456",
+            " 1",
+        ] {
             assert!(bad.parse::<Units>().is_err(), "{bad:?}");
         }
     }

@@ -185,10 +185,9 @@ pub async fn divergence_counts(
 
 /// The chains with a registered asset.
 pub async fn chains(pool: &PgPool) -> Result<Vec<ChainId>, StorageError> {
-    let rows: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT chain FROM assets ORDER BY chain")
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<String> = sqlx::query_scalar("SELECT DISTINCT chain FROM assets ORDER BY chain")
+        .fetch_all(pool)
+        .await?;
     rows.into_iter()
         .map(|c| ChainId::parse(c).map_err(corrupt))
         .collect()
