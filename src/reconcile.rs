@@ -10,6 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::domain::event::{Divergence, EventRequest};
 use crate::domain::observation::{BlockRef, Finality, Hash32, Observation};
 use crate::domain::projection::{self, Decided, FinalObservation, Observed, Standing, Status};
 use crate::domain::{AssetId, AssetState, ChainId, HolderAddress};
@@ -219,18 +220,9 @@ pub struct Verdict {
     pub differences: Vec<String>,
 }
 
-/// A divergence found in a batch, for the ledger.
-#[derive(Debug, Clone)]
-pub struct Divergence {
-    pub asset: AssetId,
-    pub holder: Option<HolderAddress>,
-    pub version: u64,
-    pub block: BlockRef,
-    pub differences: Vec<String>,
-}
-
 /// Records a batch of `chain`'s observations and answers each target's status. A final
-/// observation that opens a divergence (the target was not diverged before) is recorded as one.
+/// observation that opens a divergence (the target was not diverged before) is recorded as one,
+/// and as a ledger event.
 pub async fn ingest(
     pool: &PgPool,
     chain: &ChainId,
@@ -290,10 +282,12 @@ pub async fn ingest(
             );
             opened = Some(differences.clone());
             divergences.push(Divergence {
-                asset: o.asset.clone(),
-                holder: o.holder.clone(),
+                chain: chain.to_string(),
+                asset: o.asset.to_string(),
+                holder: o.holder.as_ref().map(|h| h.to_string()),
                 version: o.version,
-                block: o.block.clone(),
+                block_number: o.block.number,
+                block_hash: o.block.hash.to_string(),
                 differences: differences.clone(),
             });
         }
@@ -319,6 +313,12 @@ pub async fn ingest(
             divergence,
         })
         .collect();
-    store::insert_observations(pool, chain, reporter, &new_rows).await?;
+    // The divergences become ledger events in the same transaction as their evidence.
+    let events: Vec<EventRequest> = divergences
+        .iter()
+        .cloned()
+        .map(EventRequest::Divergence)
+        .collect();
+    store::insert_observations(pool, chain, reporter, &new_rows, &events).await?;
     Ok((verdicts, divergences))
 }

@@ -273,6 +273,9 @@ impl Sequencer {
                     chain,
                     change,
                 }),
+                Ok(EventRequest::Divergence(divergence)) => {
+                    Ok(LedgerEvent::DivergenceDetected(divergence))
+                }
             };
             match event {
                 Ok(event) => {

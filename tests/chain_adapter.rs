@@ -328,6 +328,22 @@ async fn an_out_of_band_unfreeze_diverges_and_is_re_applied(pool: PgPool) {
         converged["divergences"], 1,
         "the divergence stays on record"
     );
+
+    // Auditors see it in the log, with the block and what differed.
+    let (_, page) = app.get(&app.auditor(), "/v1/audit/events?limit=1000").await;
+    let divergences: Vec<&Value> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["event"])
+        .filter(|e| e["event"]["type"] == "divergence_detected")
+        .collect();
+    assert_eq!(divergences.len(), 1, "{page:#}");
+    let d = &divergences[0]["event"];
+    assert_eq!(d["holder"], evm::holder(chain.alice));
+    assert_eq!(d["chain"], chain.name.as_str());
+    assert!(d["block_number"].as_u64().unwrap() > 0);
+    assert_eq!(divergences[0]["actor"], chain.name.as_str());
     app.app.stop().await;
 }
 

@@ -84,7 +84,7 @@ pub async fn observe(
     )
     .await?;
     for d in divergences {
-        tracing::warn!(chain = %chain, asset = %d.asset, holder = ?d.holder, version = d.version, block = d.block.number, differences = ?d.differences, "divergence");
+        tracing::warn!(chain = %chain, asset = %d.asset, holder = ?d.holder, version = d.version, block = d.block_number, differences = ?d.differences, "divergence");
     }
     Ok(Json(ObservationAnswer { results }))
 }

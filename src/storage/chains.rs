@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
 use super::{corrupt, StorageError};
+use crate::domain::event::EventRequest;
 use crate::domain::observation::{BlockRef, Finality, Hash32, Observation};
 use crate::domain::projection::{Observed, Status};
 use crate::domain::{AssetId, AssetKey, AssetState, ChainId, HolderAddress};
@@ -35,13 +36,14 @@ pub struct NewObservation<'a> {
     pub divergence: Option<Vec<String>>,
 }
 
-/// Stores a batch of one chain's observations (and the divergences they open) in one
-/// transaction.
+/// Stores a batch of one chain's observations, the divergences they open and the ledger events
+/// that record them, in one transaction.
 pub async fn insert_observations(
     pool: &PgPool,
     chain: &ChainId,
     reporter: &str,
     rows: &[NewObservation<'_>],
+    events: &[EventRequest],
 ) -> Result<(), StorageError> {
     let mut tx = pool.begin().await?;
     for row in rows {
@@ -83,6 +85,9 @@ pub async fn insert_observations(
             .execute(&mut *tx)
             .await?;
         }
+    }
+    for event in events {
+        super::policy::request_event(&mut *tx, event, reporter).await?;
     }
     tx.commit().await?;
     Ok(())
