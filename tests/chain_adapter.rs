@@ -6,16 +6,13 @@ mod service;
 
 use std::time::Duration;
 
-use alloy::primitives::Address;
 use alloy::rpc::types::BlockId;
 use regulator::chain::contracts::{IIdentityRegistry, IToken};
 use regulator::chain::token;
-use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use evm::{Chain, ALICE_BALANCE, BOB_BALANCE};
-use service::{order, TestApp};
+use evm::{out_of_band, story, submit, wait_status, Chain, ALICE_BALANCE, BOB_BALANCE, DOJ_WARRANT, SEC_COURT};
 
 #[tokio::test]
 async fn a_t_rex_suite_deploys_and_reads_back() {
@@ -37,71 +34,6 @@ async fn a_t_rex_suite_deploys_and_reads_back() {
     .unwrap();
     assert!(verified, "the custody wallet has a registered identity");
     assert_eq!(chain.suite.identities.len(), 3);
-}
-
-/// Submits an order on `holder`'s balance of the chain's bond (or the whole bond); returns its
-/// order id after checking it applied.
-async fn submit(
-    app: &TestApp,
-    chain: &Chain,
-    issuer: &str,
-    key: &str,
-    holder: Option<Address>,
-    legal: (&str, &str),
-    instruction: Value,
-) -> String {
-    let mut body = order(chain.name.as_str(), ASSET, legal.0, legal.1, instruction);
-    if let Some(h) = holder {
-        body["target"]["holder"] = json!(evm::holder(h));
-    }
-    let (status, answer) = app.submit(&app.regulator(issuer), key, &body).await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
-    assert_eq!(answer["decision"]["outcome"], "APPLIED", "{answer}");
-    answer["order_id"].as_str().unwrap().to_owned()
-}
-
-const ASSET: &str = "ACME-BOND-2031";
-const SEC_COURT: (&str, &str) = ("court_order", "SEC v. Acme Corp., 26-cv-0142 (S.D.N.Y.)");
-const DOJ_WARRANT: (&str, &str) = ("warrant", "26-MAG-0913");
-
-/// The engine, one chain with its suite, and its adapter running, resyncing every `resync` s.
-async fn story(pool: PgPool, name: &str, resync: u64) -> (TestApp, Chain, evm::RunningAdapter) {
-    let app = TestApp::spawn_with(pool, 0).await;
-    let chain = Chain::start(name, 31337, 1).await;
-    app.register(name, ASSET, "US", "security").await;
-    let adapter = evm::spawn_adapter(chain.adapter_config(&app, ASSET, resync)).await;
-    (app, chain, adapter)
-}
-
-/// The reconciler's view of one target of `chain`.
-async fn reconciliation(app: &TestApp, chain: &Chain, holder: Option<Address>) -> Value {
-    let (status, answer) = app
-        .get(
-            &app.auditor(),
-            &format!("/v1/reconciliation?chain={}", chain.name),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    let want = holder.map(evm::holder);
-    answer["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["asset"] == ASSET && t["holder"].as_str().map(str::to_owned) == want)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
-async fn wait_status(app: &TestApp, chain: &Chain, holder: Option<Address>, want: &str) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..150 {
-        last = reconciliation(app, chain, holder).await;
-        if last["status"] == want {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("target {holder:?} never became {want}: {last:#}");
 }
 
 /// (1) The SEC's court freeze of Alice's balance is in force on chain (`isFrozen`), observed at a
@@ -269,20 +201,6 @@ async fn an_asset_wide_freeze_pauses_the_token(pool: PgPool) {
     app.app.stop().await;
 }
 
-/// The issuer's own agent (the suite's owner) sends `call` on the token, out of band.
-async fn out_of_band(chain: &Chain, input: Vec<u8>) {
-    let nonce = token::quiesce(&chain.owner, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let hash = token::send(&chain.owner, chain.suite.token, input, nonce)
-        .await
-        .unwrap();
-    let mined = token::receipt(&chain.owner, hash, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert!(mined.is_some_and(|m| m.success));
-}
-
 /// (5) The token's agent unfreezes Alice out of band: within one resync period the reconciler
 /// calls her diverged (a divergence recorded), the adapter re-applies the freeze, and she
 /// converges again.
@@ -340,7 +258,7 @@ async fn an_out_of_band_unfreeze_diverges_and_is_re_applied(pool: PgPool) {
         .collect();
     assert_eq!(divergences.len(), 1, "{page:#}");
     let d = &divergences[0]["event"];
-    assert_eq!(d["holder"], evm::holder(chain.alice));
+    assert_eq!(d["holder"], evm::hex_of(chain.alice));
     assert_eq!(d["chain"], chain.name.as_str());
     assert!(d["block_number"].as_u64().unwrap() > 0);
     assert_eq!(divergences[0]["actor"], chain.name.as_str());

@@ -17,7 +17,11 @@ use regulator::chain::deploy::{self, HolderSpec, Suite, SuiteSpec};
 use regulator::chain::{token, Connection};
 use regulator::domain::{AssetId, ChainId, IssuerId};
 
-use crate::service::TestApp;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::service::{order, TestApp};
 
 /// Balances minted at deployment.
 pub const ALICE_BALANCE: u128 = 1_000;
@@ -42,7 +46,7 @@ pub fn addr(i: usize) -> Address {
 }
 
 /// The lowercase hex form the engine gets as a holder.
-pub fn holder(a: Address) -> String {
+pub fn hex_of(a: Address) -> String {
     format!("{a:#x}")
 }
 
@@ -182,4 +186,177 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Submits an order on `holder`'s balance of the chain's bond (or the whole bond); returns its
+/// order id after checking it applied.
+pub async fn submit(
+    app: &TestApp,
+    chain: &Chain,
+    issuer: &str,
+    key: &str,
+    holder: Option<Address>,
+    legal: (&str, &str),
+    instruction: Value,
+) -> String {
+    let mut body = order(chain.name.as_str(), ASSET, legal.0, legal.1, instruction);
+    if let Some(h) = holder {
+        body["target"]["holder"] = json!(hex_of(h));
+    }
+    let (status, answer) = app.submit(&app.regulator(issuer), key, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["decision"]["outcome"], "APPLIED", "{answer}");
+    answer["order_id"].as_str().unwrap().to_owned()
+}
+
+pub const ASSET: &str = "ACME-BOND-2031";
+pub const SEC_COURT: (&str, &str) = ("court_order", "SEC v. Acme Corp., 26-cv-0142 (S.D.N.Y.)");
+pub const DOJ_WARRANT: (&str, &str) = ("warrant", "26-MAG-0913");
+
+/// The engine, one chain with its suite, and its adapter running, resyncing every `resync` s.
+pub async fn story(pool: PgPool, name: &str, resync: u64) -> (TestApp, Chain, RunningAdapter) {
+    let app = TestApp::spawn_with(pool, 0).await;
+    let chain = Chain::start(name, 31337, 1).await;
+    app.register(name, ASSET, "US", "security").await;
+    let adapter = spawn_adapter(chain.adapter_config(&app, ASSET, resync)).await;
+    (app, chain, adapter)
+}
+
+/// The reconciler's view of one target of `chain`.
+pub async fn reconciliation(app: &TestApp, chain: &Chain, holder: Option<Address>) -> Value {
+    let (status, answer) = app
+        .get(
+            &app.auditor(),
+            &format!("/v1/reconciliation?chain={}", chain.name),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let want = holder.map(hex_of);
+    answer["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["asset"] == ASSET && t["holder"].as_str().map(str::to_owned) == want)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+pub async fn wait_status(app: &TestApp, chain: &Chain, holder: Option<Address>, want: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        last = reconciliation(app, chain, holder).await;
+        if last["status"] == want {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("target {holder:?} never became {want}: {last:#}");
+}
+
+/// The issuer's own agent (the suite's owner) sends `call` on the token, out of band.
+pub async fn out_of_band(chain: &Chain, input: Vec<u8>) {
+    let nonce = token::quiesce(&chain.owner, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let hash = token::send(&chain.owner, chain.suite.token, input, nonce)
+        .await
+        .unwrap();
+    let mined = token::receipt(&chain.owner, hash, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(mined.is_some_and(|m| m.success));
+}
+
+
+/// A TCP relay in front of a node: taking it down makes the node unreachable to the adapter
+/// (connections refused and cut) while the chain itself keeps its state.
+pub struct Relay {
+    pub port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(to: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, watch) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*watch.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let mut down = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Relay { port, up, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        let _ = self.up.send(up);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `config` as the TOML file `regulator adapter evm --config` reads.
+pub fn write_config_file(config: &AdapterConfig) -> PathBuf {
+    let finality = match config.finality {
+        Finality::Confirmations { confirmations } => format!("{{ confirmations = {confirmations} }}"),
+        Finality::Tag { .. } => "{ tag = \"finalized\" }".into(),
+    };
+    let mut text = format!(
+        "chain = \"{}\"\nrpc_url = \"{}\"\nchain_id = {}\nfinality = {finality}\nkey_file = \"{}\"\nstate_file = \"{}\"\nresync_seconds = {}\n\n[engine]\nurl = \"{}\"\ntoken_file = \"{}\"\n\n[assets]\n",
+        config.chain,
+        config.rpc_url,
+        config.chain_id,
+        config.key_file.display(),
+        config.state_file.display(),
+        config.resync_seconds,
+        config.engine.url,
+        config.engine.token_file.display(),
+    );
+    for (asset, token) in &config.assets {
+        text.push_str(&format!("\"{asset}\" = \"{token:#x}\"\n"));
+    }
+    text.push_str("\n[custody]\n");
+    for (authority, wallet) in &config.custody {
+        text.push_str(&format!("\"{authority}\" = \"{wallet:#x}\"\n"));
+    }
+    let path = config.state_file.with_file_name("adapter.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// How many transactions `who` has sent.
+pub async fn sent_by(chain: &Chain, who: Address) -> u64 {
+    chain
+        .owner
+        .provider
+        .get_transaction_count(who)
+        .latest()
+        .await
+        .unwrap()
 }
