@@ -314,6 +314,9 @@ impl Sequencer {
                     chain,
                     change,
                 }),
+                Ok(EventRequest::Divergence(divergence)) => {
+                    Ok(LedgerEvent::DivergenceDetected(divergence))
+                }
             };
             match event {
                 Ok(event) => {

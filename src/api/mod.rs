@@ -3,6 +3,7 @@
 //! Every error leaves through [`problem::ApiError`] as an RFC 9457 problem document.
 
 pub mod audit;
+pub mod chains;
 pub mod edge;
 pub mod extract;
 pub mod feed;
@@ -66,6 +67,8 @@ mod roles {
     pub const POLICY_READERS: &[Role] = &[PolicyAuthor, Auditor, Admin];
     pub const POLICY_AUTHORS: &[Role] = &[PolicyAuthor];
     pub const MONITORS: &[Role] = &[Monitor, Admin];
+    pub const CHAINS: &[Role] = &[Chain];
+    pub const RECONCILIATION_READERS: &[Role] = &[Chain, Regulator, Auditor, Admin];
 }
 
 /// The API's routes with the edge's checks (see [`edge`]), each error a problem document.
@@ -220,6 +223,15 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         .route(
             "/policies/diff",
             get(policies::version_diff).route_layer(gate(POLICY_READERS)),
+        )
+        .route(
+            "/chains/{chain}/observations",
+            json(post(chains::observe), chains::OBSERVATIONS_BODY_LIMIT)
+                .route_layer(gate(CHAINS)),
+        )
+        .route(
+            "/reconciliation",
+            get(chains::reconciliation).route_layer(gate(RECONCILIATION_READERS)),
         );
     let metrics = if http.metrics_need_token {
         get(ops::metrics).route_layer(gate(MONITORS))
@@ -277,6 +289,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         policies::validate, policies::test, policies::create, policies::list, policies::get,
         policies::version_diff, policies::activate, policies::rollback, policies::activations,
         policies::simulate, policies::request_status,
+        chains::observe, chains::reconciliation,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(crate::auth::Role, audit::ExportFormat)),
@@ -289,6 +302,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         (name = "webhooks", description = "Subscriptions that push the decision log to chains (admin)"),
         (name = "audit", description = "Signed checkpoints of the Merkle tree over the log, and proofs (auditor)"),
         (name = "policies", description = "Policy versions: validate, test, diff, simulate, activate, roll back (policy_author)"),
+        (name = "chains", description = "Observations from chain adapters and the reconciler's status per target"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]

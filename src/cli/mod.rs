@@ -1,6 +1,7 @@
 //! Subcommands. Each returns the process exit code: 0 on success, 1 when what it checked is
 //! wrong (an invalid policy, a failed test case), 2 when it could not run.
 
+mod adapter;
 mod audit;
 mod openapi;
 mod policy;
@@ -33,6 +34,12 @@ enum Command {
     Token(serve::TokenCommand),
     /// Print the OpenAPI document.
     Openapi,
+    /// Run a chain adapter: `regulator adapter evm --config FILE`.
+    #[command(subcommand)]
+    Adapter(adapter::AdapterCommand),
+    /// Chain tooling: `regulator chain deploy-trex` deploys an ERC-3643 suite to a node.
+    #[command(subcommand)]
+    Chain(adapter::ChainCommand),
 }
 
 impl Cli {
@@ -43,6 +50,8 @@ impl Cli {
             Command::Serve(args) => (*args).run(),
             Command::Token(cmd) => cmd.run(),
             Command::Openapi => openapi::run(),
+            Command::Adapter(cmd) => cmd.run(),
+            Command::Chain(cmd) => cmd.run(),
         }
     }
 }

@@ -70,6 +70,25 @@ pub enum LedgerEvent {
         chain: String,
         change: SubscriptionChange,
     },
+    /// A chain showed, at a final block, a state no decision explains (see
+    /// `docs/reconciliation.md`): the evidence auditors see in the log.
+    DivergenceDetected(Divergence),
+}
+
+/// What a divergence records: where, at which block, against which decided version, and what
+/// differed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Divergence {
+    pub chain: String,
+    pub asset: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// The asset version the adapter believed in force.
+    pub version: u64,
+    pub block_number: u64,
+    pub block_hash: String,
+    pub differences: Vec<String>,
 }
 
 impl LedgerEvent {
@@ -78,6 +97,7 @@ impl LedgerEvent {
         match self {
             LedgerEvent::PolicyActivated { .. } => "policy_activated",
             LedgerEvent::SubscriptionChanged { .. } => "subscription_changed",
+            LedgerEvent::DivergenceDetected(_) => "divergence_detected",
         }
     }
 }
@@ -97,6 +117,8 @@ pub enum EventRequest {
         chain: String,
         change: SubscriptionChange,
     },
+    /// Recorded as it is, like a subscription change.
+    Divergence(Divergence),
 }
 
 impl EventRequest {
@@ -105,6 +127,7 @@ impl EventRequest {
         match self {
             EventRequest::Activate { .. } => "activate",
             EventRequest::Subscription { .. } => "subscription",
+            EventRequest::Divergence(_) => "divergence",
         }
     }
 }

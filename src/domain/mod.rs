@@ -8,7 +8,9 @@ pub mod event;
 pub mod ids;
 pub mod ledger;
 pub mod merkle;
+pub mod observation;
 pub mod order;
+pub mod projection;
 pub mod resolve;
 pub mod state;
 

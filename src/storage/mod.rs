@@ -4,6 +4,7 @@
 //! intake; only the sequencer, over its leadership connection, writes decisions and state.
 
 pub mod audit;
+pub mod chains;
 pub mod policy;
 pub mod simulate;
 pub mod webhooks;

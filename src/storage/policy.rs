@@ -293,6 +293,7 @@ pub async fn commit_events(
             crate::domain::event::LedgerEvent::SubscriptionChanged { subscription, .. } => {
                 (None, Some(*subscription))
             }
+            crate::domain::event::LedgerEvent::DivergenceDetected(_) => (None, None),
         };
         sqlx::query(
             "INSERT INTO ledger_events

@@ -1,0 +1,263 @@
+//! Chain observations and divergences (append-only), and the reads the reconciler needs: which
+//! targets a chain has, when each asset's current version was decided, the latest final
+//! observation of each target.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+
+use super::{corrupt, StorageError};
+use crate::domain::event::EventRequest;
+use crate::domain::observation::{BlockRef, Finality, Hash32, Observation};
+use crate::domain::projection::{Observed, Status};
+use crate::domain::{AssetId, AssetKey, AssetState, ChainId, HolderAddress};
+
+/// A target of a chain: an asset, and a holder or the asset as a whole.
+pub type ChainTarget = (AssetId, Option<HolderAddress>);
+
+fn holder_column(holder: &Option<HolderAddress>) -> &str {
+    holder.as_ref().map_or("", |h| h.as_str())
+}
+
+fn holder_from(column: String) -> Result<Option<HolderAddress>, StorageError> {
+    if column.is_empty() {
+        Ok(None)
+    } else {
+        HolderAddress::parse(column).map(Some).map_err(corrupt)
+    }
+}
+
+/// An observation to store, with the reconciler's status when it arrived.
+pub struct NewObservation<'a> {
+    pub observation: &'a Observation,
+    pub status: Option<Status>,
+    /// Set when this observation opens a divergence: what differs.
+    pub divergence: Option<Vec<String>>,
+}
+
+/// Stores a batch of one chain's observations, the divergences they open and the ledger events
+/// that record them, in one transaction.
+pub async fn insert_observations(
+    pool: &PgPool,
+    chain: &ChainId,
+    reporter: &str,
+    rows: &[NewObservation<'_>],
+    events: &[EventRequest],
+) -> Result<(), StorageError> {
+    let mut tx = pool.begin().await?;
+    for row in rows {
+        let o = row.observation;
+        let observed = serde_json::to_value(&o.observed).map_err(corrupt)?;
+        let tx_hashes: Vec<String> = o.tx_hashes.iter().map(|h| h.to_string()).collect();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO chain_observations
+               (chain, asset, holder, observed, block_number, block_hash, finality, version,
+                tx_hashes, failure, status, reported_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        )
+        .bind(chain.as_str())
+        .bind(o.asset.as_str())
+        .bind(holder_column(&o.holder))
+        .bind(observed)
+        .bind(i64::try_from(o.block.number).map_err(corrupt)?)
+        .bind(o.block.hash.as_str())
+        .bind(o.finality.as_str())
+        .bind(i64::try_from(o.version).map_err(corrupt)?)
+        .bind(&tx_hashes)
+        .bind(o.failure.as_deref())
+        .bind(row.status.map(Status::as_str))
+        .bind(reporter)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(differences) = &row.divergence {
+            sqlx::query(
+                "INSERT INTO chain_divergences
+                   (chain, asset, holder, observation_id, version, differences)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(chain.as_str())
+            .bind(o.asset.as_str())
+            .bind(holder_column(&o.holder))
+            .bind(id)
+            .bind(i64::try_from(o.version).map_err(corrupt)?)
+            .bind(sqlx::types::Json(differences))
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    for event in events {
+        super::policy::request_event(&mut *tx, event, reporter).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The latest final observation of a target, as stored.
+#[derive(Debug, Clone)]
+pub struct StoredObservation {
+    pub id: i64,
+    pub observation: Observation,
+    pub status: Option<Status>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// The latest final observation of every target of `chain` (or of `targets` only).
+pub async fn latest_final(
+    pool: &PgPool,
+    chain: &ChainId,
+    assets: Option<&[AssetId]>,
+) -> Result<HashMap<ChainTarget, StoredObservation>, StorageError> {
+    let asset_filter: Option<Vec<String>> =
+        assets.map(|a| a.iter().map(|x| x.to_string()).collect());
+    let rows = sqlx::query(
+        "SELECT DISTINCT ON (asset, holder)
+                id, asset, holder, observed, block_number, block_hash, version, tx_hashes,
+                failure, status, received_at
+           FROM chain_observations
+          WHERE chain = $1 AND finality = 'final' AND ($2::text[] IS NULL OR asset = ANY($2))
+          ORDER BY asset, holder, id DESC",
+    )
+    .bind(chain.as_str())
+    .bind(asset_filter)
+    .fetch_all(pool)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let asset = AssetId::parse(r.get::<String, _>(1)).map_err(corrupt)?;
+        let holder = holder_from(r.get(2))?;
+        let observed: Observed =
+            serde_json::from_value(r.get::<serde_json::Value, _>(3)).map_err(corrupt)?;
+        let hash: Hash32 = r.get::<String, _>(5).parse().map_err(corrupt)?;
+        let tx_hashes = r
+            .get::<Vec<String>, _>(7)
+            .into_iter()
+            .map(|h| h.parse::<Hash32>().map_err(corrupt))
+            .collect::<Result<_, _>>()?;
+        let status = r
+            .get::<Option<String>, _>(9)
+            .map(|s| s.parse::<Status>().map_err(corrupt))
+            .transpose()?;
+        let observation = Observation {
+            asset: asset.clone(),
+            holder: holder.clone(),
+            observed,
+            block: BlockRef {
+                number: r.get::<i64, _>(4).max(0) as u64,
+                hash,
+            },
+            finality: Finality::Final,
+            version: r.get::<i64, _>(6).max(0) as u64,
+            tx_hashes,
+            failure: r.get(8),
+        };
+        out.insert(
+            (asset, holder),
+            StoredObservation {
+                id: r.get(0),
+                observation,
+                status,
+                received_at: r.get(10),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// How many divergences each target of `chain` has had.
+pub async fn divergence_counts(
+    pool: &PgPool,
+    chain: &ChainId,
+) -> Result<HashMap<ChainTarget, u32>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT asset, holder, count(*) FROM chain_divergences WHERE chain = $1
+          GROUP BY asset, holder",
+    )
+    .bind(chain.as_str())
+    .fetch_all(pool)
+    .await?;
+    let mut out = HashMap::new();
+    for r in rows {
+        let asset = AssetId::parse(r.get::<String, _>(0)).map_err(corrupt)?;
+        let holder = holder_from(r.get(1))?;
+        out.insert(
+            (asset, holder),
+            u32::try_from(r.get::<i64, _>(2)).unwrap_or(u32::MAX),
+        );
+    }
+    Ok(out)
+}
+
+/// The chains with a registered asset.
+pub async fn chains(pool: &PgPool) -> Result<Vec<ChainId>, StorageError> {
+    let rows: Vec<String> = sqlx::query_scalar("SELECT DISTINCT chain FROM assets ORDER BY chain")
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter()
+        .map(|c| ChainId::parse(c).map_err(corrupt))
+        .collect()
+}
+
+/// The decided side of a chain: each registered asset's state, when its current version was
+/// decided, and every holder a decision ever named.
+pub struct DecidedChain {
+    pub states: HashMap<AssetId, AssetState>,
+    pub decided_at: HashMap<AssetId, DateTime<Utc>>,
+    pub targets: BTreeSet<ChainTarget>,
+}
+
+pub async fn decided_chain(pool: &PgPool, chain: &ChainId) -> Result<DecidedChain, StorageError> {
+    let assets: Vec<String> =
+        sqlx::query_scalar("SELECT asset FROM assets WHERE chain = $1 ORDER BY asset")
+            .bind(chain.as_str())
+            .fetch_all(pool)
+            .await?;
+    let keys: Vec<AssetKey> = assets
+        .into_iter()
+        .map(|a| {
+            Ok(AssetKey {
+                chain: chain.clone(),
+                asset: AssetId::parse(a).map_err(corrupt)?,
+            })
+        })
+        .collect::<Result<_, StorageError>>()?;
+    let mut conn = pool.acquire().await?;
+    let loaded = super::load_states(&mut conn, &keys).await?;
+    drop(conn);
+    let mut targets: BTreeSet<ChainTarget> = keys.iter().map(|k| (k.asset.clone(), None)).collect();
+    let states: HashMap<AssetId, AssetState> = keys
+        .iter()
+        .map(|k| (k.asset.clone(), loaded.get(k).cloned().unwrap_or_default()))
+        .collect();
+    let holders = sqlx::query(
+        "SELECT DISTINCT asset, holder FROM decisions WHERE chain = $1 AND holder IS NOT NULL",
+    )
+    .bind(chain.as_str())
+    .fetch_all(pool)
+    .await?;
+    for r in holders {
+        let asset = AssetId::parse(r.get::<String, _>(0)).map_err(corrupt)?;
+        let holder = HolderAddress::parse(r.get::<String, _>(1)).map_err(corrupt)?;
+        targets.insert((asset, Some(holder)));
+    }
+    // The first decision that reached an asset's current version is when it was decided.
+    let times = sqlx::query(
+        "SELECT d.asset, min(d.decided_at)
+           FROM decisions d JOIN asset_state s ON s.chain = d.chain AND s.asset = d.asset
+          WHERE d.chain = $1 AND d.target_version = s.version
+          GROUP BY d.asset",
+    )
+    .bind(chain.as_str())
+    .fetch_all(pool)
+    .await?;
+    let mut decided_at = HashMap::new();
+    for r in times {
+        let asset = AssetId::parse(r.get::<String, _>(0)).map_err(corrupt)?;
+        decided_at.insert(asset, r.get::<DateTime<Utc>, _>(1));
+    }
+    Ok(DecidedChain {
+        states,
+        decided_at,
+        targets,
+    })
+}

@@ -1,0 +1,148 @@
+//! The adapter under faults, on real anvil nodes: a reorg that removes a freeze, a node that
+//! goes down while decisions keep coming, an adapter killed with SIGKILL mid-stream.
+
+mod evm;
+mod service;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use alloy::providers::Provider;
+use regulator::chain::config::Finality;
+use serde_json::json;
+use sqlx::PgPool;
+
+use evm::{
+    sent_by, spawn_adapter, submit, wait_status, write_config_file, Chain, Relay, ALICE_BALANCE,
+    ASSET, BOB_BALANCE, DOJ_WARRANT, SEC_COURT,
+};
+use service::TestApp;
+
+/// (7) A block holding the freeze is reorged out before it is final: the engine never calls
+/// the target converged on what it saw before finality; the adapter, reading the final block,
+/// finds the freeze missing, sends it again, and the target converges.
+#[sqlx::test]
+async fn a_reorged_freeze_is_sent_again_and_converges(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, 0).await;
+    let chain = Chain::start("anvil-reorg", 31337, 1).await;
+    app.register("anvil-reorg", ASSET, "US", "security").await;
+    let mut config = chain.adapter_config(&app, ASSET, 30);
+    // Enough confirmations that the reorg lands before the freeze is final.
+    config.finality = Finality::Confirmations { confirmations: 4 };
+    let _adapter = spawn_adapter(config).await;
+
+    submit(&app, &chain, "US-SEC", "r-1", Some(chain.alice), SEC_COURT, json!({"kind": "FREEZE"})).await;
+    evm::eventually(Duration::from_secs(20), "the freeze is mined", || async {
+        chain.is_frozen(chain.alice).await
+    })
+    .await;
+    let _: serde_json::Value = chain
+        .owner
+        .provider
+        .raw_request("anvil_reorg".into(), (3u64, Vec::<serde_json::Value>::new()))
+        .await
+        .unwrap();
+    assert!(
+        !chain.is_frozen(chain.alice).await,
+        "the reorg took the freeze out of the chain"
+    );
+    let seen = evm::reconciliation(&app, &chain, Some(chain.alice)).await;
+    assert_ne!(seen["status"], "converged", "nothing final showed the freeze: {seen}");
+
+    let converged = wait_status(&app, &chain, Some(chain.alice), "converged").await;
+    assert!(chain.is_frozen(chain.alice).await, "the adapter sent it again");
+    assert_eq!(converged["applied"]["observed"]["frozen"], true);
+    app.app.stop().await;
+}
+
+/// (8) Two chains; one node is unreachable while decisions keep coming. The other chain keeps
+/// converging; when the node is back, its adapter catches up from its cursor, in order, with
+/// nothing lost.
+#[sqlx::test]
+async fn chains_fail_independently_and_a_node_that_returns_catches_up(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, 0).await;
+    let healthy = Chain::start("anvil-up", 31337, 1).await;
+    let flaky = Chain::start("anvil-down", 31338, 1).await;
+    app.register("anvil-up", ASSET, "US", "security").await;
+    app.register("anvil-down", ASSET, "US", "security").await;
+    let relay = Relay::start(flaky.anvil.port).await;
+    let _a = spawn_adapter(healthy.adapter_config(&app, ASSET, 30)).await;
+    let mut flaky_config = flaky.adapter_config(&app, ASSET, 30);
+    flaky_config.rpc_url = relay.url();
+    let _b = spawn_adapter(flaky_config).await;
+
+    relay.set_up(false);
+    // Order matters on the flaky chain: a freeze of 100, a second of 50, then the first released.
+    let first = submit(&app, &flaky, "US-SEC", "d-1", Some(flaky.alice), SEC_COURT, json!({"kind": "FREEZE", "amount": "100"})).await;
+    submit(&app, &flaky, "US-SEC", "d-2", Some(flaky.alice), SEC_COURT, json!({"kind": "FREEZE", "amount": "50"})).await;
+    submit(&app, &healthy, "US-SEC", "u-1", Some(healthy.alice), SEC_COURT, json!({"kind": "FREEZE"})).await;
+    submit(&app, &flaky, "US-SEC", "d-3", Some(flaky.alice), SEC_COURT, json!({"kind": "RELEASE", "releases": first})).await;
+
+    wait_status(&app, &healthy, Some(healthy.alice), "converged").await;
+    assert!(healthy.is_frozen(healthy.alice).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = evm::reconciliation(&app, &flaky, Some(flaky.alice)).await;
+    assert_eq!(waiting["status"], "pending", "{waiting}");
+    assert_eq!(flaky.frozen_tokens(flaky.alice).await, 0, "nothing reached the node");
+
+    relay.set_up(true);
+    let converged = wait_status(&app, &flaky, Some(flaky.alice), "converged").await;
+    assert_eq!(flaky.frozen_tokens(flaky.alice).await, 50);
+    assert_eq!(converged["decided"]["frozen_tokens"], "50");
+    app.app.stop().await;
+}
+
+fn spawn_binary(config: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_regulator"))
+        .args(["adapter", "evm", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// (9) The adapter process is killed with SIGKILL in the middle of a stream of partial freezes
+/// and a seizure; restarted, it sends nothing already in effect: the frozen amount is exactly
+/// the sum, the seized balance moved once, and no transaction was doubled.
+#[sqlx::test]
+async fn a_killed_adapter_restarts_without_doubling_anything(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, 0).await;
+    let chain = Chain::start("anvil-kill", 31337, 1).await;
+    app.register("anvil-kill", ASSET, "US", "security").await;
+    let config_file = write_config_file(&chain.adapter_config(&app, ASSET, 30));
+    let mut adapter = spawn_binary(&config_file);
+
+    const FREEZES: u32 = 10;
+    let mut first_seen = false;
+    for i in 0..FREEZES {
+        submit(&app, &chain, "US-SEC", &format!("k-{i}"), Some(chain.alice), SEC_COURT, json!({"kind": "FREEZE", "amount": "10"})).await;
+        if i == 4 {
+            submit(&app, &chain, "US-DOJ", "k-seize", Some(chain.bob), DOJ_WARRANT, json!({"kind": "SEIZE"})).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if !first_seen && chain.frozen_tokens(chain.alice).await > 0 {
+            first_seen = true;
+            adapter.kill().unwrap();
+            adapter.wait().unwrap();
+            adapter = spawn_binary(&config_file);
+        }
+    }
+    assert!(first_seen, "the adapter was killed mid-stream");
+
+    wait_status(&app, &chain, Some(chain.alice), "converged").await;
+    wait_status(&app, &chain, Some(chain.bob), "converged").await;
+    assert_eq!(chain.frozen_tokens(chain.alice).await, u128::from(FREEZES) * 10);
+    assert_eq!(chain.balance(chain.alice).await, ALICE_BALANCE);
+    assert_eq!(chain.balance(chain.bob).await, 0);
+    assert_eq!(chain.balance(chain.doj_custody).await, BOB_BALANCE, "moved once");
+    assert!(chain.is_frozen(chain.bob).await);
+    // At most one transaction per decision (and the seizure's freeze): nothing sent twice.
+    let sent = sent_by(&chain, chain.agent_key.address()).await;
+    assert!(sent <= u64::from(FREEZES) + 2, "{sent} transactions");
+    adapter.kill().unwrap();
+    adapter.wait().unwrap();
+    app.app.stop().await;
+}
