@@ -248,6 +248,9 @@ pub async fn get(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchItem {
+    /// Like the `Idempotency-Key` header: 1 to 200 visible ASCII characters. A key used by
+    /// several items belongs to the first of them.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[!-~]+$")]
     pub idempotency_key: String,
     pub order: OrderRequest,
 }

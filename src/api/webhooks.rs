@@ -200,7 +200,7 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this chain's subscriptions.
-    pub chain: Option<String>,
+    pub chain: Option<ChainId>,
 }
 
 /// List subscriptions.
@@ -219,7 +219,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<SubscriptionList>, ApiError> {
     require(&principal, &[Role::Admin])?;
-    let found = store::list(&state.pool, query.chain.as_deref()).await?;
+    let found = store::list(&state.pool, query.chain.as_ref().map(ChainId::as_str)).await?;
     Ok(Json(SubscriptionList {
         subscriptions: found.into_iter().map(Into::into).collect(),
     }))
