@@ -193,8 +193,10 @@ pub async fn submit(
     }
 }
 
+/// The database's words are for the log: a caller learns that intake is unavailable, not why.
 fn intake_unavailable(e: crate::intake::IntakeError) -> ApiError {
-    ApiError::NotReady(e.to_string())
+    tracing::error!(error = %e, "intake failed");
+    ApiError::NotReady("the order could not be written; retry with the same Idempotency-Key".into())
 }
 
 fn respond(
