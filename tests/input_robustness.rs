@@ -316,6 +316,27 @@ async fn nul_in_a_subscription_or_a_version_message_is_422_naming_the_field(pool
     );
 }
 
+#[sqlx::test]
+async fn nul_in_a_query_string_is_422_not_a_database_error(pool: PgPool) {
+    let app = setup(&pool).await;
+    let path = format!("/v1/targets/{}/{}/history?holder=0x%00", BOND.0, BOND.1);
+    let (status, body) = app.get(&app.admin(), &path).await;
+    let detail = assert_problem(status, &body, 422, "invalid-request");
+    assert!(detail.contains("holder"), "{detail}");
+    let (status, body) = app
+        .get(&app.admin(), "/v1/webhooks/subscriptions?chain=eth%00")
+        .await;
+    assert_problem(status, &body, 422, "invalid-request");
+    let (status, body) = app.get(&app.auditor(), "/v1/decisions?chain=eth%00").await;
+    let detail = assert_problem(status, &body, 422, "invalid-request");
+    assert!(detail.contains("chain"), "{detail}");
+    let (status, body) = app
+        .get(&app.auditor(), "/v1/audit/decisions?issuer=US%00SEC")
+        .await;
+    assert_problem(status, &body, 422, "invalid-request");
+    assert_alive(&app).await;
+}
+
 async fn post_batch(app: &TestApp, token: &str, items: Vec<Value>) -> Value {
     let (status, body) = app
         .post(token, "/v1/orders/batch", json!({"orders": items}))
@@ -709,4 +730,39 @@ async fn a_policy_naming_an_unknown_entity_is_invalid_with_every_error_located(p
     // The validator's errors of the same policy are all there too, not only the first.
     find("nope");
     find("nada");
+}
+
+#[sqlx::test]
+async fn a_policy_with_a_refused_id_still_gets_all_its_other_errors(pool: PgPool) {
+    let app = setup(&pool).await;
+    let text = "permit (principal, action == Action::\"FREEZE\", resource)\nwhen { context.nope };\n\n@id(\"bad id!\")\n@priority(\"2000\")\npermit (principal, action == Action::\"FREEZE\", resource)\nwhen { resource.nada == 1 };\n";
+    let files = draft_with("noid.cedar", text.to_owned());
+    let (status, body) = app
+        .post(
+            &author(&app),
+            "/v1/policies/validate",
+            json!({"files": files}),
+        )
+        .await;
+    assert_problem(status, &body, 422, "policy-invalid");
+    let codes: Vec<(&str, u64)> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["file"] == "noid.cedar")
+        .map(|e| (e["code"].as_str().unwrap(), e["line"].as_u64().unwrap_or(0)))
+        .collect();
+    for expected in [
+        ("policy::missing_id", 1),
+        ("policy::missing_priority", 1),
+        ("policy::bad_id", 4),
+        ("policy::bad_priority", 5),
+    ] {
+        assert!(codes.contains(&expected), "{expected:?} in {codes:?}");
+    }
+    let validation: Vec<&(&str, u64)> = codes
+        .iter()
+        .filter(|(c, _)| *c == "policy::validation")
+        .collect();
+    assert_eq!(validation.len(), 2, "both policies' type errors: {codes:?}");
 }

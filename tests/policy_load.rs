@@ -55,9 +55,17 @@ fn the_version_hash_is_stable_and_any_change_changes_it() {
 #[test]
 fn a_policy_without_an_id_is_refused_with_its_line() {
     let found = errors("\n\npermit (principal, action == Action::\"MONITOR\", resource);");
+    // Every error of the policy, not only the first: it has no @priority either.
     assert_eq!(
         found,
-        vec![("policy::missing_id".into(), "draft.cedar".into(), Some(3))]
+        vec![
+            ("policy::missing_id".into(), "draft.cedar".into(), Some(3)),
+            (
+                "policy::missing_priority".into(),
+                "draft.cedar".into(),
+                Some(3)
+            ),
+        ]
     );
 }
 

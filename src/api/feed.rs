@@ -41,6 +41,11 @@ pub struct FeedQuery {
 /// The chain filter the caller gets: a chain token is pinned to its own chain.
 fn chain_filter(principal: &Principal, asked: Option<String>) -> Result<Option<String>, ApiError> {
     require(principal, &[Role::Chain, Role::Auditor, Role::Admin])?;
+    // Checked like every chain id, before it reaches a query (a NUL would be a database error).
+    if let Some(chain) = &asked {
+        crate::domain::ChainId::parse(chain.as_str())
+            .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    }
     if principal.has_any(&[Role::Auditor, Role::Admin]) {
         return Ok(asked);
     }

@@ -193,8 +193,10 @@ pub async fn submit(
     }
 }
 
+/// The database's words are for the log: a caller learns that intake is unavailable, not why.
 fn intake_unavailable(e: crate::intake::IntakeError) -> ApiError {
-    ApiError::NotReady(e.to_string())
+    tracing::error!(error = %e, "intake failed");
+    ApiError::NotReady("the order could not be written; retry with the same Idempotency-Key".into())
 }
 
 fn respond(
@@ -248,6 +250,9 @@ pub async fn get(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchItem {
+    /// Like the `Idempotency-Key` header: 1 to 200 visible ASCII characters. A key used by
+    /// several items belongs to the first of them.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[!-~]+$")]
     pub idempotency_key: String,
     pub order: OrderRequest,
 }

@@ -197,7 +197,7 @@ pub async fn get_target(
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// Only decisions on this holder's balance or on the whole asset.
-    pub holder: Option<String>,
+    pub holder: Option<HolderAddress>,
     /// Only decisions after this sequence number.
     pub after: Option<u64>,
     /// At most this many (1 to 1,000; default 100).
@@ -261,7 +261,13 @@ pub async fn history(
         return Err(ApiError::NotFound(format!("asset {key}")));
     }
     let after = query.after.unwrap_or(0);
-    let decisions =
-        storage::asset_history(&state.pool, &key, query.holder.as_deref(), after, limit).await?;
+    let decisions = storage::asset_history(
+        &state.pool,
+        &key,
+        query.holder.as_ref().map(HolderAddress::as_str),
+        after,
+        limit,
+    )
+    .await?;
     Ok(Json(DecisionPage::new(decisions, after)?))
 }

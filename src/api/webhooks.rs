@@ -38,7 +38,7 @@ pub struct CreateSubscription {
     /// Deliver the decisions on this chain's assets.
     pub chain: ChainId,
     /// Where to POST them: https, and allowed by the engine's URL guard.
-    #[schema(max_length = 2048, pattern = "^[^\\x00-\\x1F\\x7F]*$")]
+    #[schema(max_length = 2048, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
     pub url: String,
     /// For the people who run it: at most 500 characters; line breaks and tabs are the only
     /// control characters allowed.

@@ -236,8 +236,8 @@ pub struct RegisteredAsset {
 #[serde(deny_unknown_fields)]
 pub struct LegalBasis {
     pub instrument: Instrument,
-    /// One line of printable text, at most 500 characters.
-    #[schema(max_length = 500)]
+    /// One line of printable text, at most 500 characters (no control characters).
+    #[schema(max_length = 500, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
     pub reference: String,
 }
 

@@ -155,8 +155,13 @@ impl PolicyBundle {
                     offset,
                     len,
                 } = parsed;
-                let Some(id) = checked_id(&policy, file, offset, len, &origins, &mut errors) else {
-                    continue;
+                let (line, _) = line_and_column(&file.text, offset);
+                // A policy whose @id is refused is still checked in full under its place
+                // (`us.cedar:12`, which no @id can spell), so every error of it is reported;
+                // the bundle is refused anyway.
+                let id = match checked_id(&policy, file, offset, len, &origins, &mut errors) {
+                    Some(id) => id.as_str().to_owned(),
+                    None => format!("{}:{line}", file.name),
                 };
                 let cedar_id = CedarPolicyId::new(id.as_str());
                 match checked_priority(&policy, &id, file, offset, len) {
@@ -166,9 +171,8 @@ impl PolicyBundle {
                     Ok(None) => {}
                     Err(e) => errors.push(e),
                 }
-                let (line, _) = line_and_column(&file.text, offset);
                 origins.insert(
-                    id.as_str().to_owned(),
+                    id.clone(),
                     PolicyOrigin {
                         file: file.name.clone(),
                         line,
@@ -423,7 +427,7 @@ fn checked_id(
 #[expect(clippy::result_large_err, reason = "cold path, errors are collected")]
 fn checked_priority(
     policy: &Policy,
-    id: &PolicyId,
+    id: &str,
     file: &SourceFile,
     offset: usize,
     len: usize,

@@ -35,11 +35,15 @@ pub fn check(file: &SourceFile, grammar: Grammar) -> Result<(), PolicyError> {
     let mut depth = 0usize;
     let mut chain = 0usize;
     let mut i = 0;
+    let nesting = match grammar {
+        Grammar::Policy => "brackets and `if` expressions",
+        Grammar::Schema => "records and sets",
+    };
     let too_deep = |at: usize| {
         PolicyError::new(
             code,
             file,
-            format!("nesting deeper than {MAX_DEPTH} levels (brackets and `if` expressions)"),
+            format!("nesting deeper than {MAX_DEPTH} levels ({nesting})"),
         )
         .at(at, 1, "too deep")
         .hint("split the condition into several policies, or flatten it with && and ||")
