@@ -234,6 +234,7 @@ impl From<ProofRequestError> for ApiError {
     params(InclusionQuery),
     responses(
         (status = 200, body = InclusionProof),
+        (status = 404, description = "No checkpoint yet (without tree_size), or no such decision", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -283,6 +284,7 @@ pub struct ConsistencyProof {
     params(ConsistencyQuery),
     responses(
         (status = 200, body = ConsistencyProof),
+        (status = 404, description = "No checkpoint yet (without to)", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

@@ -14,7 +14,7 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // The route's role gate (see `super::gate`) has verified the token already.
+        // The route's role gate (`check_gate`) has verified the token already.
         if let Some(principal) = parts.extensions.get::<Principal>() {
             return Ok(principal.clone());
         }

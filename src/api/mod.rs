@@ -363,6 +363,33 @@ impl utoipa::Modify for EdgeResponses {
                 )
                 .build()
         };
+        let v1: Vec<String> = openapi
+            .paths
+            .paths
+            .keys()
+            .filter(|p| p.starts_with("/v1/"))
+            .cloned()
+            .collect();
+        for path in v1 {
+            if let Some(item) = openapi.paths.paths.get_mut(&path) {
+                for op in [
+                    &mut item.get,
+                    &mut item.put,
+                    &mut item.post,
+                    &mut item.delete,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    op.responses
+                        .responses
+                        .entry("503".to_owned())
+                        .or_insert_with(|| {
+                            RefOr::T(problem("Not ready: the database cannot be reached"))
+                        });
+                }
+            }
+        }
         for op in operations(openapi) {
             let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
             let has_body = op.request_body.is_some();

@@ -217,7 +217,7 @@ fn respond(
 /// Read an order and its decision.
 #[utoipa::path(
     get, path = "/v1/orders/{order_id}", tag = "orders",
-    params(("order_id" = String, Path, description = "The order's id")),
+    params(("order_id" = crate::domain::OrderId, Path, description = "The order's id")),
     responses(
         (status = 200, body = OrderResponse),
         (status = 404, description = "No such order, or not yours to read", body = Problem, content_type = "application/problem+json"),

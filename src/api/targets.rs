@@ -51,7 +51,7 @@ fn asset_key(chain: &str, asset: &str) -> Result<AssetKey, ApiError> {
 /// Register an asset, or update its attributes (admin).
 #[utoipa::path(
     put, path = "/v1/assets/{chain}/{asset}", tag = "assets",
-    params(("chain" = String, Path), ("asset" = String, Path)),
+    params(("chain" = ChainId, Path), ("asset" = AssetId, Path)),
     request_body = AssetRequest,
     responses(
         (status = 201, description = "Registered", body = AssetResponse),
@@ -153,7 +153,7 @@ pub(super) fn may_read_chain(principal: &Principal, chain: &str) -> Result<(), A
 /// The current lock state of an asset, or of one holder's balance of it.
 #[utoipa::path(
     get, path = "/v1/targets/{chain}/{asset}", tag = "targets",
-    params(("chain" = String, Path), ("asset" = String, Path), TargetQuery),
+    params(("chain" = ChainId, Path), ("asset" = AssetId, Path), TargetQuery),
     responses(
         (status = 200, body = TargetResponse),
         (status = 404, description = "Asset not registered", body = Problem, content_type = "application/problem+json"),
@@ -241,7 +241,7 @@ pub(super) fn page_limit(limit: Option<u32>) -> Result<i64, ApiError> {
 /// The decisions on an asset, oldest first.
 #[utoipa::path(
     get, path = "/v1/targets/{chain}/{asset}/history", tag = "targets",
-    params(("chain" = String, Path), ("asset" = String, Path), HistoryQuery),
+    params(("chain" = ChainId, Path), ("asset" = AssetId, Path), HistoryQuery),
     responses(
         (status = 200, body = DecisionPage),
         (status = 404, description = "Asset not registered", body = Problem, content_type = "application/problem+json"),
