@@ -6,6 +6,7 @@ mod bench;
 mod bench_audit;
 mod bench_simulate;
 mod bench_webhooks;
+mod line_diff;
 mod openapi;
 mod policy;
 mod private_pg;

@@ -8,11 +8,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use regulator::api::policies::{TestReport, Validated};
+use regulator::api::policies::{ActivationList, TestReport, Validated, VersionDetail, VersionList};
 use regulator::api::problem::Problem;
+use regulator::policy::bundle::{ENTITIES_FILE, SCHEMA_FILE};
 use regulator::policy::diff::{diff, PolicyDiff};
 use regulator::policy::{Compiled, PolicyErrors, PolicyFiles};
 use regulator::simulate::{self, Range, Report};
+
+use super::line_diff;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -36,6 +39,11 @@ pub enum PolicyCommand {
     Activate(ActivateArgs),
     /// Roll back on the server to the version the current one replaced (or `--to`).
     Rollback(RollbackArgs),
+    /// List the server's stored versions, newest first, marking the active one.
+    Versions(StatusArgs),
+    /// Which version decides on the server, since which seq, and the activations before it;
+    /// whether the local directory is that version.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +62,15 @@ pub struct PushArgs {
 pub struct ActivateArgs {
     /// The version number.
     version: u32,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The local policy directory, compared with the active version (`status`).
+    #[arg(long, env = "REGULATOR_POLICIES", default_value = "policies")]
+    policies: PathBuf,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -88,9 +105,10 @@ pub struct DraftArgs {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// From: a policy directory, or with --server a version number.
+    /// From: a policy directory, or with --server a version number or `live` (the active
+    /// version).
     from: String,
-    /// To: a policy directory, or with --server a version number.
+    /// To: a policy directory, or with --server a version number or `live`.
     to: String,
     /// Print the diff as JSON.
     #[arg(long)]
@@ -166,6 +184,8 @@ impl PolicyCommand {
                     let body = json!({ "to": args.to });
                     activation(&args.server, "/v1/policies/rollback", Some(body)).await
                 }
+                PolicyCommand::Versions(args) => versions(args).await,
+                PolicyCommand::Status(args) => status(args).await,
             }
         });
         result.unwrap_or_else(ExitCode::from)
@@ -347,9 +367,45 @@ async fn test(args: DraftArgs) -> Outcome {
     })
 }
 
+/// One side of a diff: a directory, or on a server a version number or `live`.
+async fn side(server: Option<&Server>, side: &str) -> Result<Compiled, u8> {
+    let Some(server) = server else {
+        return compile(Path::new(side));
+    };
+    let version = match side {
+        "live" | "active" => {
+            let list: VersionList = server
+                .call(reqwest::Method::GET, "/v1/policies/versions", None)
+                .await?;
+            match list.active {
+                Some(active) => active.version,
+                None => {
+                    eprintln!("error: no version is active on {} yet", server.base);
+                    return Err(FAILED);
+                }
+            }
+        }
+        v => match v.parse::<u32>() {
+            Ok(v) => v,
+            Err(_) => return compile(Path::new(side)),
+        },
+    };
+    let detail: VersionDetail = server
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/policies/versions/{version}"),
+            None,
+        )
+        .await?;
+    Compiled::compile(detail.files).map_err(report)
+}
+
 async fn diff_command(args: DiffArgs) -> Outcome {
-    let changes = match Server::from(&args.server)? {
-        Some(server) => {
+    let server = Server::from(&args.server)?;
+    let numbers = args.from.parse::<u32>().is_ok() && args.to.parse::<u32>().is_ok();
+    let mut bundles = None;
+    let changes = match server {
+        Some(server) if numbers => {
             let version = |v: &str| {
                 v.parse::<u32>().map_err(|_| {
                     eprintln!("error: with --server, compare version numbers ({v:?} is not one)");
@@ -365,10 +421,13 @@ async fn diff_command(args: DiffArgs) -> Outcome {
                 .call::<PolicyDiff>(reqwest::Method::GET, &path, None)
                 .await?
         }
-        None => diff(
-            &compile(Path::new(&args.from))?,
-            &compile(Path::new(&args.to))?,
-        ),
+        server => {
+            let from = side(server.as_ref(), &args.from).await?;
+            let to = side(server.as_ref(), &args.to).await?;
+            let changes = diff(&from, &to);
+            bundles = Some((from, to));
+            changes
+        }
     };
     if args.json {
         println!(
@@ -385,11 +444,16 @@ async fn diff_command(args: DiffArgs) -> Outcome {
     }
     for c in &changes.changed {
         println!("changed  {}  ({}:{})", c.id, c.to.file, c.to.line);
-        for line in c.from.text.lines() {
-            println!("    - {line}");
-        }
-        for line in c.to.text.lines() {
-            println!("    + {line}");
+        line_diff::print(&line_diff::line_diff(&c.from.text, &c.to.text), "    ", 2);
+    }
+    if let Some((from, to)) = &bundles {
+        for file in [SCHEMA_FILE, ENTITIES_FILE] {
+            let (a, b) = (from.files.get(file), to.files.get(file));
+            if a != b {
+                println!("changed  {file}");
+                let d = line_diff::line_diff(a.unwrap_or_default(), b.unwrap_or_default());
+                line_diff::print(&d, "    ", 2);
+            }
         }
     }
     let yes_no = |b: bool| if b { "changed" } else { "unchanged" };
@@ -417,6 +481,11 @@ async fn simulate_command(args: SimulateArgs) -> Outcome {
         from_time: args.from_time,
         to_time: args.to_time,
     };
+    // Refused here as the API refuses it, whether or not a server is asked.
+    if let Some(why) = range.inverted() {
+        eprintln!("error: {why}");
+        return Err(FAILED);
+    }
     let report = match Server::from(&args.server)? {
         Some(server) => {
             let mut body = json!({
@@ -514,6 +583,14 @@ async fn push(args: PushArgs) -> Outcome {
         created["tests"]["cases"],
         created["tests"]["failed"]
     );
+    // Stored, but not fit to activate: the exit code says so, as `policy test` would.
+    if created["tests"]["failed"].as_u64().unwrap_or(0) > 0 {
+        eprintln!(
+            "error: version {} is stored but its tests fail; run `regulator policy test` on it",
+            created["version"]
+        );
+        return Ok(ExitCode::from(WRONG));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -576,4 +653,62 @@ async fn simulate_offline(args: &SimulateArgs, range: &Range) -> Result<Report, 
             eprintln!("error: {e}");
             FAILED
         })
+}
+
+async fn versions(args: StatusArgs) -> Outcome {
+    let server = required_server(&args.server, "versions")?;
+    let list: VersionList = server
+        .call(reqwest::Method::GET, "/v1/policies/versions", None)
+        .await?;
+    let active = list.active.as_ref().map(|a| a.version);
+    for v in &list.versions {
+        println!(
+            "{} {:>4}  {}  {}  {}  {}",
+            if Some(v.version) == active { "*" } else { " " },
+            v.version,
+            &v.hash[..v.hash.len().min(12)],
+            v.created_at.format("%Y-%m-%d %H:%M:%S"),
+            v.author,
+            v.message
+        );
+    }
+    println!("{} versions; * is active", list.versions.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(args: StatusArgs) -> Outcome {
+    let server = required_server(&args.server, "status")?;
+    let list: VersionList = server
+        .call(reqwest::Method::GET, "/v1/policies/versions", None)
+        .await?;
+    let Some(active) = list.active else {
+        println!("no version is active yet on {}", server.base);
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!(
+        "active: version {} (hash {}), deciding from seq {}, activated by {} at {}",
+        active.version, active.hash, active.seq, active.actor, active.recorded_at
+    );
+    let history: ActivationList = server
+        .call(reqwest::Method::GET, "/v1/policies/activations", None)
+        .await?;
+    for a in history.activations.iter().skip(1).take(5) {
+        println!(
+            "  before: version {} from seq {}, by {} at {}",
+            a.version, a.seq, a.actor, a.recorded_at
+        );
+    }
+    match PolicyFiles::read_dir(&args.policies) {
+        Ok(files) if files.content_hash() == active.hash => {
+            println!("{} is the active version", args.policies.display())
+        }
+        Ok(_) => println!(
+            "{} differs from the active version: `regulator policy diff --server {} live {}`",
+            args.policies.display(),
+            server.base,
+            args.policies.display()
+        ),
+        Err(_) => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }
