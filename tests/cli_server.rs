@@ -187,3 +187,59 @@ priority = 700
     }
     app.app.stop().await;
 }
+
+/// A second rollback would silently re-activate the version just rolled away from: refused
+/// unless `--to` asks for it.
+#[sqlx::test]
+async fn a_second_rollback_does_not_silently_undo_the_first(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    let token = app.token("legal-team", &[Role::PolicyAuthor]);
+    let with_server = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend([
+            "--server".into(),
+            app.base.clone(),
+            "--token".into(),
+            token.clone(),
+        ]);
+        all
+    };
+    let renamed = draft(|dir| {
+        let path = dir.join("entities.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            path,
+            text.replacen("\"name\": \"United States\"", "\"name\": \"USA\"", 1),
+        )
+        .unwrap();
+    });
+    let (code, _, err) = cli(with_server(&[
+        "policy",
+        "push",
+        "--policies",
+        renamed.to_str().unwrap(),
+        "--message",
+        "rename",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(with_server(&["policy", "activate", "2"])).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(with_server(&["policy", "rollback"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("version 1 active"), "{out}");
+
+    let (code, _, err) = cli(with_server(&["policy", "rollback"])).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("would re-activate version 2"), "{err}");
+    let (code, out, _) = cli(with_server(&["policy", "status"])).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("active: version 1 "),
+        "still version 1: {out}"
+    );
+    let (code, out, err) = cli(with_server(&["policy", "rollback", "--to", "2"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("version 2 active"), "{out}");
+    app.app.stop().await;
+}

@@ -33,7 +33,7 @@ enum Command {
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Run a replica: HTTP API, sequencer, notifications.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Mint a development token (HS256) with the local development secret.
     Token(serve::TokenCommand),
     /// Print the OpenAPI document.

@@ -180,10 +180,7 @@ impl PolicyCommand {
                     let path = format!("/v1/policies/versions/{}/activate", args.version);
                     activation(&args.server, &path, None).await
                 }
-                PolicyCommand::Rollback(args) => {
-                    let body = json!({ "to": args.to });
-                    activation(&args.server, "/v1/policies/rollback", Some(body)).await
-                }
+                PolicyCommand::Rollback(args) => rollback(args).await,
                 PolicyCommand::Versions(args) => versions(args).await,
                 PolicyCommand::Status(args) => status(args).await,
             }
@@ -711,4 +708,33 @@ async fn status(args: StatusArgs) -> Outcome {
         Err(_) => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A rollback without `--to` goes back to the version the current one replaced. Right after a
+/// rollback (the active version is one that was active before the one it replaced), that is
+/// the version just rolled away from: refused unless asked for by `--to`.
+async fn rollback(args: RollbackArgs) -> Outcome {
+    if args.to.is_none() {
+        let server = required_server(&args.server, "rollback")?;
+        let history: ActivationList = server
+            .call(reqwest::Method::GET, "/v1/policies/activations", None)
+            .await?;
+        if let [current, replaced, earlier, ..] = history.activations.as_slice() {
+            if current.version == earlier.version {
+                eprintln!(
+                    "error: version {} is active again since seq {}, replacing version {}: a \
+                     rollback would re-activate version {}, the one rolled away from; give \
+                     --to {} if that is meant, or --to another version",
+                    current.version,
+                    current.seq,
+                    replaced.version,
+                    replaced.version,
+                    replaced.version
+                );
+                return Err(FAILED);
+            }
+        }
+    }
+    let body = json!({ "to": args.to });
+    activation(&args.server, "/v1/policies/rollback", Some(body)).await
 }
