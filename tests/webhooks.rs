@@ -6,6 +6,7 @@
 
 mod service;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -793,9 +794,15 @@ async fn an_admin_change_during_an_attempt_is_not_undone_by_it(pool: PgPool) {
     let (id, _) = subscribe(&app, CHAIN, &receiver.url()).await;
     submit_freezes(&app, CHAIN, 0..1).await;
 
-    // Attempt 1 failed; attempt 2, the last, is in flight.
+    // Attempt 1 failed; attempt 2, the last, is in flight (logged as such before it was sent).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !(attempts(&app, &id).await.len() == 1
+    let second_in_flight = |logged: &[Value]| {
+        logged.len() == 2
+            && logged[0]["outcome"] == "failed"
+            && logged[1]["attempt"] == 2
+            && logged[1]["outcome"] == "in_flight"
+    };
+    while !(second_in_flight(&attempts(&app, &id).await)
         && receiver.state.in_flight.load(Ordering::SeqCst) == 1)
     {
         assert!(Instant::now() < deadline, "attempt 2 never started");
@@ -974,6 +981,29 @@ async fn two_workers_never_deliver_at_once_and_a_killed_one_is_taken_over(pool: 
         waited <= Duration::from_secs(10),
         "taken over {waited:?} after the kill"
     );
+
+    // One row per attempt: every request the receiver got, the killed worker's last ones and
+    // the survivor's resends of them included, is in the log (the killed worker's unsaved
+    // ones as `in_flight`: sent, outcome unknown).
+    let mut rows: HashMap<String, usize> = HashMap::new();
+    for a in &logged {
+        *rows
+            .entry(a["webhook_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let mut received: HashMap<String, usize> = HashMap::new();
+    for d in receiver.log() {
+        *received.entry(d.id.clone()).or_default() += 1;
+    }
+    for (id, n) in &received {
+        assert!(
+            rows.get(id).copied().unwrap_or(0) >= *n,
+            "{id} was received {n} times but logged {:?}",
+            rows.get(id)
+        );
+    }
+    let resent = received.values().filter(|n| **n > 1).count();
+    eprintln!("{resent} decisions were sent twice across the kill; each send is logged");
 }
 
 // ---------------------------------------------------------------------------------------------

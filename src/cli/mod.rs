@@ -3,6 +3,7 @@
 
 mod adapter;
 mod audit;
+mod line_diff;
 mod openapi;
 mod policy;
 mod private_pg;

@@ -8,13 +8,19 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use regulator::api::policies::{TestReport, Validated};
+use regulator::api::policies::{TestReport, Validated, VersionDetail, VersionList};
 use regulator::api::problem::Problem;
+use regulator::policy::bundle::{ENTITIES_FILE, SCHEMA_FILE};
 use regulator::policy::diff::{diff, PolicyDiff};
 use regulator::policy::{Compiled, PolicyErrors, PolicyFiles};
 use regulator::simulate::{self, Range, Report};
+
+use super::line_diff;
+
+mod server;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+use server::{rollback, status, versions};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -36,6 +42,11 @@ pub enum PolicyCommand {
     Activate(ActivateArgs),
     /// Roll back on the server to the version the current one replaced (or `--to`).
     Rollback(RollbackArgs),
+    /// List the server's stored versions, newest first, marking the active one.
+    Versions(StatusArgs),
+    /// Which version decides on the server, since which seq, and the activations before it;
+    /// whether the local directory is that version.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +65,15 @@ pub struct PushArgs {
 pub struct ActivateArgs {
     /// The version number.
     version: u32,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The local policy directory, compared with the active version (`status`).
+    #[arg(long, env = "REGULATOR_POLICIES", default_value = "policies")]
+    policies: PathBuf,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -88,9 +108,10 @@ pub struct DraftArgs {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// From: a policy directory, or with --server a version number.
+    /// From: a policy directory, or with --server a version number or `live` (the active
+    /// version).
     from: String,
-    /// To: a policy directory, or with --server a version number.
+    /// To: a policy directory, or with --server a version number or `live`.
     to: String,
     /// Print the diff as JSON.
     #[arg(long)]
@@ -162,10 +183,9 @@ impl PolicyCommand {
                     let path = format!("/v1/policies/versions/{}/activate", args.version);
                     activation(&args.server, &path, None).await
                 }
-                PolicyCommand::Rollback(args) => {
-                    let body = json!({ "to": args.to });
-                    activation(&args.server, "/v1/policies/rollback", Some(body)).await
-                }
+                PolicyCommand::Rollback(args) => rollback(args).await,
+                PolicyCommand::Versions(args) => versions(args).await,
+                PolicyCommand::Status(args) => status(args).await,
             }
         });
         result.unwrap_or_else(ExitCode::from)
@@ -347,9 +367,45 @@ async fn test(args: DraftArgs) -> Outcome {
     })
 }
 
+/// One side of a diff: a directory, or on a server a version number or `live`.
+async fn side(server: Option<&Server>, side: &str) -> Result<Compiled, u8> {
+    let Some(server) = server else {
+        return compile(Path::new(side));
+    };
+    let version = match side {
+        "live" | "active" => {
+            let list: VersionList = server
+                .call(reqwest::Method::GET, "/v1/policies/versions", None)
+                .await?;
+            match list.active {
+                Some(active) => active.version,
+                None => {
+                    eprintln!("error: no version is active on {} yet", server.base);
+                    return Err(FAILED);
+                }
+            }
+        }
+        v => match v.parse::<u32>() {
+            Ok(v) => v,
+            Err(_) => return compile(Path::new(side)),
+        },
+    };
+    let detail: VersionDetail = server
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/policies/versions/{version}"),
+            None,
+        )
+        .await?;
+    Compiled::compile(detail.files).map_err(report)
+}
+
 async fn diff_command(args: DiffArgs) -> Outcome {
-    let changes = match Server::from(&args.server)? {
-        Some(server) => {
+    let server = Server::from(&args.server)?;
+    let numbers = args.from.parse::<u32>().is_ok() && args.to.parse::<u32>().is_ok();
+    let mut bundles = None;
+    let changes = match server {
+        Some(server) if numbers => {
             let version = |v: &str| {
                 v.parse::<u32>().map_err(|_| {
                     eprintln!("error: with --server, compare version numbers ({v:?} is not one)");
@@ -365,10 +421,13 @@ async fn diff_command(args: DiffArgs) -> Outcome {
                 .call::<PolicyDiff>(reqwest::Method::GET, &path, None)
                 .await?
         }
-        None => diff(
-            &compile(Path::new(&args.from))?,
-            &compile(Path::new(&args.to))?,
-        ),
+        server => {
+            let from = side(server.as_ref(), &args.from).await?;
+            let to = side(server.as_ref(), &args.to).await?;
+            let changes = diff(&from, &to);
+            bundles = Some((from, to));
+            changes
+        }
     };
     if args.json {
         println!(
@@ -385,11 +444,16 @@ async fn diff_command(args: DiffArgs) -> Outcome {
     }
     for c in &changes.changed {
         println!("changed  {}  ({}:{})", c.id, c.to.file, c.to.line);
-        for line in c.from.text.lines() {
-            println!("    - {line}");
-        }
-        for line in c.to.text.lines() {
-            println!("    + {line}");
+        line_diff::print(&line_diff::line_diff(&c.from.text, &c.to.text), "    ", 2);
+    }
+    if let Some((from, to)) = &bundles {
+        for file in [SCHEMA_FILE, ENTITIES_FILE] {
+            let (a, b) = (from.files.get(file), to.files.get(file));
+            if a != b {
+                println!("changed  {file}");
+                let d = line_diff::line_diff(a.unwrap_or_default(), b.unwrap_or_default());
+                line_diff::print(&d, "    ", 2);
+            }
         }
     }
     let yes_no = |b: bool| if b { "changed" } else { "unchanged" };
@@ -417,6 +481,11 @@ async fn simulate_command(args: SimulateArgs) -> Outcome {
         from_time: args.from_time,
         to_time: args.to_time,
     };
+    // Refused here as the API refuses it, whether or not a server is asked.
+    if let Some(why) = range.inverted() {
+        eprintln!("error: {why}");
+        return Err(FAILED);
+    }
     let report = match Server::from(&args.server)? {
         Some(server) => {
             let mut body = json!({
@@ -514,6 +583,14 @@ async fn push(args: PushArgs) -> Outcome {
         created["tests"]["cases"],
         created["tests"]["failed"]
     );
+    // Stored, but not fit to activate: the exit code says so, as `policy test` would.
+    if created["tests"]["failed"].as_u64().unwrap_or(0) > 0 {
+        eprintln!(
+            "error: version {} is stored but its tests fail; run `regulator policy test` on it",
+            created["version"]
+        );
+        return Ok(ExitCode::from(WRONG));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

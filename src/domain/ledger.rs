@@ -26,6 +26,23 @@ pub struct Range {
     pub to_time: Option<DateTime<Utc>>,
 }
 
+impl Range {
+    /// Why the range is inverted (it would replay nothing), if it is: refused, not run.
+    pub fn inverted(&self) -> Option<String> {
+        if let (Some(from), Some(to)) = (self.from_seq, self.to_seq) {
+            if from > to {
+                return Some(format!("from_seq {from} is after to_seq {to}"));
+            }
+        }
+        if let (Some(from), Some(to)) = (self.from_time, self.to_time) {
+            if from > to {
+                return Some("from_time is after to_time".into());
+            }
+        }
+        None
+    }
+}
+
 /// The hash before the first record.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 

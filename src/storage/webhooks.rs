@@ -51,6 +51,9 @@ impl SubscriptionStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
+    /// Sent (or about to be), outcome not yet written: the worker stopped during the attempt,
+    /// or before it saved it.
+    InFlight,
     /// The receiver answered 2xx.
     Delivered,
     /// It failed; another attempt is scheduled.
@@ -64,6 +67,7 @@ pub enum AttemptOutcome {
 impl AttemptOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::InFlight => "in_flight",
             Self::Delivered => "delivered",
             Self::Failed => "failed",
             Self::Exhausted => "exhausted",
@@ -73,6 +77,7 @@ impl AttemptOutcome {
 
     fn parse(text: &str) -> Result<Self, StorageError> {
         match text {
+            "in_flight" => Ok(Self::InFlight),
             "delivered" => Ok(Self::Delivered),
             "failed" => Ok(Self::Failed),
             "exhausted" => Ok(Self::Exhausted),
@@ -548,6 +553,8 @@ pub async fn backlog(
 /// An attempt to log.
 #[derive(Debug, Clone)]
 pub struct NewAttempt {
+    /// The row [`begin_attempt`] wrote before the request was sent.
+    pub row: i64,
     pub webhook_id: String,
     pub seq: u64,
     pub attempt: u32,
@@ -556,6 +563,33 @@ pub struct NewAttempt {
     pub response_status: Option<u16>,
     pub latency_ms: f64,
     pub error: Option<String>,
+}
+
+/// Writes an attempt as `in_flight` before its request is sent, so that it is logged even if
+/// the worker dies before it learns or saves the outcome; returns its row.
+pub async fn begin_attempt(
+    pool: &PgPool,
+    subscription: Uuid,
+    owner: Uuid,
+    webhook_id: &str,
+    seq_no: u64,
+    attempt: u32,
+    attempted_at: DateTime<Utc>,
+) -> Result<i64, StorageError> {
+    let row: i64 = sqlx::query_scalar(
+        "INSERT INTO webhook_attempts (subscription_id, webhook_id, seq, attempt, attempted_at,
+             outcome, latency_ms, worker)
+         VALUES ($1, $2, $3, $4, $5, 'in_flight', 0, $6) RETURNING id",
+    )
+    .bind(subscription)
+    .bind(webhook_id)
+    .bind(seq(seq_no))
+    .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+    .bind(attempted_at)
+    .bind(owner)
+    .fetch_one(pool)
+    .await?;
+    Ok(row)
 }
 
 /// Where the worker leaves the subscription after its attempts.
@@ -587,6 +621,7 @@ pub async fn settle(
     attempts: &[NewAttempt],
     settle: &Settle,
 ) -> Result<Option<Subscription>, StorageError> {
+    let mut rows = Vec::with_capacity(attempts.len());
     let mut ids = Vec::with_capacity(attempts.len());
     let mut seqs = Vec::with_capacity(attempts.len());
     let mut numbers = Vec::with_capacity(attempts.len());
@@ -596,6 +631,7 @@ pub async fn settle(
     let mut latencies = Vec::with_capacity(attempts.len());
     let mut errors = Vec::with_capacity(attempts.len());
     for a in attempts {
+        rows.push(a.row);
         ids.push(a.webhook_id.as_str());
         seqs.push(seq(a.seq));
         numbers.push(i32::try_from(a.attempt).unwrap_or(i32::MAX));
@@ -607,12 +643,20 @@ pub async fn settle(
     }
     let sql = format!(
         "WITH logged AS (
-             INSERT INTO webhook_attempts (subscription_id, webhook_id, seq, attempt, attempted_at,
-                 outcome, response_status, latency_ms, error, worker)
-             SELECT $1, l.* , $2
-             FROM UNNEST($3::text[], $4::bigint[], $5::int[], $6::timestamptz[], $7::text[],
-                         $8::int[], $9::float8[], $10::text[]) AS l
+             -- Each attempt's row was written before it was sent: this completes it (or
+             -- writes it again, should it have been pruned meanwhile).
+             INSERT INTO webhook_attempts (id, subscription_id, webhook_id, seq, attempt,
+                 attempted_at, outcome, response_status, latency_ms, error, worker)
+             SELECT l.row_id, $1, l.webhook_id, l.seq, l.attempt, l.attempted_at, l.outcome,
+                    l.response_status, l.latency_ms, l.error, $2
+             FROM UNNEST($20::bigint[], $3::text[], $4::bigint[], $5::int[], $6::timestamptz[],
+                         $7::text[], $8::int[], $9::float8[], $10::text[])
+                  AS l(row_id, webhook_id, seq, attempt, attempted_at, outcome, response_status,
+                       latency_ms, error)
              WHERE EXISTS (SELECT 1 FROM webhook_subscriptions WHERE id = $1)
+             ON CONFLICT (id) DO UPDATE SET outcome = EXCLUDED.outcome,
+                 response_status = EXCLUDED.response_status, latency_ms = EXCLUDED.latency_ms,
+                 error = EXCLUDED.error
          )
          UPDATE webhook_subscriptions SET
              cursor_seq = $11, attempts = $12, next_attempt_at = now() + make_interval(secs => $13),
@@ -642,7 +686,7 @@ pub async fn settle(
         .bind(settle.failed_seq.map(seq))
         .bind(secs(lease))
         .bind(seq(settle.from_cursor));
-    let query = query.bind(settle.generation);
+    let query = query.bind(settle.generation).bind(&rows);
     let event = match (settle.status, settle.failed_seq) {
         (SubscriptionStatus::Active, _) => None,
         (SubscriptionStatus::Paused, Some(failed_seq)) => Some(SubscriptionChange::Paused {

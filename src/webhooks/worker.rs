@@ -2,8 +2,10 @@
 //!
 //! The worker claims the leases of active subscriptions nobody holds and runs one task per
 //! subscription. A task reads the chain's decisions after the subscription's cursor, sends them
-//! one at a time, and after each attempt logs it and moves the cursor (or schedules the retry)
-//! in one statement that also renews the lease. Every write is fenced on the lease and on the
+//! one at a time, writing each attempt's row (`in_flight`) before it sends it; after the
+//! attempt it records the outcome and moves the cursor (or schedules the retry) in one
+//! statement that also renews the lease. A worker killed mid-stream so leaves a row for every
+//! request it made, and its successor's resends are rows of their own. Every write is fenced on the lease and on the
 //! cursor the task started from, so a takeover or an admin's replay stops it cleanly.
 //!
 //! The lease is what keeps two workers from delivering one subscription at once: a task sends
@@ -355,7 +357,7 @@ impl Worker {
                     attempt,
                     self.config.timeout.min(lease_left),
                 )
-                .await;
+                .await?;
             counter!("regulator_webhook_attempts_total",
                 "subscription" => label.clone(), "outcome" => logged.outcome.as_str())
             .increment(1);
@@ -526,9 +528,21 @@ impl Worker {
         decision: &Pending,
         attempt: u32,
         timeout: Duration,
-    ) -> (NewAttempt, Verdict) {
+    ) -> Result<(NewAttempt, Verdict), StorageError> {
         let webhook_id = webhook_id(sub.id, decision.seq);
         let attempted_at = Utc::now();
+        // Logged before it is sent: a worker killed during the request, or before it saves the
+        // outcome, still leaves its row (`in_flight`).
+        let row = store::begin_attempt(
+            &self.pool,
+            sub.id,
+            self.owner,
+            &webhook_id,
+            decision.seq,
+            attempt,
+            attempted_at,
+        )
+        .await?;
         let started = Instant::now();
         // A record that cannot be sent fails like an unanswered request, so it is retried,
         // logged, and finally pauses the subscription instead of stalling it unseen.
@@ -551,8 +565,9 @@ impl Worker {
             }
             Verdict::Failed { .. } => AttemptOutcome::Failed,
         };
-        (
+        Ok((
             NewAttempt {
+                row,
                 webhook_id,
                 seq: decision.seq,
                 attempt,
@@ -563,7 +578,7 @@ impl Worker {
                 error,
             },
             verdict,
-        )
+        ))
     }
 
     async fn send(
