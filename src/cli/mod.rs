@@ -5,6 +5,7 @@ mod adapter;
 mod audit;
 mod bench;
 mod bench_audit;
+mod bench_chain;
 mod bench_simulate;
 mod bench_webhooks;
 mod openapi;
@@ -60,6 +61,10 @@ enum Command {
     /// active version and a draft that loosens the OFAC release rule through the API; prints
     /// orders replayed per second and the changes found, PASS/FAIL against 10,000/s.
     BenchSimulate(bench_simulate::BenchSimulateArgs),
+    /// Measure reconciliation on a real anvil node with a real T-REX token: apply lag (decided →
+    /// final observation) under paced SEC freezes, and the time of a full resync of many targets;
+    /// PASS/FAIL against p99 ≤ 4 s and resync ≤ 10 s. Needs `npm ci --prefix chain`.
+    BenchChain(bench_chain::BenchChainArgs),
 }
 
 impl Cli {
@@ -76,6 +81,7 @@ impl Cli {
             Command::BenchWebhooks(args) => args.run(),
             Command::BenchAudit(args) => args.run(),
             Command::BenchSimulate(args) => args.run(),
+            Command::BenchChain(args) => args.run(),
         }
     }
 }
