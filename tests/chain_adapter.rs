@@ -12,7 +12,10 @@ use regulator::chain::token;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use evm::{out_of_band, story, submit, wait_status, Chain, ALICE_BALANCE, BOB_BALANCE, DOJ_WARRANT, SEC_COURT};
+use evm::{
+    out_of_band, story, submit, wait_status, Chain, ALICE_BALANCE, BOB_BALANCE, DOJ_WARRANT,
+    SEC_COURT,
+};
 
 #[tokio::test]
 async fn a_t_rex_suite_deploys_and_reads_back() {

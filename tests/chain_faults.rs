@@ -31,7 +31,16 @@ async fn a_reorged_freeze_is_sent_again_and_converges(pool: PgPool) {
     config.finality = Finality::Confirmations { confirmations: 4 };
     let _adapter = spawn_adapter(config).await;
 
-    submit(&app, &chain, "US-SEC", "r-1", Some(chain.alice), SEC_COURT, json!({"kind": "FREEZE"})).await;
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "r-1",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE"}),
+    )
+    .await;
     evm::eventually(Duration::from_secs(20), "the freeze is mined", || async {
         chain.is_frozen(chain.alice).await
     })
@@ -39,7 +48,10 @@ async fn a_reorged_freeze_is_sent_again_and_converges(pool: PgPool) {
     let _: serde_json::Value = chain
         .owner
         .provider
-        .raw_request("anvil_reorg".into(), (3u64, Vec::<serde_json::Value>::new()))
+        .raw_request(
+            "anvil_reorg".into(),
+            (3u64, Vec::<serde_json::Value>::new()),
+        )
         .await
         .unwrap();
     assert!(
@@ -47,10 +59,16 @@ async fn a_reorged_freeze_is_sent_again_and_converges(pool: PgPool) {
         "the reorg took the freeze out of the chain"
     );
     let seen = evm::reconciliation(&app, &chain, Some(chain.alice)).await;
-    assert_ne!(seen["status"], "converged", "nothing final showed the freeze: {seen}");
+    assert_ne!(
+        seen["status"], "converged",
+        "nothing final showed the freeze: {seen}"
+    );
 
     let converged = wait_status(&app, &chain, Some(chain.alice), "converged").await;
-    assert!(chain.is_frozen(chain.alice).await, "the adapter sent it again");
+    assert!(
+        chain.is_frozen(chain.alice).await,
+        "the adapter sent it again"
+    );
     assert_eq!(converged["applied"]["observed"]["frozen"], true);
     app.app.stop().await;
 }
@@ -73,17 +91,57 @@ async fn chains_fail_independently_and_a_node_that_returns_catches_up(pool: PgPo
 
     relay.set_up(false);
     // Order matters on the flaky chain: a freeze of 100, a second of 50, then the first released.
-    let first = submit(&app, &flaky, "US-SEC", "d-1", Some(flaky.alice), SEC_COURT, json!({"kind": "FREEZE", "amount": "100"})).await;
-    submit(&app, &flaky, "US-SEC", "d-2", Some(flaky.alice), SEC_COURT, json!({"kind": "FREEZE", "amount": "50"})).await;
-    submit(&app, &healthy, "US-SEC", "u-1", Some(healthy.alice), SEC_COURT, json!({"kind": "FREEZE"})).await;
-    submit(&app, &flaky, "US-SEC", "d-3", Some(flaky.alice), SEC_COURT, json!({"kind": "RELEASE", "releases": first})).await;
+    let first = submit(
+        &app,
+        &flaky,
+        "US-SEC",
+        "d-1",
+        Some(flaky.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE", "amount": "100"}),
+    )
+    .await;
+    submit(
+        &app,
+        &flaky,
+        "US-SEC",
+        "d-2",
+        Some(flaky.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE", "amount": "50"}),
+    )
+    .await;
+    submit(
+        &app,
+        &healthy,
+        "US-SEC",
+        "u-1",
+        Some(healthy.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE"}),
+    )
+    .await;
+    submit(
+        &app,
+        &flaky,
+        "US-SEC",
+        "d-3",
+        Some(flaky.alice),
+        SEC_COURT,
+        json!({"kind": "RELEASE", "releases": first}),
+    )
+    .await;
 
     wait_status(&app, &healthy, Some(healthy.alice), "converged").await;
     assert!(healthy.is_frozen(healthy.alice).await);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let waiting = evm::reconciliation(&app, &flaky, Some(flaky.alice)).await;
     assert_eq!(waiting["status"], "pending", "{waiting}");
-    assert_eq!(flaky.frozen_tokens(flaky.alice).await, 0, "nothing reached the node");
+    assert_eq!(
+        flaky.frozen_tokens(flaky.alice).await,
+        0,
+        "nothing reached the node"
+    );
 
     relay.set_up(true);
     let converged = wait_status(&app, &flaky, Some(flaky.alice), "converged").await;
@@ -118,9 +176,27 @@ async fn a_killed_adapter_restarts_without_doubling_anything(pool: PgPool) {
     const FREEZES: u32 = 10;
     let mut first_seen = false;
     for i in 0..FREEZES {
-        submit(&app, &chain, "US-SEC", &format!("k-{i}"), Some(chain.alice), SEC_COURT, json!({"kind": "FREEZE", "amount": "10"})).await;
+        submit(
+            &app,
+            &chain,
+            "US-SEC",
+            &format!("k-{i}"),
+            Some(chain.alice),
+            SEC_COURT,
+            json!({"kind": "FREEZE", "amount": "10"}),
+        )
+        .await;
         if i == 4 {
-            submit(&app, &chain, "US-DOJ", "k-seize", Some(chain.bob), DOJ_WARRANT, json!({"kind": "SEIZE"})).await;
+            submit(
+                &app,
+                &chain,
+                "US-DOJ",
+                "k-seize",
+                Some(chain.bob),
+                DOJ_WARRANT,
+                json!({"kind": "SEIZE"}),
+            )
+            .await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         if !first_seen && chain.frozen_tokens(chain.alice).await > 0 {
@@ -134,10 +210,17 @@ async fn a_killed_adapter_restarts_without_doubling_anything(pool: PgPool) {
 
     wait_status(&app, &chain, Some(chain.alice), "converged").await;
     wait_status(&app, &chain, Some(chain.bob), "converged").await;
-    assert_eq!(chain.frozen_tokens(chain.alice).await, u128::from(FREEZES) * 10);
+    assert_eq!(
+        chain.frozen_tokens(chain.alice).await,
+        u128::from(FREEZES) * 10
+    );
     assert_eq!(chain.balance(chain.alice).await, ALICE_BALANCE);
     assert_eq!(chain.balance(chain.bob).await, 0);
-    assert_eq!(chain.balance(chain.doj_custody).await, BOB_BALANCE, "moved once");
+    assert_eq!(
+        chain.balance(chain.doj_custody).await,
+        BOB_BALANCE,
+        "moved once"
+    );
     assert!(chain.is_frozen(chain.bob).await);
     // At most one transaction per decision (and the seizure's freeze): nothing sent twice.
     let sent = sent_by(&chain, chain.agent_key.address()).await;

@@ -42,7 +42,13 @@ async fn status(app: &TestApp) -> Value {
 async fn frozen_holder(pool: PgPool) -> TestApp {
     let app = TestApp::spawn_with(pool, 0).await;
     app.register(CHAIN, ASSET, "US", "security").await;
-    let mut body = order(CHAIN, ASSET, "court_order", "SEC v. X", json!({"kind": "FREEZE"}));
+    let mut body = order(
+        CHAIN,
+        ASSET,
+        "court_order",
+        "SEC v. X",
+        json!({"kind": "FREEZE"}),
+    );
     body["target"]["holder"] = json!(HOLDER);
     let (code, answer) = app.submit(&app.regulator("US-SEC"), "f", &body).await;
     assert_eq!(code, StatusCode::CREATED, "{answer}");
@@ -57,7 +63,11 @@ async fn only_a_final_observation_makes_a_target_converged(pool: PgPool) {
 
     let path = format!("/v1/chains/{CHAIN}/observations");
     let (code, answer) = app
-        .post(&chain, &path, json!({"observations": [observation("unsafe", true, 1)]}))
+        .post(
+            &chain,
+            &path,
+            json!({"observations": [observation("unsafe", true, 1)]}),
+        )
         .await;
     assert_eq!(code, StatusCode::OK, "{answer}");
     assert!(answer["results"][0].get("status").is_none(), "{answer}");
@@ -68,20 +78,33 @@ async fn only_a_final_observation_makes_a_target_converged(pool: PgPool) {
     );
 
     let (code, answer) = app
-        .post(&chain, &path, json!({"observations": [observation("final", true, 1)]}))
+        .post(
+            &chain,
+            &path,
+            json!({"observations": [observation("final", true, 1)]}),
+        )
         .await;
     assert_eq!(code, StatusCode::OK, "{answer}");
     assert_eq!(answer["results"][0]["status"], "converged");
     let seen = status(&app).await;
     assert_eq!(seen["status"], "converged");
     assert_eq!(seen["applied"]["block"]["number"], 12);
-    assert_eq!(seen["applied"]["tx_hashes"][0], format!("0x{}", "cd".repeat(32)));
+    assert_eq!(
+        seen["applied"]["tx_hashes"][0],
+        format!("0x{}", "cd".repeat(32))
+    );
 
     let (_, summary) = app
-        .get(&app.auditor(), &format!("/v1/reconciliation?chain={CHAIN}&status=converged"))
+        .get(
+            &app.auditor(),
+            &format!("/v1/reconciliation?chain={CHAIN}&status=converged"),
+        )
         .await;
     assert_eq!(summary["chains"][0]["chain"], CHAIN);
-    assert_eq!(summary["chains"][0]["converged"], 2, "the holder and the asset: {summary}");
+    assert_eq!(
+        summary["chains"][0]["converged"], 2,
+        "the holder and the asset: {summary}"
+    );
     app.app.stop().await;
 }
 
@@ -95,7 +118,11 @@ async fn a_chain_reports_only_for_itself_and_bad_reports_change_nothing(pool: Pg
     let (code, answer) = app.post(&other, &path, good.clone()).await;
     assert_eq!(code, StatusCode::FORBIDDEN, "{answer}");
     let (code, _) = app.post(&app.admin(), &path, good.clone()).await;
-    assert_eq!(code, StatusCode::FORBIDDEN, "reporting is the chain's own role");
+    assert_eq!(
+        code,
+        StatusCode::FORBIDDEN,
+        "reporting is the chain's own role"
+    );
 
     let chain = app.token(CHAIN, &[Role::Chain]);
     let mut wrong_kind = observation("final", true, 1);

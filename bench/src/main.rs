@@ -7,6 +7,7 @@
 //! was missed, 2 when it could not run.
 
 mod audit;
+mod chain;
 mod harness;
 mod orders;
 mod simulate;
@@ -43,6 +44,10 @@ enum Command {
     /// simulates the active version and a draft that loosens the OFAC release rule through the
     /// API; prints orders replayed per second and the changes found, PASS/FAIL against 10,000/s.
     Simulate(simulate::BenchSimulateArgs),
+    /// Reconciliation on a real anvil node with a real T-REX token: apply lag (decided → final
+    /// observation) under paced SEC freezes, and the time of a full resync of many targets;
+    /// PASS/FAIL against p99 ≤ 4 s and resync ≤ 10 s. Needs `npm ci --prefix chain`.
+    Chain(chain::BenchChainArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,5 +60,6 @@ fn main() -> ExitCode {
         Command::Webhooks(args) => args.run(),
         Command::Audit(args) => args.run(),
         Command::Simulate(args) => args.run(),
+        Command::Chain(args) => args.run(),
     }
 }

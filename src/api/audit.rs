@@ -88,6 +88,7 @@ pub async fn latest(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointsQuery {
     /// The cursor: checkpoints of trees larger than this (default 0: from the first).

@@ -90,6 +90,7 @@ pub async fn observe(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReconciliationQuery {
     /// Only this chain (a chain token always reads its own).

@@ -189,6 +189,16 @@ impl Adapter {
         }
     }
 
+    /// One resync now, as the periodic one: every known target read at the final block and
+    /// reported, nothing applied. Answers how many targets were reported.
+    pub async fn resync_now(&mut self) -> Result<usize, ChainError> {
+        self.dirty.clear();
+        self.resync = self.known_targets();
+        let n = self.resync.len();
+        self.observe().await?;
+        Ok(n)
+    }
+
     /// One turn: feed, apply, observe.
     pub async fn turn(&mut self) -> Result<(), ChainError> {
         let now = Instant::now();

@@ -32,11 +32,28 @@ pub fn dev_key(i: usize) -> PrivateKeySigner {
 }
 
 /// The anvil binary installed by `npm ci` in `chain/`, unless `ANVIL` names another.
+///
+/// The platform package's binary itself, not `.bin/anvil`: that is a node wrapper which spawns
+/// the binary as its own child, so killing the wrapper would leave the node running.
 pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("ANVIL") {
         return PathBuf::from(path);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("chain/node_modules/.bin/anvil")
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("chain/node_modules");
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let native = modules.join(format!(
+        "@foundry-rs/anvil-{}-{arch}/bin/anvil",
+        std::env::consts::OS
+    ));
+    if native.exists() {
+        native
+    } else {
+        modules.join(".bin/anvil")
+    }
 }
 
 /// A running anvil process.

@@ -241,7 +241,12 @@ pub async fn reconciliation(app: &TestApp, chain: &Chain, holder: Option<Address
         .unwrap_or(Value::Null)
 }
 
-pub async fn wait_status(app: &TestApp, chain: &Chain, holder: Option<Address>, want: &str) -> Value {
+pub async fn wait_status(
+    app: &TestApp,
+    chain: &Chain,
+    holder: Option<Address>,
+    want: &str,
+) -> Value {
     let mut last = Value::Null;
     for _ in 0..150 {
         last = reconciliation(app, chain, holder).await;
@@ -266,7 +271,6 @@ pub async fn out_of_band(chain: &Chain, input: Vec<u8>) {
         .unwrap();
     assert!(mined.is_some_and(|m| m.success));
 }
-
 
 /// A TCP relay in front of a node: taking it down makes the node unreachable to the adapter
 /// (connections refused and cut) while the chain itself keeps its state.
@@ -324,7 +328,9 @@ impl Drop for Relay {
 /// `config` as the TOML file `regulator adapter evm --config` reads.
 pub fn write_config_file(config: &AdapterConfig) -> PathBuf {
     let finality = match config.finality {
-        Finality::Confirmations { confirmations } => format!("{{ confirmations = {confirmations} }}"),
+        Finality::Confirmations { confirmations } => {
+            format!("{{ confirmations = {confirmations} }}")
+        }
         Finality::Tag { .. } => "{ tag = \"finalized\" }".into(),
     };
     let mut text = format!(
