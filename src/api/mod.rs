@@ -226,8 +226,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         )
         .route(
             "/chains/{chain}/observations",
-            json(post(chains::observe), chains::OBSERVATIONS_BODY_LIMIT)
-                .route_layer(gate(CHAINS)),
+            json(post(chains::observe), chains::OBSERVATIONS_BODY_LIMIT).route_layer(gate(CHAINS)),
         )
         .route(
             "/reconciliation",
