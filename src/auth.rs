@@ -248,6 +248,7 @@ impl Verifier {
             match jsonwebtoken::decode::<VerifiedClaims>(token, &k.key, &k.validation) {
                 Ok(data) => {
                     self.check_lifetime(&data.claims)?;
+                    check_sub(&data.claims.sub)?;
                     return Ok(Principal {
                         sub: data.claims.sub,
                         roles: data.claims.roles.into_iter().collect(),
@@ -281,6 +282,24 @@ impl Verifier {
         }
         Ok(())
     }
+}
+
+/// Most characters of a token's `sub`.
+const MAX_SUB_CHARS: usize = 256;
+
+/// A `sub` becomes an order's issuer, a version's author, a ledger event's actor: one line of
+/// printable text, checked here so that no signed token can carry a NUL to the database.
+fn check_sub(sub: &str) -> Result<(), AuthError> {
+    if sub.is_empty() {
+        return Err(AuthError::Invalid("the token's sub is empty".into()));
+    }
+    crate::domain::check_text(
+        "the token's sub",
+        sub,
+        MAX_SUB_CHARS,
+        crate::domain::Lines::One,
+    )
+    .map_err(AuthError::Invalid)
 }
 
 /// Mints a development token (HS256) with the secret in `path`.

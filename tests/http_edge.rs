@@ -439,7 +439,16 @@ async fn iat_is_required_and_lifetime_and_size_are_capped(pool: PgPool) {
     year_old_iat["iat"] = json!(now() - 365 * 24 * 3600);
     let mut huge = base();
     huge["padding"] = json!("x".repeat(9 * 1024));
+    let mut nul_sub = base();
+    nul_sub["sub"] = json!("aud\u{0}it");
+    let mut empty_sub = base();
+    empty_sub["sub"] = json!("");
+    let mut long_sub = base();
+    long_sub["sub"] = json!("a".repeat(257));
     for (name, claims) in [
+        ("a NUL in sub", nul_sub),
+        ("an empty sub", empty_sub),
+        ("a sub over 256 characters", long_sub),
         ("no iat", no_iat),
         ("iat in the future", future_iat),
         ("lifetime over the cap", too_long),
