@@ -9,26 +9,9 @@ use std::process::Command;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use service::{order, TestApp};
+use service::TestApp;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-
-async fn freezes(app: &TestApp, range: std::ops::Range<usize>) {
-    for i in range {
-        let mut body = order(
-            "ethereum",
-            "0xACME-BOND-2031",
-            "court_order",
-            "SEC v. Acme",
-            json!({"kind": "FREEZE"}),
-        );
-        body["target"]["holder"] = json!(format!("0xH{i}"));
-        let (status, _) = app
-            .submit(&app.regulator("US-SEC"), &format!("k{i}"), &body)
-            .await;
-        assert_eq!(status, 201);
-    }
-}
 
 async fn publish(app: &TestApp) -> (StatusCode, Value) {
     app.post(&app.auditor(), "/v1/audit/checkpoints", json!({}))
@@ -143,11 +126,11 @@ async fn a_rewritten_suffix_is_neither_signed_nor_verified(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), 0).await;
     app.register("ethereum", "0xACME-BOND-2031", "US", "security")
         .await;
-    freezes(&app, 0..5).await;
+    app.freeze_holders(0..5).await;
     assert_eq!(publish(&app).await.0, StatusCode::CREATED);
-    freezes(&app, 5..10).await;
+    app.freeze_holders(5..10).await;
     assert_eq!(publish(&app).await.0, StatusCode::CREATED);
-    freezes(&app, 10..15).await;
+    app.freeze_holders(10..15).await;
     assert_eq!(publish(&app).await.0, StatusCode::CREATED);
     assert_eq!(checkpoint_sizes(&pool).await, [6, 11, 16]);
     let (code, out) = verify_cli(&pool, &[]);
@@ -205,7 +188,7 @@ async fn a_consistent_forgery_is_not_signed_by_an_engine_that_saw_the_original(p
     let app = TestApp::spawn_with(pool.clone(), 0).await;
     app.register("ethereum", "0xACME-BOND-2031", "US", "security")
         .await;
-    freezes(&app, 0..10).await;
+    app.freeze_holders(0..10).await;
     assert_eq!(publish(&app).await.0, StatusCode::CREATED);
     rewrite_suffix(&pool, 5).await;
     drop_evidence(&pool, 4, 4).await;
@@ -259,7 +242,7 @@ async fn verify_takes_a_public_key_pem_with_surrounding_whitespace(pool: PgPool)
     let app = TestApp::spawn_with(pool.clone(), 0).await;
     app.register("ethereum", "0xACME-BOND-2031", "US", "security")
         .await;
-    freezes(&app, 0..2).await;
+    app.freeze_holders(0..2).await;
     assert_eq!(publish(&app).await.0, StatusCode::CREATED);
     let (_, key) = app.get(&app.auditor(), "/v1/audit/public-key").await;
     app.app.stop().await;
@@ -283,7 +266,7 @@ async fn past_checkpoints_are_listed_in_pages(pool: PgPool) {
         .await;
     let mut sizes = Vec::new();
     for i in 0..3 {
-        freezes(&app, i..i + 1).await;
+        app.freeze_holders(i..i + 1).await;
         let (status, cp) = publish(&app).await;
         assert_eq!(status, StatusCode::CREATED);
         sizes.push(cp["tree_size"].as_u64().unwrap());
@@ -337,9 +320,9 @@ async fn verify_proof_checks_saved_proofs_offline(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), 0).await;
     app.register("ethereum", "0xACME-BOND-2031", "US", "security")
         .await;
-    freezes(&app, 0..3).await;
+    app.freeze_holders(0..3).await;
     let (_, old) = publish(&app).await;
-    freezes(&app, 3..7).await;
+    app.freeze_holders(3..7).await;
     let (_, new) = publish(&app).await;
     let auditor = app.auditor();
     let (_, key) = app.get(&auditor, "/v1/audit/public-key").await;

@@ -11,28 +11,11 @@ use regulator::audit::{verify, CheckpointCheck};
 use regulator::auth::Role;
 use regulator::domain::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use service::{order, TestApp};
-
-async fn freezes(app: &TestApp, range: std::ops::Range<usize>) {
-    for i in range {
-        let mut body = order(
-            "ethereum",
-            "0xACME-BOND-2031",
-            "court_order",
-            "SEC v. Acme",
-            json!({"kind": "FREEZE"}),
-        );
-        body["target"]["holder"] = json!(format!("0xH{i}"));
-        let (status, _) = app
-            .submit(&app.regulator("US-SEC"), &format!("k{i}"), &body)
-            .await;
-        assert_eq!(status, 201);
-    }
-}
+use service::TestApp;
 
 async fn publish(app: &TestApp) -> Value {
     let response = app
@@ -75,9 +58,9 @@ async fn proofs_from_the_api_verify_against_signed_checkpoints(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), 0).await;
     app.register("ethereum", "0xACME-BOND-2031", "US", "security")
         .await;
-    freezes(&app, 0..5).await;
+    app.freeze_holders(0..5).await;
     let first = publish(&app).await;
-    freezes(&app, 5..11).await;
+    app.freeze_holders(5..11).await;
     let second = publish(&app).await;
     // The log opens with the first policy activation.
     assert_eq!(
@@ -178,7 +161,7 @@ async fn proof_requests_are_checked(pool: PgPool) {
         .get(&app.auditor(), "/v1/audit/checkpoints/latest")
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "nothing published yet");
-    freezes(&app, 0..3).await;
+    app.freeze_holders(0..3).await;
     publish(&app).await;
     for (path, status) in [
         ("/v1/audit/proofs/inclusion?seq=4&tree_size=3", 422),
@@ -210,7 +193,7 @@ async fn a_forged_checkpoint_is_named(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), 0).await;
     app.register("ethereum", "0xACME-BOND-2031", "US", "security")
         .await;
-    freezes(&app, 0..4).await;
+    app.freeze_holders(0..4).await;
     publish(&app).await;
     let (_, key) = app.get(&app.auditor(), "/v1/audit/public-key").await;
     let raw: [u8; 32] = STANDARD

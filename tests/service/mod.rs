@@ -120,6 +120,25 @@ impl TestApp {
         );
     }
 
+    /// SEC freezes of holders `0xH<i>` of the Acme bond, one for each `i` of `range`, each
+    /// decided (201) before the next is sent, so their seqs follow `range`.
+    pub async fn freeze_holders(&self, range: std::ops::Range<usize>) {
+        for i in range {
+            let mut body = order(
+                "ethereum",
+                "0xACME-BOND-2031",
+                "court_order",
+                "SEC v. Acme",
+                json!({"kind": "FREEZE"}),
+            );
+            body["target"]["holder"] = json!(format!("0xH{i}"));
+            let (status, _) = self
+                .submit(&self.regulator("US-SEC"), &format!("k{i}"), &body)
+                .await;
+            assert_eq!(status, 201);
+        }
+    }
+
     /// Submits `body` with `key` as `token`; returns the status and the JSON answer.
     pub async fn submit(&self, token: &str, key: &str, body: &Value) -> (StatusCode, Value) {
         let response = self
