@@ -685,19 +685,8 @@ pub async fn simulate(
         from_time: request.from_time,
         to_time: request.to_time,
     };
-    if let (Some(from), Some(to)) = (range.from_seq, range.to_seq) {
-        if from > to {
-            return Err(ApiError::InvalidRequest(format!(
-                "from_seq {from} is after to_seq {to}"
-            )));
-        }
-    }
-    if let (Some(from), Some(to)) = (range.from_time, range.to_time) {
-        if from > to {
-            return Err(ApiError::InvalidRequest(
-                "from_time is after to_time".into(),
-            ));
-        }
+    if let Some(why) = range.inverted() {
+        return Err(ApiError::InvalidRequest(why));
     }
     let max_changes = request.max_changes.unwrap_or(DEFAULT_MAX_CHANGES);
     if max_changes > MAX_CHANGES {
