@@ -11,6 +11,7 @@
 //! [`crate::storage::webhooks`]), so a notification can never disagree with the decision.
 
 pub mod guard;
+pub mod payload;
 pub mod retry;
 pub mod series;
 pub mod signing;

@@ -21,19 +21,17 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use metrics::{counter, gauge, histogram};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use super::payload::payload;
 use super::retry::parse_retry_after;
 use super::signing::{signature_header, Secret};
-use super::{webhook_id, Changes, WebhookConfig, DECISION_EVENT, LEASE_MARGIN};
-use crate::storage::webhooks::{
-    self as store, AttemptOutcome, NewAttempt, Pending, Settle, Subscription, SubscriptionStatus,
-};
+use super::{webhook_id, Changes, WebhookConfig, LEASE_MARGIN};
+use crate::storage::webhooks::delivery::{self as store, NewAttempt, Pending, Settle};
+use crate::storage::webhooks::{AttemptOutcome, Subscription, SubscriptionStatus};
 use crate::storage::StorageError;
 
 /// Decisions read from the log at a time.
@@ -685,48 +683,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// The notification body: `{type, timestamp, data}`, where `data` holds the decision's record
-/// exactly as the ledger has it, its hash, and the target's resulting state and version.
-#[derive(Serialize)]
-struct Envelope<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    /// When the decision was made, exactly as its record says.
-    timestamp: &'a RawValue,
-    data: Data<'a>,
-}
-
-#[derive(Serialize)]
-struct Data<'a> {
-    seq: u64,
-    /// Hex SHA-256 of `decision`'s text as stored.
-    hash: &'a str,
-    /// The target's absolute state after the decision, with the asset's version.
-    state: &'a RawValue,
-    decision: &'a RawValue,
-}
-
-#[derive(Deserialize)]
-struct RecordFields<'a> {
-    #[serde(borrow)]
-    decided_at: &'a RawValue,
-    #[serde(borrow)]
-    state_after: &'a RawValue,
-}
-
-pub fn payload(decision: &Pending) -> Result<Vec<u8>, serde_json::Error> {
-    let record: &RawValue = serde_json::from_str(&decision.record)?;
-    let fields: RecordFields<'_> = serde_json::from_str(&decision.record)?;
-    serde_json::to_vec(&Envelope {
-        kind: DECISION_EVENT,
-        timestamp: fields.decided_at,
-        data: Data {
-            seq: decision.seq,
-            hash: &decision.hash,
-            state: fields.state_after,
-            decision: record,
-        },
-    })
 }
