@@ -513,11 +513,12 @@ async fn a_receiver_that_is_down_gets_everything_in_order_when_it_comes_back(poo
     let schedule = ["400ms"; 45].join(",");
     let app = spawn(pool.clone(), webhooks(&schedule)).await;
     register_bonds(&app, CHAIN, 10).await;
-    // A port nobody listens on, until the receiver comes up on it.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port nobody listens on, until the receiver comes up on it: bound but not listening, so
+    // connections are refused and no other server on the machine can take the port meanwhile.
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    held.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let port = held.local_addr().unwrap().as_socket().unwrap();
     let (id, secret) = subscribe(&app, CHAIN, &format!("http://{port}/hook")).await;
     submit_freezes(&app, CHAIN, 0..30).await;
 
@@ -554,6 +555,7 @@ async fn a_receiver_that_is_down_gets_everything_in_order_when_it_comes_back(poo
     );
     assert!(sub["attempts"].as_u64().unwrap() >= 3);
 
+    drop(held);
     let receiver = Receiver::start_on(port, ok(), Duration::ZERO).await;
     submit_freezes(&app, CHAIN, 30..40).await;
     receiver
