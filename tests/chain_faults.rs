@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use alloy::providers::Provider;
 use regulator::chain::config::Finality;
+use regulator::chain::token::{self, Action, Fate};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -228,4 +229,42 @@ async fn a_killed_adapter_restarts_without_doubling_anything(pool: PgPool) {
     adapter.kill().unwrap();
     adapter.wait().unwrap();
     app.app.stop().await;
+}
+
+/// A freeze reorged out of the chain before anyone read its receipt leaves neither a receipt
+/// nor a place in the node's pool. The adapter learns at once that it was dropped, instead of
+/// waiting out the receipt timeout while every later decision of the chain waits behind it.
+#[tokio::test]
+async fn a_transaction_reorged_out_before_its_receipt_is_read_is_known_dropped() {
+    let chain = Chain::start("anvil-drop", 31337, 1).await;
+    let nonce = token::quiesce(&chain.owner, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let hash = token::send(
+        &chain.owner,
+        chain.suite.token,
+        Action::SetFrozen(true).calldata(chain.alice),
+        nonce,
+    )
+    .await
+    .unwrap();
+    evm::eventually(Duration::from_secs(20), "the freeze is mined", || async {
+        chain.is_frozen(chain.alice).await
+    })
+    .await;
+    let _: serde_json::Value = chain
+        .owner
+        .provider
+        .raw_request(
+            "anvil_reorg".into(),
+            (3u64, Vec::<serde_json::Value>::new()),
+        )
+        .await
+        .unwrap();
+    assert!(!chain.is_frozen(chain.alice).await, "the reorg took it out");
+
+    let fate = token::receipt(&chain.owner, hash, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(matches!(fate, Fate::Dropped), "{fate:?}");
 }

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::config::{AdapterConfig, Finality, FinalityTag};
 use super::engine::Engine;
-use super::token::{self, Action};
+use super::token::{self, Action, Fate};
 use super::{ChainError, Connection};
 use crate::domain::observation::{self, BlockRef, Hash32, Observation, ObservationBatch};
 use crate::domain::projection::{self, Decided, Observed, Status};
@@ -393,18 +393,29 @@ impl Adapter {
                 entry.1.push(h);
             }
             match token::receipt(&self.conn, s.hash, RECEIPT_TIMEOUT).await? {
-                Some(m) if m.success => {
+                Fate::Mined(m) if m.success => {
                     entry.0 = entry.0.max(m.block);
                     if let Some(order) = s.seizure {
                         self.durable.seizures.insert(order, s.hash.to_string());
                         self.durable.save(&self.state_path)?;
                     }
                 }
-                Some(m) => {
+                Fate::Mined(m) => {
                     entry.0 = entry.0.max(m.block);
                     entry.2 = Some(format!("transaction {} reverted", m.hash));
                 }
-                None => {
+                Fate::Dropped => {
+                    // Reorged out before we read its receipt (or evicted): nothing of it is in
+                    // effect. The turn ends here with the targets still dirty and the cursor
+                    // where it was; the next turn re-reads the chain and sends what is missing.
+                    metrics::counter!("adapter_dropped_transactions_total", "chain" => self.config.chain.to_string())
+                        .increment(1);
+                    return Err(ChainError::Other(format!(
+                        "transaction {} was dropped by the node before it was mined; re-reading the chain",
+                        s.hash
+                    )));
+                }
+                Fate::Pending => {
                     // Not mined in time: the next round re-reads the chain after our nonce
                     // settles, and sends again only what is still missing.
                     return Err(ChainError::Other(format!(

@@ -258,14 +258,31 @@ pub struct Mined {
     pub success: bool,
 }
 
-/// Waits for the receipt of `hash` up to `timeout`; `None` if it did not come (dropped or still
-/// in the pool: the next round's read of the chain decides what to do).
+/// What became of a sent transaction while we waited.
+#[derive(Debug, Clone)]
+pub enum Fate {
+    /// In a block of the canonical chain (a reverted call is mined too, with `success` false).
+    Mined(Mined),
+    /// The node no longer knows it: reorged out and not re-queued, or evicted from the pool.
+    /// Nothing of it is in effect; the next round's read of the chain decides what to send.
+    Dropped,
+    /// Still in the pool when the wait ran out.
+    Pending,
+}
+
+/// How often, while waiting for a receipt, to ask whether the node still knows the transaction.
+const DROPPED_CHECK_EVERY: u32 = 5;
+
+/// Waits for the receipt of `hash` up to `timeout`, and notices when the node drops it: a
+/// transaction reorged out of the chain before its receipt was read has neither a receipt nor
+/// a place in the pool, and waiting out the timeout for it would hold every later decision.
 pub async fn receipt(
     conn: &Connection,
     hash: TxHash,
     timeout: Duration,
-) -> Result<Option<Mined>, ChainError> {
+) -> Result<Fate, ChainError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut polls: u32 = 0;
     loop {
         let found = conn
             .provider
@@ -273,14 +290,38 @@ pub async fn receipt(
             .await
             .map_err(ChainError::rpc)?;
         if let Some(r) = found {
-            return Ok(Some(Mined {
+            return Ok(Fate::Mined(Mined {
                 hash,
                 block: r.block_number.unwrap_or_default(),
                 success: r.status(),
             }));
         }
+        polls += 1;
+        if polls % DROPPED_CHECK_EVERY == 0 {
+            let known = conn
+                .provider
+                .get_transaction_by_hash(hash)
+                .await
+                .map_err(ChainError::rpc)?;
+            if known.is_none() {
+                // Between the two reads it may have been mined: look once more before saying so.
+                let late = conn
+                    .provider
+                    .get_transaction_receipt(hash)
+                    .await
+                    .map_err(ChainError::rpc)?;
+                return Ok(match late {
+                    Some(r) => Fate::Mined(Mined {
+                        hash,
+                        block: r.block_number.unwrap_or_default(),
+                        success: r.status(),
+                    }),
+                    None => Fate::Dropped,
+                });
+            }
+        }
         if tokio::time::Instant::now() >= deadline {
-            return Ok(None);
+            return Ok(Fate::Pending);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
