@@ -297,7 +297,7 @@ pub async fn receipt(
             }));
         }
         polls += 1;
-        if polls % DROPPED_CHECK_EVERY == 0 {
+        if polls.is_multiple_of(DROPPED_CHECK_EVERY) {
             let known = conn
                 .provider
                 .get_transaction_by_hash(hash)
