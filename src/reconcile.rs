@@ -18,9 +18,15 @@ use crate::storage::chains::{self as store, ChainTarget, NewObservation, StoredO
 use crate::storage::StorageError;
 
 /// How long after a decision a chain may take before its target is `lagging` rather than
-/// `pending`. One value for every chain in this release (see `docs/reconciliation.md`).
-pub fn apply_deadline() -> Duration {
-    Duration::seconds(30)
+/// `pending`, for a chain whose operator set nothing (`PUT /v1/chains/{chain}`).
+pub const DEFAULT_APPLY_DEADLINE_SECS: u32 = 30;
+
+/// `chain`'s apply deadline: its operator's setting, or the default.
+pub async fn apply_deadline(pool: &PgPool, chain: &ChainId) -> Result<Duration, StorageError> {
+    let secs = store::settings(pool, chain)
+        .await?
+        .map_or(DEFAULT_APPLY_DEADLINE_SECS, |s| s.apply_deadline_secs);
+    Ok(Duration::seconds(i64::from(secs)))
 }
 
 /// One target's standing, with the evidence behind it.
@@ -126,9 +132,10 @@ pub async fn chain_report(
     chain: &ChainId,
     now: DateTime<Utc>,
 ) -> Result<(Vec<TargetReport>, ChainSummary), StorageError> {
+    let deadline = apply_deadline(pool, chain).await?;
     let decided = store::decided_chain(pool, chain).await?;
     let latest = store::latest_final(pool, chain, None).await?;
-    let divergences = store::divergence_counts(pool, chain).await?;
+    let divergences = store::divergence_counts(pool, chain, None).await?;
     let mut targets = decided.targets.clone();
     // An observed target whose asset is registered counts even if no decision named it.
     targets.extend(
@@ -137,40 +144,76 @@ pub async fn chain_report(
             .filter(|(a, _)| decided.states.contains_key(a))
             .cloned(),
     );
-    let empty = AssetState::default();
     let mut summary = ChainSummary {
         chain: chain.to_string(),
         ..Default::default()
     };
     let mut out = Vec::with_capacity(targets.len());
     for key in targets {
-        let state = decided.states.get(&key.0).unwrap_or(&empty);
-        let decided_at = decided.decided_at.get(&key.0).copied();
-        let projection = projection::decide(state, key.1.as_ref());
-        let stored = latest.get(&key);
-        let count = divergences.get(&key).copied().unwrap_or(0);
-        let st = standing(
-            &projection,
-            state,
-            decided_at.unwrap_or(now),
-            stored.map(|s| &s.observation),
-            count,
-        );
-        let status = projection::status(&st, now, apply_deadline());
-        summary.count(status);
-        out.push(report(
-            chain,
-            key,
-            status,
-            projection.clone(),
-            state,
-            decided_at,
-            stored,
-            count,
-        ));
+        let report = assess(chain, key, &decided, &latest, &divergences, now, deadline);
+        summary.count(report.status);
+        out.push(report);
     }
     summary.publish();
     Ok((out, summary))
+}
+
+/// One target's standing: what a target's page shows as its `applied` section. The chain's
+/// evidence is read the same way as for the whole chain, so both always agree.
+pub async fn target_report(
+    pool: &PgPool,
+    chain: &ChainId,
+    target: ChainTarget,
+    now: DateTime<Utc>,
+) -> Result<TargetReport, StorageError> {
+    let deadline = apply_deadline(pool, chain).await?;
+    let decided = store::decided_asset(pool, chain, &target.0).await?;
+    let latest = store::latest_final(pool, chain, Some(std::slice::from_ref(&target.0))).await?;
+    let divergences = store::divergence_counts(pool, chain, Some(&target.0)).await?;
+    Ok(assess(
+        chain,
+        target,
+        &decided,
+        &latest,
+        &divergences,
+        now,
+        deadline,
+    ))
+}
+
+fn assess(
+    chain: &ChainId,
+    key: ChainTarget,
+    decided: &store::DecidedChain,
+    latest: &HashMap<ChainTarget, StoredObservation>,
+    divergences: &HashMap<ChainTarget, u32>,
+    now: DateTime<Utc>,
+    deadline: Duration,
+) -> TargetReport {
+    let empty = AssetState::default();
+    let state = decided.states.get(&key.0).unwrap_or(&empty);
+    let decided_at = decided.decided_at.get(&key.0).copied();
+    let projection = projection::decide(state, key.1.as_ref());
+    let stored = latest.get(&key);
+    let count = divergences.get(&key).copied().unwrap_or(0);
+    let st = standing(
+        &projection,
+        state,
+        decided_at.unwrap_or(now),
+        stored.map(|s| &s.observation),
+        count,
+    );
+    let status = projection::status(&st, now, deadline);
+    report(
+        chain,
+        key,
+        status,
+        projection.clone(),
+        state,
+        decided_at,
+        stored,
+        count,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -230,12 +273,13 @@ pub async fn ingest(
     observations: &[Observation],
     now: DateTime<Utc>,
 ) -> Result<(Vec<Verdict>, Vec<Divergence>), StorageError> {
+    let deadline = apply_deadline(pool, chain).await?;
     let decided = store::decided_chain(pool, chain).await?;
     let mut assets: Vec<AssetId> = observations.iter().map(|o| o.asset.clone()).collect();
     assets.sort();
     assets.dedup();
     let previous = store::latest_final(pool, chain, Some(&assets)).await?;
-    let mut counts = store::divergence_counts(pool, chain).await?;
+    let mut counts = store::divergence_counts(pool, chain, None).await?;
     let empty = AssetState::default();
     let mut rows = Vec::with_capacity(observations.len());
     let mut verdicts = Vec::with_capacity(observations.len());
@@ -265,7 +309,7 @@ pub async fn ingest(
         let mut status = projection::status(
             &standing(&projection, state, decided_at, Some(o), count),
             now,
-            apply_deadline(),
+            deadline,
         );
         let was = last_status.get(&key).copied().flatten();
         let mut opened = None;
@@ -278,7 +322,7 @@ pub async fn ingest(
             status = projection::status(
                 &standing(&projection, state, decided_at, Some(o), *count),
                 now,
-                apply_deadline(),
+                deadline,
             );
             opened = Some(differences.clone());
             divergences.push(Divergence {

@@ -161,3 +161,102 @@ async fn a_chain_reports_only_for_itself_and_bad_reports_change_nothing(pool: Pg
     assert!(refused.is_err(), "observations are append-only");
     app.app.stop().await;
 }
+
+/// A chain whose operator gives it one second to apply is `lagging` once that second passes,
+/// while another chain on the default 30 s is still `pending`; who set it is kept with it.
+#[sqlx::test]
+async fn each_chain_has_its_own_apply_deadline(pool: PgPool) {
+    let app = frozen_holder(pool).await;
+    let path = format!("/v1/chains/{CHAIN}");
+    let (code, answer) = app.get(&app.auditor(), &path).await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    assert_eq!(answer["apply_deadline_secs"], 30, "{answer}");
+    assert_eq!(answer["default"], true, "{answer}");
+
+    let (code, answer) = app
+        .put(&app.auditor(), &path, json!({"apply_deadline_secs": 1}))
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::FORBIDDEN,
+        "only an admin sets it: {answer}"
+    );
+    for bad in [
+        json!({"apply_deadline_secs": 0}),
+        json!({"apply_deadline_secs": 1, "x": 1}),
+    ] {
+        let (code, answer) = app.put(&app.admin(), &path, bad).await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    }
+    assert_eq!(status(&app).await["status"], "pending");
+
+    let (code, answer) = app
+        .put(&app.admin(), &path, json!({"apply_deadline_secs": 1}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    assert_eq!(answer["default"], false, "{answer}");
+    assert!(answer["updated_by"].is_string(), "{answer}");
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    assert_eq!(status(&app).await["status"], "lagging");
+
+    // Another chain, same decision, default deadline: still pending.
+    app.register("evm-other", ASSET, "US", "security").await;
+    let mut body = order(
+        "evm-other",
+        ASSET,
+        "court_order",
+        "SEC v. X",
+        json!({"kind": "FREEZE"}),
+    );
+    body["target"]["holder"] = json!(HOLDER);
+    let (code, answer) = app.submit(&app.regulator("US-SEC"), "o", &body).await;
+    assert_eq!(code, StatusCode::CREATED, "{answer}");
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let (_, other) = app
+        .get(&app.auditor(), "/v1/reconciliation?chain=evm-other")
+        .await;
+    assert_eq!(other["chains"][0]["pending"], 1, "{other}");
+    assert_eq!(other["chains"][0]["lagging"], 0, "{other}");
+    app.app.stop().await;
+}
+
+/// A target's page says whether the chain shows it: the reconciler's status and the final
+/// observation behind it, the same as the target's row in the reconciliation.
+#[sqlx::test]
+async fn a_targets_page_carries_its_chain_evidence(pool: PgPool) {
+    let app = frozen_holder(pool).await;
+    let target = format!("/v1/targets/{CHAIN}/{ASSET}?holder={HOLDER}");
+    let (code, page) = app.get(&app.auditor(), &target).await;
+    assert_eq!(code, StatusCode::OK, "{page}");
+    assert_eq!(page["applied"]["status"], "pending", "{page}");
+    assert!(page["applied"].get("observation").is_none(), "{page}");
+    assert_eq!(page["applied"]["decided"]["frozen"], true, "{page}");
+
+    let chain = app.token(CHAIN, &[Role::Chain]);
+    let (code, answer) = app
+        .post(
+            &chain,
+            &format!("/v1/chains/{CHAIN}/observations"),
+            json!({"observations": [observation("final", true, 1)]}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    let (_, page) = app.get(&chain, &target).await;
+    let applied = &page["applied"];
+    assert_eq!(applied["status"], "converged", "{page}");
+    assert_eq!(applied["observation"]["block"]["number"], 12, "{page}");
+    assert_eq!(applied["observation"]["observed"]["frozen"], true, "{page}");
+    assert_eq!(
+        applied["observation"]["tx_hashes"][0],
+        format!("0x{}", "cd".repeat(32))
+    );
+    assert_eq!(applied["status"], status(&app).await["status"]);
+
+    // The asset as a whole was never observed and holds nothing asset-wide: converged.
+    let (_, asset) = app
+        .get(&app.auditor(), &format!("/v1/targets/{CHAIN}/{ASSET}"))
+        .await;
+    assert_eq!(asset["applied"]["status"], "converged", "{asset}");
+    assert_eq!(asset["applied"]["decided"]["paused"], false, "{asset}");
+    app.app.stop().await;
+}

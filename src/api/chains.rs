@@ -163,3 +163,110 @@ pub async fn reconciliation(
         targets,
     }))
 }
+
+/// The most an apply deadline may be: a week.
+const MAX_APPLY_DEADLINE_SECS: u32 = 7 * 24 * 3600;
+pub const CHAIN_SETTINGS_BODY_LIMIT: usize = 4 * 1024;
+
+/// An operator's settings of a chain (admin).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSettingsRequest {
+    /// How long, in seconds, the chain may take to put a decision in force before its target is
+    /// `lagging` rather than `pending` (1 to 604,800).
+    pub apply_deadline_secs: u32,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChainSettingsAnswer {
+    pub chain: ChainId,
+    pub apply_deadline_secs: u32,
+    /// True while no operator has set this chain's settings: the defaults apply.
+    pub default: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ChainSettingsAnswer {
+    fn of(chain: ChainId, stored: Option<storage::chains::ChainSettings>) -> Self {
+        match stored {
+            Some(s) => Self {
+                chain,
+                apply_deadline_secs: s.apply_deadline_secs,
+                default: false,
+                updated_by: Some(s.updated_by),
+                updated_at: Some(s.updated_at),
+            },
+            None => Self {
+                chain,
+                apply_deadline_secs: reconcile::DEFAULT_APPLY_DEADLINE_SECS,
+                default: true,
+                updated_by: None,
+                updated_at: None,
+            },
+        }
+    }
+}
+
+/// A chain's settings: its apply deadline (the default until an admin sets one).
+#[utoipa::path(
+    get, path = "/v1/chains/{chain}", tag = "chains",
+    params(("chain" = ChainId, Path)),
+    responses(
+        (status = 200, body = ChainSettingsAnswer),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_settings(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(chain): Path<String>,
+) -> Result<Json<ChainSettingsAnswer>, ApiError> {
+    may_read_chain(&principal, &chain)?;
+    let chain = ChainId::parse(chain).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let stored = storage::chains::settings(&state.pool, &chain).await?;
+    Ok(Json(ChainSettingsAnswer::of(chain, stored)))
+}
+
+/// Set a chain's apply deadline (admin). It takes effect on the next status the reconciler
+/// computes; who set it and when is kept with it.
+#[utoipa::path(
+    put, path = "/v1/chains/{chain}", tag = "chains",
+    params(("chain" = ChainId, Path)),
+    request_body = ChainSettingsRequest,
+    responses(
+        (status = 200, body = ChainSettingsAnswer),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put_settings(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(chain): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ChainSettingsAnswer>, ApiError> {
+    require(&principal, &[Role::Admin])?;
+    let chain = ChainId::parse(chain).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let request: ChainSettingsRequest = json_body(body, CHAIN_SETTINGS_BODY_LIMIT)?;
+    if !(1..=MAX_APPLY_DEADLINE_SECS).contains(&request.apply_deadline_secs) {
+        return Err(ApiError::InvalidRequest(format!(
+            "apply_deadline_secs must be between 1 and {MAX_APPLY_DEADLINE_SECS}, not {}",
+            request.apply_deadline_secs
+        )));
+    }
+    let stored = storage::chains::set_apply_deadline(
+        &state.pool,
+        &chain,
+        request.apply_deadline_secs,
+        &principal.sub,
+    )
+    .await?;
+    tracing::info!(chain = %chain, apply_deadline_secs = stored.apply_deadline_secs, by = %principal.sub, "chain settings changed");
+    Ok(Json(ChainSettingsAnswer::of(chain, Some(stored))))
+}

@@ -231,6 +231,12 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         .route(
             "/reconciliation",
             get(chains::reconciliation).route_layer(gate(RECONCILIATION_READERS)),
+        )
+        .route(
+            "/chains/{chain}",
+            json(put(chains::put_settings), chains::CHAIN_SETTINGS_BODY_LIMIT)
+                .route_layer(gate(ADMINS))
+                .merge(get(chains::get_settings).route_layer(gate(TARGET_READERS))),
         );
     let metrics = if http.metrics_need_token {
         get(ops::metrics).route_layer(gate(MONITORS))
@@ -288,7 +294,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         policies::validate, policies::test, policies::create, policies::list, policies::get,
         policies::version_diff, policies::activate, policies::rollback, policies::activations,
         policies::simulate, policies::request_status,
-        chains::observe, chains::reconciliation,
+        chains::observe, chains::reconciliation, chains::get_settings, chains::put_settings,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(crate::auth::Role, audit::ExportFormat)),

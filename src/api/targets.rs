@@ -14,10 +14,12 @@ use super::problem::{ApiError, Problem};
 use super::AppState;
 use crate::auth::{Principal, Role};
 use crate::domain::ledger::TargetState;
+use crate::domain::projection::{Decided, Status};
 use crate::domain::{
     AssetClass, AssetId, AssetKey, ChainId, Hold, HolderAddress, JurisdictionCode, RegisteredAsset,
 };
 use crate::policy::vocabulary::Vocabulary;
+use crate::reconcile::{self, Applied};
 use crate::storage;
 use crate::storage::policy as store;
 
@@ -127,6 +129,25 @@ pub struct TargetResponse {
     pub state: TargetState,
     /// With a holder: the holds that cover it. Without: every active hold on the asset.
     pub holds: Vec<Hold>,
+    /// Whether the chain shows it: the reconciler's status of this target and the chain's
+    /// evidence (the same as its row in `GET /v1/reconciliation`).
+    pub applied: AppliedSection,
+}
+
+/// The chain side of a target.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AppliedSection {
+    pub status: Status,
+    /// What the token should show: the decided state projected onto what it can express.
+    pub decided: Decided,
+    /// The latest final observation the chain's adapter reported, if any: what it read, at
+    /// which block, the version it believed in force, the transactions it sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observation: Option<Applied>,
+    /// What differs between `decided` and the observation (empty when converged).
+    pub differences: Vec<String>,
+    /// Divergences recorded for this target so far.
+    pub divergences: u32,
 }
 
 /// Who may read a chain's targets and decisions: a chain only its own.
@@ -181,6 +202,13 @@ pub async fn get_target(
         Some(h) => asset_state.holds_covering(Some(h)).cloned().collect(),
         None => asset_state.holds().cloned().collect(),
     };
+    let report = reconcile::target_report(
+        &state.pool,
+        &key.chain,
+        (key.asset.clone(), holder.clone()),
+        chrono::Utc::now(),
+    )
+    .await?;
     Ok(Json(TargetResponse {
         state: TargetState::of(&asset_state, holder.as_ref()),
         chain: registered.key.chain,
@@ -189,6 +217,13 @@ pub async fn get_target(
         issuer_jurisdiction: registered.issuer_jurisdiction,
         asset_class: registered.asset_class,
         holds,
+        applied: AppliedSection {
+            status: report.status,
+            decided: report.decided,
+            observation: report.applied,
+            differences: report.differences,
+            divergences: report.divergences,
+        },
     }))
 }
 

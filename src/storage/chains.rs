@@ -168,12 +168,15 @@ pub async fn latest_final(
 pub async fn divergence_counts(
     pool: &PgPool,
     chain: &ChainId,
+    only: Option<&AssetId>,
 ) -> Result<HashMap<ChainTarget, u32>, StorageError> {
     let rows = sqlx::query(
-        "SELECT asset, holder, count(*) FROM chain_divergences WHERE chain = $1
+        "SELECT asset, holder, count(*) FROM chain_divergences
+          WHERE chain = $1 AND ($2::text IS NULL OR asset = $2)
           GROUP BY asset, holder",
     )
     .bind(chain.as_str())
+    .bind(only.map(AssetId::as_str))
     .fetch_all(pool)
     .await?;
     let mut out = HashMap::new();
@@ -207,11 +210,33 @@ pub struct DecidedChain {
 }
 
 pub async fn decided_chain(pool: &PgPool, chain: &ChainId) -> Result<DecidedChain, StorageError> {
-    let assets: Vec<String> =
-        sqlx::query_scalar("SELECT asset FROM assets WHERE chain = $1 ORDER BY asset")
-            .bind(chain.as_str())
-            .fetch_all(pool)
-            .await?;
+    decided(pool, chain, None).await
+}
+
+/// The decided side of one asset of a chain; its holders are not listed in `targets` (one
+/// target's page needs only its state and when it was decided).
+pub async fn decided_asset(
+    pool: &PgPool,
+    chain: &ChainId,
+    asset: &AssetId,
+) -> Result<DecidedChain, StorageError> {
+    decided(pool, chain, Some(asset)).await
+}
+
+async fn decided(
+    pool: &PgPool,
+    chain: &ChainId,
+    only: Option<&AssetId>,
+) -> Result<DecidedChain, StorageError> {
+    let only = only.map(AssetId::as_str);
+    let assets: Vec<String> = sqlx::query_scalar(
+        "SELECT asset FROM assets WHERE chain = $1 AND ($2::text IS NULL OR asset = $2)
+          ORDER BY asset",
+    )
+    .bind(chain.as_str())
+    .bind(only)
+    .fetch_all(pool)
+    .await?;
     let keys: Vec<AssetKey> = assets
         .into_iter()
         .map(|a| {
@@ -229,12 +254,18 @@ pub async fn decided_chain(pool: &PgPool, chain: &ChainId) -> Result<DecidedChai
         .iter()
         .map(|k| (k.asset.clone(), loaded.get(k).cloned().unwrap_or_default()))
         .collect();
-    let holders = sqlx::query(
-        "SELECT DISTINCT asset, holder FROM decisions WHERE chain = $1 AND holder IS NOT NULL",
-    )
-    .bind(chain.as_str())
-    .fetch_all(pool)
-    .await?;
+    let holders = match only {
+        Some(_) => Vec::new(),
+        None => {
+            sqlx::query(
+                "SELECT DISTINCT asset, holder FROM decisions
+                  WHERE chain = $1 AND holder IS NOT NULL",
+            )
+            .bind(chain.as_str())
+            .fetch_all(pool)
+            .await?
+        }
+    };
     for r in holders {
         let asset = AssetId::parse(r.get::<String, _>(0)).map_err(corrupt)?;
         let holder = HolderAddress::parse(r.get::<String, _>(1)).map_err(corrupt)?;
@@ -245,9 +276,11 @@ pub async fn decided_chain(pool: &PgPool, chain: &ChainId) -> Result<DecidedChai
         "SELECT d.asset, min(d.decided_at)
            FROM decisions d JOIN asset_state s ON s.chain = d.chain AND s.asset = d.asset
           WHERE d.chain = $1 AND d.target_version = s.version
+            AND ($2::text IS NULL OR d.asset = $2)
           GROUP BY d.asset",
     )
     .bind(chain.as_str())
+    .bind(only)
     .fetch_all(pool)
     .await?;
     let mut decided_at = HashMap::new();
@@ -259,5 +292,63 @@ pub async fn decided_chain(pool: &PgPool, chain: &ChainId) -> Result<DecidedChai
         states,
         decided_at,
         targets,
+    })
+}
+
+/// An operator's settings of a chain, as stored.
+#[derive(Debug, Clone)]
+pub struct ChainSettings {
+    pub apply_deadline_secs: u32,
+    pub updated_by: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The stored settings of `chain`, if an operator set any.
+pub async fn settings(
+    pool: &PgPool,
+    chain: &ChainId,
+) -> Result<Option<ChainSettings>, StorageError> {
+    let row = sqlx::query(
+        "SELECT apply_deadline_secs, updated_by, updated_at FROM chain_settings WHERE chain = $1",
+    )
+    .bind(chain.as_str())
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        Ok(ChainSettings {
+            apply_deadline_secs: u32::try_from(r.get::<i32, _>(0)).map_err(corrupt)?,
+            updated_by: r.get(1),
+            updated_at: r.get(2),
+        })
+    })
+    .transpose()
+}
+
+/// Sets `chain`'s apply deadline; answers the settings as stored.
+pub async fn set_apply_deadline(
+    pool: &PgPool,
+    chain: &ChainId,
+    seconds: u32,
+    by: &str,
+) -> Result<ChainSettings, StorageError> {
+    let seconds = i32::try_from(seconds).map_err(corrupt)?;
+    let r = sqlx::query(
+        "INSERT INTO chain_settings (chain, apply_deadline_secs, updated_by)
+         VALUES ($1, $2, $3)
+         ON CONFLICT (chain) DO UPDATE
+            SET apply_deadline_secs = EXCLUDED.apply_deadline_secs,
+                updated_by = EXCLUDED.updated_by,
+                updated_at = clock_timestamp()
+         RETURNING apply_deadline_secs, updated_by, updated_at",
+    )
+    .bind(chain.as_str())
+    .bind(seconds)
+    .bind(by)
+    .fetch_one(pool)
+    .await?;
+    Ok(ChainSettings {
+        apply_deadline_secs: u32::try_from(r.get::<i32, _>(0)).map_err(corrupt)?,
+        updated_by: r.get(1),
+        updated_at: r.get(2),
     })
 }
