@@ -96,8 +96,11 @@ struct Awaiting {
 /// How long to wait for a receipt, and for our in-flight transactions before a round.
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(30);
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Targets read from the chain at once.
-const READ_CONCURRENCY: usize = 64;
+/// Holders read in one JSON-RPC batch (three calls each), and batches in flight at once.
+const HOLDERS_PER_BATCH: usize = 100;
+const BATCHES_IN_FLIGHT: usize = 4;
+/// How often to look at the chain's head while transactions wait to become final.
+const FINALITY_POLL: Duration = Duration::from_millis(250);
 /// Observations per report.
 const REPORT_CHUNK: usize = 1000;
 
@@ -210,9 +213,10 @@ impl Adapter {
         let wait = if !self.dirty.is_empty() || !self.resync.is_empty() {
             0
         } else if !self.awaiting.is_empty() {
-            // Waiting for blocks to become final: look again in a second, or as soon as a
-            // decision comes.
-            1
+            // Waiting for blocks to become final: the feed is only glanced at, and the head is
+            // looked at every `FINALITY_POLL` (below), so a final block is seen within a
+            // quarter second rather than at the end of a one-second long-poll.
+            0
         } else {
             self.next_resync
                 .saturating_duration_since(now)
@@ -220,6 +224,13 @@ impl Adapter {
                 .clamp(1, 10)
         };
         let page = self.engine.decisions(self.durable.cursor, wait).await?;
+        if page.decisions.is_empty()
+            && self.dirty.is_empty()
+            && self.resync.is_empty()
+            && !self.awaiting.is_empty()
+        {
+            tokio::time::sleep(FINALITY_POLL).await;
+        }
         for d in &page.decisions {
             let asset = d.target.asset.clone();
             if self.config.token_of(&asset).is_none() {
@@ -288,18 +299,50 @@ impl Adapter {
         }
     }
 
-    /// Reads `keys` at `block`, `READ_CONCURRENCY` at a time.
+    /// Reads `keys` at `block`, in their order: holders of one asset in JSON-RPC batches of
+    /// `HOLDERS_PER_BATCH`, `BATCHES_IN_FLIGHT` at a time; asset-wide targets one call each.
     async fn read_all(
         &self,
         keys: &[TargetKey],
         block: BlockId,
     ) -> Result<Vec<Observed>, ChainError> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(READ_CONCURRENCY) {
-            let reads: Vec<_> = chunk.iter().map(|k| self.read(k, block)).collect();
-            out.extend(futures::future::try_join_all(reads).await?);
+        let mut out: Vec<Option<Observed>> = vec![None; keys.len()];
+        let mut holders: BTreeMap<&AssetId, Vec<(usize, Address)>> = BTreeMap::new();
+        let mut assets = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match &key.1 {
+                Some(h) => holders
+                    .entry(&key.0)
+                    .or_default()
+                    .push((i, parse_address(h)?)),
+                None => assets.push(i),
+            }
         }
-        Ok(out)
+        for i in assets {
+            out[i] = Some(self.read(&keys[i], block).await?);
+        }
+        let mut jobs = Vec::new();
+        for (asset, list) in &holders {
+            let token = self.token(asset)?;
+            for chunk in list.chunks(HOLDERS_PER_BATCH) {
+                jobs.push((token, chunk));
+            }
+        }
+        for wave in jobs.chunks(BATCHES_IN_FLIGHT) {
+            let reads = wave.iter().map(|(token, chunk)| {
+                let addresses: Vec<Address> = chunk.iter().map(|(_, a)| *a).collect();
+                async move { token::observe_holders(&self.conn, *token, &addresses, block).await }
+            });
+            let answers = futures::future::try_join_all(reads).await?;
+            for ((_, chunk), answer) in wave.iter().zip(answers) {
+                for ((i, _), seen) in chunk.iter().zip(answer) {
+                    out[*i] = Some(seen);
+                }
+            }
+        }
+        out.into_iter()
+            .map(|o| o.ok_or_else(|| ChainError::Other("a target was not read".into())))
+            .collect()
     }
 
     /// Sends what the dirty targets lack and waits for it to be mined.

@@ -72,6 +72,55 @@ pub async fn observe_holder(
     })
 }
 
+/// Reads many holders' states in `token` at `block`, as JSON-RPC batches: three `eth_call`s per
+/// holder, `per_batch` holders to one HTTP request. A resync of thousands of targets is bound by
+/// round trips, not by the node's work, so one request carries hundreds of calls.
+pub async fn observe_holders(
+    conn: &Connection,
+    token: Address,
+    holders: &[Address],
+    block: BlockId,
+) -> Result<Vec<Observed>, ChainError> {
+    let call = |input: Vec<u8>| {
+        TransactionRequest::default()
+            .with_to(token)
+            .with_input(Bytes::from(input))
+    };
+    let client = conn.provider.client();
+    let mut batch = alloy::rpc::client::BatchRequest::new(client);
+    let mut waiters = Vec::with_capacity(holders.len());
+    for &user in holders {
+        let mut add = |input: Vec<u8>| {
+            batch
+                .add_call::<_, Bytes>("eth_call", &(call(input), block))
+                .map_err(ChainError::rpc)
+        };
+        let frozen = add(IToken::isFrozenCall { user }.abi_encode())?;
+        let tokens = add(IToken::getFrozenTokensCall { user }.abi_encode())?;
+        let balance = add(IToken::balanceOfCall { user }.abi_encode())?;
+        waiters.push((frozen, tokens, balance));
+    }
+    batch.send().await.map_err(ChainError::rpc)?;
+    let undecodable =
+        |e: alloy::sol_types::Error| ChainError::Rpc(format!("undecodable answer: {e}"));
+    let mut out = Vec::with_capacity(waiters.len());
+    for (frozen, tokens, balance) in waiters {
+        let frozen = frozen.await.map_err(ChainError::rpc)?;
+        let tokens = tokens.await.map_err(ChainError::rpc)?;
+        let balance = balance.await.map_err(ChainError::rpc)?;
+        out.push(Observed::Holder {
+            frozen: IToken::isFrozenCall::abi_decode_returns(&frozen).map_err(undecodable)?,
+            frozen_tokens: units(
+                IToken::getFrozenTokensCall::abi_decode_returns(&tokens).map_err(undecodable)?,
+            ),
+            balance: units(
+                IToken::balanceOfCall::abi_decode_returns(&balance).map_err(undecodable)?,
+            ),
+        });
+    }
+    Ok(out)
+}
+
 /// One call the adapter makes on a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {

@@ -46,30 +46,19 @@ pub async fn insert_observations(
     events: &[EventRequest],
 ) -> Result<(), StorageError> {
     let mut tx = pool.begin().await?;
+    // Rows that open no divergence go in as one statement per run, in order (ids follow the
+    // order of the batch, which is what "latest" means); a row that opens one goes in alone,
+    // since its divergence names its id.
+    let mut run: Vec<&NewObservation<'_>> = Vec::new();
     for row in rows {
+        if row.divergence.is_none() {
+            run.push(row);
+            continue;
+        }
+        insert_run(&mut tx, chain, reporter, &run).await?;
+        run.clear();
         let o = row.observation;
-        let observed = serde_json::to_value(&o.observed).map_err(corrupt)?;
-        let tx_hashes: Vec<String> = o.tx_hashes.iter().map(|h| h.to_string()).collect();
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO chain_observations
-               (chain, asset, holder, observed, block_number, block_hash, finality, version,
-                tx_hashes, failure, status, reported_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-        )
-        .bind(chain.as_str())
-        .bind(o.asset.as_str())
-        .bind(holder_column(&o.holder))
-        .bind(observed)
-        .bind(i64::try_from(o.block.number).map_err(corrupt)?)
-        .bind(o.block.hash.as_str())
-        .bind(o.finality.as_str())
-        .bind(i64::try_from(o.version).map_err(corrupt)?)
-        .bind(&tx_hashes)
-        .bind(o.failure.as_deref())
-        .bind(row.status.map(Status::as_str))
-        .bind(reporter)
-        .fetch_one(&mut *tx)
-        .await?;
+        let id = insert_one(&mut tx, chain, reporter, row).await?;
         if let Some(differences) = &row.divergence {
             sqlx::query(
                 "INSERT INTO chain_divergences
@@ -86,10 +75,118 @@ pub async fn insert_observations(
             .await?;
         }
     }
+    insert_run(&mut tx, chain, reporter, &run).await?;
     for event in events {
         super::policy::request_event(&mut *tx, event, reporter).await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+async fn insert_one(
+    tx: &mut sqlx::PgConnection,
+    chain: &ChainId,
+    reporter: &str,
+    row: &NewObservation<'_>,
+) -> Result<i64, StorageError> {
+    let o = row.observation;
+    let observed = serde_json::to_value(&o.observed).map_err(corrupt)?;
+    let tx_hashes: Vec<String> = o.tx_hashes.iter().map(|h| h.to_string()).collect();
+    Ok(sqlx::query_scalar(
+        "INSERT INTO chain_observations
+           (chain, asset, holder, observed, block_number, block_hash, finality, version,
+            tx_hashes, failure, status, reported_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+    )
+    .bind(chain.as_str())
+    .bind(o.asset.as_str())
+    .bind(holder_column(&o.holder))
+    .bind(observed)
+    .bind(i64::try_from(o.block.number).map_err(corrupt)?)
+    .bind(o.block.hash.as_str())
+    .bind(o.finality.as_str())
+    .bind(i64::try_from(o.version).map_err(corrupt)?)
+    .bind(&tx_hashes)
+    .bind(o.failure.as_deref())
+    .bind(row.status.map(Status::as_str))
+    .bind(reporter)
+    .fetch_one(&mut *tx)
+    .await?)
+}
+
+/// Inserts `run` in one statement, ids in its order. Transaction hashes travel as one
+/// comma-joined text per row (arrays of arrays do not unnest by row).
+async fn insert_run(
+    tx: &mut sqlx::PgConnection,
+    chain: &ChainId,
+    reporter: &str,
+    run: &[&NewObservation<'_>],
+) -> Result<(), StorageError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let n = run.len();
+    let (mut assets, mut holders, mut observed, mut numbers) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut hashes, mut finality, mut versions, mut txs, mut failures, mut statuses) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for row in run {
+        let o = row.observation;
+        assets.push(o.asset.as_str());
+        holders.push(holder_column(&o.holder));
+        observed.push(serde_json::to_value(&o.observed).map_err(corrupt)?);
+        numbers.push(i64::try_from(o.block.number).map_err(corrupt)?);
+        hashes.push(o.block.hash.as_str());
+        finality.push(o.finality.as_str());
+        versions.push(i64::try_from(o.version).map_err(corrupt)?);
+        txs.push(
+            o.tx_hashes
+                .iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        failures.push(o.failure.as_deref());
+        statuses.push(row.status.map(Status::as_str));
+    }
+    sqlx::query(
+        "INSERT INTO chain_observations
+           (chain, asset, holder, observed, block_number, block_hash, finality, version,
+            tx_hashes, failure, status, reported_by)
+         SELECT $1, r.asset, r.holder, r.observed, r.number, r.hash, r.finality, r.version,
+                CASE WHEN r.txs = '' THEN '{}'::text[] ELSE string_to_array(r.txs, ',') END,
+                r.failure, r.status, $12
+           FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::int8[], $6::text[], $7::text[],
+                       $8::int8[], $9::text[], $10::text[], $11::text[])
+                WITH ORDINALITY
+                AS r(asset, holder, observed, number, hash, finality, version, txs, failure,
+                     status, ord)
+          ORDER BY r.ord",
+    )
+    .bind(chain.as_str())
+    .bind(&assets)
+    .bind(&holders)
+    .bind(&observed)
+    .bind(&numbers)
+    .bind(&hashes)
+    .bind(&finality)
+    .bind(&versions)
+    .bind(&txs)
+    .bind(&failures)
+    .bind(&statuses)
+    .bind(reporter)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
