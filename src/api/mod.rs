@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod chains;
+pub mod console;
 pub mod edge;
 pub mod extract;
 pub mod feed;
@@ -11,6 +12,8 @@ pub mod ops;
 pub mod orders;
 pub mod policies;
 pub mod problem;
+pub mod sign_in;
+pub mod simulations;
 pub mod targets;
 pub mod webhooks;
 
@@ -51,6 +54,10 @@ pub struct AppState {
     pub webhook_wake: Arc<Changes>,
     /// Signs checkpoints, of trees it has recomputed from the records.
     pub notary: Arc<crate::audit::notary::Notary>,
+    /// The development sign-in, when tokens are verified with the development secret.
+    pub dev_sign_in: Option<Arc<sign_in::DevSignIn>>,
+    /// This replica's simulation jobs.
+    pub simulations: Arc<simulations::Simulations>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -190,8 +197,17 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         )
         .route(
             "/policies/simulate",
-            json(post(policies::simulate), policies::DRAFT_BODY_LIMIT)
+            json(post(simulations::simulate), policies::DRAFT_BODY_LIMIT)
                 .route_layer(gate(POLICY_AUTHORS)),
+        )
+        .route(
+            "/policies/simulations",
+            json(post(simulations::start), policies::DRAFT_BODY_LIMIT)
+                .route_layer(gate(POLICY_AUTHORS)),
+        )
+        .route(
+            "/policies/simulations/{id}",
+            get(simulations::status).route_layer(gate(POLICY_AUTHORS)),
         )
         .route(
             "/policies/versions",
@@ -222,11 +238,21 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         )
         .route(
             "/policies/diff",
-            get(policies::version_diff).route_layer(gate(POLICY_READERS)),
+            get(policies::version_diff)
+                .route_layer(gate(POLICY_READERS))
+                .merge(
+                    json(post(policies::draft_diff), policies::DRAFT_BODY_LIMIT)
+                        .route_layer(gate(POLICY_AUTHORS)),
+                ),
         )
         .route(
             "/chains/{chain}/observations",
             json(post(chains::observe), chains::OBSERVATIONS_BODY_LIMIT).route_layer(gate(CHAINS)),
+        )
+        .route("/console/config", get(sign_in::config))
+        .route(
+            "/dev/sign-in",
+            json(post(sign_in::sign_in), sign_in::SIGN_IN_BODY_LIMIT),
         )
         .route(
             "/reconciliation",
@@ -249,6 +275,9 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", metrics)
         .route("/openapi.json", get(ops::openapi))
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index))
+        .route("/console/{*path}", get(console::file))
         .fallback(|| async { problem::ApiError::NotFound("this route".into()) })
         .method_not_allowed_fallback(|| async { problem::ApiError::MethodNotAllowed })
         .with_state(state)
@@ -292,10 +321,11 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         audit::latest, audit::checkpoints, audit::publish, audit::public_key, audit::inclusion, audit::consistency,
         audit::query, audit::export, audit::events,
         policies::validate, policies::test, policies::create, policies::list, policies::get,
-        policies::version_diff, policies::activate, policies::rollback, policies::activations,
-        policies::simulate, policies::request_status,
+        policies::version_diff, policies::draft_diff, policies::activate, policies::rollback, policies::activations,
+        simulations::simulate, simulations::start, simulations::status, policies::request_status,
         chains::observe, chains::reconciliation, chains::get_settings, chains::put_settings,
         ops::healthz, ops::readyz, ops::metrics,
+        console::index, console::file, sign_in::config, sign_in::sign_in,
     ),
     components(schemas(crate::auth::Role, audit::ExportFormat)),
     modifiers(&BearerAuth, &EdgeResponses, &OperationIds, &IdPatterns),
@@ -309,6 +339,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         (name = "policies", description = "Policy versions: validate, test, diff, simulate, activate, roll back (policy_author)"),
         (name = "chains", description = "Observations from chain adapters and the reconciler's status per target"),
         (name = "ops", description = "Health, readiness, metrics"),
+        (name = "console", description = "The web console's page and files (no token: the console signs in through the API)"),
     )
 )]
 pub struct ApiDoc;
