@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod chains;
+pub mod console;
 pub mod edge;
 pub mod extract;
 pub mod feed;
@@ -243,6 +244,9 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", metrics)
         .route("/openapi.json", get(ops::openapi))
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index))
+        .route("/console/{*path}", get(console::file))
         .fallback(|| async { problem::ApiError::NotFound("this route".into()) })
         .method_not_allowed_fallback(|| async { problem::ApiError::MethodNotAllowed })
         .with_state(state)
@@ -290,6 +294,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         policies::simulate, policies::request_status,
         chains::observe, chains::reconciliation,
         ops::healthz, ops::readyz, ops::metrics,
+        console::index, console::file,
     ),
     components(schemas(crate::auth::Role, audit::ExportFormat)),
     modifiers(&BearerAuth, &EdgeResponses, &OperationIds, &IdPatterns),
@@ -303,6 +308,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         (name = "policies", description = "Policy versions: validate, test, diff, simulate, activate, roll back (policy_author)"),
         (name = "chains", description = "Observations from chain adapters and the reconciler's status per target"),
         (name = "ops", description = "Health, readiness, metrics"),
+        (name = "console", description = "The web console's page and files (no token: the console signs in through the API)"),
     )
 )]
 pub struct ApiDoc;
