@@ -67,7 +67,7 @@ export async function shot(page, name) {
 /** Signs in by pasting a token, as a person given one would. */
 export async function signInWithToken(page, token) {
   await page.goto(`${BASE}/console`);
-  await page.getByLabel("Token").fill(token);
+  await page.getByRole("textbox", { name: "Token" }).fill(token);
   await page.getByRole("button", { name: "Sign in", exact: true }).click();
 }
 

@@ -24,7 +24,7 @@ const theme = EditorView.theme({
   "&.cm-focused": { outline: "2px solid var(--focus)", outlineOffset: "1px" },
   ".cm-content": { fontFamily: "var(--mono)" },
   ".cm-gutters": { background: "var(--panel)", borderRight: "1px solid var(--line)" },
-  ".cm-scroller": { minHeight: "18rem" },
+  ".cm-scroller": { minHeight: "18rem", maxHeight: "60vh" },
 });
 
 function extensions(file: string, readOnly: boolean, onChange: (text: string) => void): Extension[] {
@@ -97,7 +97,13 @@ export class FileEditor {
     private readonly readOnly: boolean,
     private readonly onChange: (file: string, text: string) => void,
   ) {
-    this.view = new EditorView({ parent });
+    // CodeMirror injects its styles at run time. Into a document it would add a <style> element,
+    // which the console's CSP refuses; into a shadow root it uses a constructed stylesheet
+    // (adoptedStyleSheets), which the CSP allows. So the editor lives in a shadow root.
+    const shadow = parent.attachShadow({ mode: "open" });
+    const mount = document.createElement("div");
+    shadow.appendChild(mount);
+    this.view = new EditorView({ parent: mount, root: shadow });
   }
 
   get file(): string | null {
