@@ -66,7 +66,7 @@ if (phase === "pass") {
     check(lines.length - 1 === EXPECT_ROWS, `the CSV holds every match (${EXPECT_ROWS}), got ${lines.length - 1}`);
 
     step(`open decision ${SEQ}`);
-    await page.getByRole("link", { name: `Open decision ${SEQ}` }).click();
+    await page.getByRole("link", { name: `Open decision ${SEQ}`, exact: true }).click();
     await page.getByRole("heading", { name: `Decision ${SEQ}` }).waitFor();
     const policy = page.locator('article.rule[data-policy="us-sec-freeze-court-order"] pre');
     await policy.waitFor();

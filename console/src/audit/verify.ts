@@ -208,7 +208,8 @@ export async function verifyDecision(seq: number, text: string, listedHash: stri
       `whose root ${s.root.slice(0, 16)}… was signed at ${s.signed_at} by Ed25519 key ${keyId}. ` +
       (pinnedKeyId
         ? "That is the key you pinned."
-        : "The key came from this engine: compare its id with the one you obtained out of band, or pin it below.");
+        : "The key came from this engine: compare its id with the one you obtained out of band, or enter that id as the expected key id and verify again.") +
+      " Not checked here: that this checkpoint extends the checkpoints you kept from before (a consistency proof; `regulator audit verify-proof` checks it offline).";
   }
   return result;
 }
