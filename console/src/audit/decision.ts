@@ -53,7 +53,7 @@ function render(r: RawRecord): Child[] {
       "section",
       { class: "panel", "aria-labelledby": "outcome-title" },
       h("h2", { id: "outcome-title" }, badge(d.outcome), ` ${d.kind} by ${d.issuer}`),
-      h("p", { class: "reason" }, d.reason, " ", h("code", { class: "muted" }, d.reason_code)),
+      h("p", { class: "reason" }, d.reason, d.reason !== d.reason_code ? [" ", h("code", { class: "muted" }, d.reason_code)] : null),
       facts([
         ["Target", targetText(d.target)],
         ["Asset", `issued in ${d.asset_attributes.issuer_jurisdiction}, class ${d.asset_attributes.asset_class}`],
