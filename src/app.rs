@@ -237,6 +237,15 @@ impl App {
             webhooks: Arc::new(config.webhooks.clone()),
             webhook_wake,
             notary,
+            dev_sign_in: match &config.keys {
+                KeySource::DevSecret(secret) => Some(Arc::new(api::sign_in::DevSignIn::new(
+                    secret.clone(),
+                    &config.jwt_issuer,
+                    &config.jwt_audience,
+                    config.http.max_token_lifetime,
+                ))),
+                _ => None,
+            },
         };
         await_first_activation(&pool).await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {

@@ -289,7 +289,8 @@ const MAX_SUB_CHARS: usize = 256;
 
 /// A `sub` becomes an order's issuer, a version's author, a ledger event's actor: one line of
 /// printable text, checked here so that no signed token can carry a NUL to the database.
-fn check_sub(sub: &str) -> Result<(), AuthError> {
+/// Whatever mints tokens checks a subject with this before it signs one.
+pub fn check_sub(sub: &str) -> Result<(), AuthError> {
     if sub.is_empty() {
         return Err(AuthError::Invalid("the token's sub is empty".into()));
     }
@@ -311,20 +312,28 @@ pub fn mint_dev_token(
     roles: Vec<Role>,
     ttl: chrono::Duration,
 ) -> Result<String, KeyError> {
-    let secret = dev_secret(path)?;
     let now = chrono::Utc::now().timestamp();
-    let claims = Claims {
-        sub: sub.to_owned(),
-        roles,
-        iss: issuer.to_owned(),
-        aud: audience.to_owned(),
-        exp: now + ttl.num_seconds(),
-        nbf: None,
-        iat: now,
-    };
+    sign_dev_claims(
+        path,
+        &Claims {
+            sub: sub.to_owned(),
+            roles,
+            iss: issuer.to_owned(),
+            aud: audience.to_owned(),
+            exp: now + ttl.num_seconds(),
+            nbf: None,
+            iat: now,
+        },
+    )
+}
+
+/// Signs `claims` (HS256) with the development secret in `path`, as they are: the caller
+/// knows the expiry it promises.
+pub fn sign_dev_claims(path: &Path, claims: &Claims) -> Result<String, KeyError> {
+    let secret = dev_secret(path)?;
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &claims,
+        claims,
         &EncodingKey::from_secret(&secret),
     )
     .map_err(|e| KeyError::Bad {

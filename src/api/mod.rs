@@ -12,6 +12,7 @@ pub mod ops;
 pub mod orders;
 pub mod policies;
 pub mod problem;
+pub mod sign_in;
 pub mod targets;
 pub mod webhooks;
 
@@ -52,6 +53,8 @@ pub struct AppState {
     pub webhook_wake: Arc<Changes>,
     /// Signs checkpoints, of trees it has recomputed from the records.
     pub notary: Arc<crate::audit::notary::Notary>,
+    /// The development sign-in, when tokens are verified with the development secret.
+    pub dev_sign_in: Option<Arc<sign_in::DevSignIn>>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -229,6 +232,11 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
             "/chains/{chain}/observations",
             json(post(chains::observe), chains::OBSERVATIONS_BODY_LIMIT).route_layer(gate(CHAINS)),
         )
+        .route("/console/config", get(sign_in::config))
+        .route(
+            "/dev/sign-in",
+            json(post(sign_in::sign_in), sign_in::SIGN_IN_BODY_LIMIT),
+        )
         .route(
             "/reconciliation",
             get(chains::reconciliation).route_layer(gate(RECONCILIATION_READERS)),
@@ -294,7 +302,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         policies::simulate, policies::request_status,
         chains::observe, chains::reconciliation,
         ops::healthz, ops::readyz, ops::metrics,
-        console::index, console::file,
+        console::index, console::file, sign_in::config, sign_in::sign_in,
     ),
     components(schemas(crate::auth::Role, audit::ExportFormat)),
     modifiers(&BearerAuth, &EdgeResponses, &OperationIds, &IdPatterns),

@@ -336,6 +336,11 @@ impl TokenCommand {
             eprintln!("error: --roles names no role");
             return ExitCode::from(2);
         }
+        // A token the service would refuse is better not minted.
+        if let Err(e) = regulator::auth::check_sub(&self.sub) {
+            eprintln!("error: --sub: {e}");
+            return ExitCode::from(2);
+        }
         if !self.tokens.dev_secret_file.exists() {
             // A new secret would sign tokens no running server accepts.
             eprintln!(
