@@ -51,8 +51,13 @@ await run("legal", async ({ page }) => {
   await page.locator('button.file[data-file="us.cedar"]').click();
   await page.locator(".cm-content").click();
   await page.keyboard.press("Control+End");
-  await page.keyboard.insertText(ADDITION);
-  const typoLine = (activeFiles["us.cedar"] + ADDITION).split("\n").findIndex((l) => l.includes("asset_clas ==")) + 1;
+  await page.evaluate((text) => navigator.clipboard.writeText(text), ADDITION);
+  await page.keyboard.press("Control+V");
+  // The line the typo landed on, in the document as the editor holds it (the draft it saves).
+  await page.waitForFunction(() => (localStorage.getItem("regulator.draft.alice") ?? "").includes("asset_clas =="));
+  const draft = JSON.parse(await page.evaluate(() => localStorage.getItem("regulator.draft.alice")));
+  check(draft.files["us.cedar"] === activeFiles["us.cedar"] + ADDITION, "the draft is the active us.cedar with the addition");
+  const typoLine = draft.files["us.cedar"].split("\n").findIndex((l) => l.includes("asset_clas ==")) + 1;
 
   step(`the error is shown at its place: us.cedar line ${typoLine}`);
   await page.locator(".validation.error").waitFor();

@@ -43,6 +43,8 @@ export async function open({ width = 1280, height = 800 } = {}) {
     ],
   });
   const context = await browser.newContext({ viewport: { width, height }, acceptDownloads: true });
+  // The legal flow pastes its edit, as a person pasting a drafted clause would.
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: BASE });
   const page = await context.newPage();
   page.setDefaultTimeout(20_000);
   const problems = [];
