@@ -74,6 +74,8 @@ if (phase === "pass") {
     check((await page.locator("#policies-title + div").textContent()).includes("policy version 1"), "from the version that decided");
     check((await page.locator("section", { hasText: "The order" }).textContent()).includes("court_order"), "the order's legal basis is shown");
 
+    await shot(page, "decision");
+
     step("verify it in the browser");
     await page.getByRole("button", { name: "Verify", exact: true }).click();
     const result = page.locator(".verification .result");
@@ -81,7 +83,7 @@ if (phase === "pass") {
     check((await result.getAttribute("data-verified")) === "yes", `verification passes: ${await result.textContent()}`);
     check((await result.locator("li.ok").count()) === (await result.locator("li").count()), "every step holds");
     check((await result.textContent()).includes("Ed25519 signature is valid"), "the signature was checked");
-    await shot(page, "decision-verified");
+    await shot(page, "decision-verified", page.locator("#evidence-title"));
 
     step("the live feed");
     await page.getByRole("link", { name: "Live" }).click();
@@ -124,8 +126,7 @@ if (phase === "pass") {
     const failed = result.locator("li.error");
     check((await failed.first().textContent()).includes("was changed after it was hashed"), `it says the record was changed: ${await failed.first().textContent()}`);
     check((await result.locator("li.error").filter({ hasText: "The record is in the signed tree" }).count()) === 1, "and that it is not the record the signed tree holds");
-    await result.scrollIntoViewIfNeeded();
-    await shot(page, "decision-verify-failed");
+    await shot(page, "decision-verify-failed", page.locator("#evidence-title"));
   });
 } else {
   console.error("usage: node auditor.mjs pass|fail");

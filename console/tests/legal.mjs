@@ -89,7 +89,7 @@ await run("legal", async ({ page }) => {
   await summary.waitFor();
   check((await summary.getAttribute("class")).includes("ok"), `every case passes: ${await summary.textContent()}`);
   check((await page.locator(".tests tr.pass").count()) > 10, "per-case results are listed");
-  await shot(page, "tests");
+  await shot(page, "tests", page.locator(".tabs"));
 
   step("the change, rule by rule");
   await page.getByRole("tab", { name: "Changes" }).click();
@@ -97,7 +97,7 @@ await run("legal", async ({ page }) => {
   const added = page.locator(`article.rule.added[data-policy="${NEW_POLICY_ID}"]`);
   await added.waitFor();
   check((await page.locator(".diff-view .summary").textContent()).includes("1 added, 0 removed, 0 changed"), "one policy added, nothing else");
-  await shot(page, "diff");
+  await shot(page, "diff", page.locator(".tabs"));
 
   step("simulate against the recorded history");
   await page.getByRole("tab", { name: "Simulate" }).click();
@@ -115,7 +115,7 @@ await run("legal", async ({ page }) => {
   check((await outcomeRow.locator("td").nth(0).textContent()) === "REJECTED", "recorded: REJECTED");
   check((await outcomeRow.locator("td").nth(1).textContent()) === "APPLIED", "with the draft: APPLIED");
   check((await changes.first().textContent()).includes(NEW_POLICY_ID), "the simulated verdict names the new policy");
-  await shot(page, "simulate");
+  await shot(page, "simulate", page.locator(".tabs"));
 
   step("store the draft as a version, then activate it");
   await page.getByRole("tab", { name: "Store and activate" }).click();
@@ -127,7 +127,7 @@ await run("legal", async ({ page }) => {
   check(version === active.version + 1, `stored as version ${active.version + 1}`);
   await page.getByRole("button", { name: `Activate version ${version}` }).click();
   await page.locator("#panel-store .notice.ok").filter({ hasText: `Version ${version} is active from seq` }).waitFor();
-  await shot(page, "activated");
+  await shot(page, "activated", page.locator(".tabs"));
 
   step("the timeline says who did what");
   await page.getByRole("link", { name: "Versions" }).click();

@@ -57,8 +57,10 @@ export async function open({ width = 1280, height = 800 } = {}) {
   return { browser, context, page, problems };
 }
 
-export async function shot(page, name) {
+/** Saves a screenshot; `focus` (a locator) is scrolled to the top of the window first. */
+export async function shot(page, name, focus) {
   if (!SHOTS) return;
+  if (focus) await focus.evaluate((el) => el.scrollIntoView({ block: "start" }));
   await mkdir(SHOTS, { recursive: true });
   // Let transitions and the last paint settle so the picture shows what a person sees.
   await page.waitForTimeout(150);
