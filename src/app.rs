@@ -246,6 +246,7 @@ impl App {
                 ))),
                 _ => None,
             },
+            simulations: Arc::default(),
         };
         await_first_activation(&pool).await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {

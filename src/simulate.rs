@@ -6,9 +6,11 @@
 //! on by the *recorded* effects, so every change reported is the draft's own answer to a
 //! situation that really happened, not a consequence of an earlier simulated change.
 //!
-//! [`Simulator`] is the pure part (records in, report out); [`run`] feeds it from Postgres.
+//! [`Simulator`] is the pure part (records in, report out); [`run`] feeds it from Postgres and
+//! says how far it has got through a [`Progress`], which whoever waits for it may read.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -92,6 +94,35 @@ pub enum SimulateError {
     /// before it leave. `regulator audit verify` would say more.
     #[error("the history does not replay at seq {seq}: {why}")]
     History { seq: u64, why: String },
+}
+
+/// How far a simulation has got: orders replayed of the orders in its range. Shared between
+/// the replay, which moves it on, and whoever shows it (a job's status, a progress bar).
+#[derive(Debug, Default)]
+pub struct Progress {
+    replayed: AtomicU64,
+    /// Zero until the range's orders are counted.
+    total: AtomicU64,
+}
+
+impl Progress {
+    /// Orders decided again so far.
+    pub fn replayed(&self) -> u64 {
+        self.replayed.load(Ordering::Relaxed)
+    }
+
+    /// Orders in the range (zero until counted).
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    fn set_replayed(&self, n: u64) {
+        self.replayed.store(n, Ordering::Relaxed);
+    }
+
+    fn set_total(&self, n: u64) {
+        self.total.store(n, Ordering::Relaxed);
+    }
 }
 
 /// Replays recorded groups against a draft. Feed it every decision of the range, in order.
@@ -245,6 +276,11 @@ impl<'e> Simulator<'e> {
         Ok(())
     }
 
+    /// Orders decided again so far (a group's orders count once it is decided).
+    pub fn replayed(&self) -> u64 {
+        self.orders
+    }
+
     /// Ends the replay.
     pub fn finish(mut self) -> Result<(ChangeCounts, Vec<Change>, u64), SimulateError> {
         self.flush()?;
@@ -254,18 +290,32 @@ impl<'e> Simulator<'e> {
 }
 
 /// Replays the decisions of `range` (the whole log by default) against `engine`.
-///
-/// Two stages run side by side: this task reads and parses pages of records (and the earlier
-/// decisions of assets the range finds mid-history), and a blocking thread decides them.
 pub async fn run(
     pool: &sqlx::PgPool,
     engine: Arc<PolicyEngine>,
     range: &Range,
     max_changes: usize,
 ) -> Result<Report, SimulateError> {
+    run_with_progress(pool, engine, range, max_changes, Arc::default()).await
+}
+
+/// [`run`], moving `progress` on as it goes: first the range's order count, then the orders
+/// replayed, which reach it when the replay ends.
+///
+/// Two stages run side by side: this task reads and parses pages of records (and the earlier
+/// decisions of assets the range finds mid-history), and a blocking thread decides them.
+pub async fn run_with_progress(
+    pool: &sqlx::PgPool,
+    engine: Arc<PolicyEngine>,
+    range: &Range,
+    max_changes: usize,
+    progress: Arc<Progress>,
+) -> Result<Report, SimulateError> {
     let started = Instant::now();
     let (from, to) = storage::simulate::seq_range(pool, range).await?;
+    progress.set_total(storage::simulate::orders_between(pool, from, to).await?);
     let (pages, mut inbox) = tokio::sync::mpsc::channel::<Page>(2);
+    let shown = Arc::clone(&progress);
     let decider = tokio::task::spawn_blocking(move || {
         let mut simulator = Simulator::new(&engine, max_changes);
         while let Some(page) = inbox.blocking_recv() {
@@ -274,9 +324,12 @@ pub async fn run(
             }
             for record in page.records {
                 simulator.push(record)?;
+                shown.set_replayed(simulator.replayed());
             }
         }
-        simulator.finish()
+        let finished = simulator.finish()?;
+        shown.set_replayed(finished.2);
+        Ok::<_, SimulateError>(finished)
     });
     let mut seen: HashSet<AssetKey> = HashSet::new();
     let mut after = from.saturating_sub(1);

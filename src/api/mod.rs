@@ -13,6 +13,7 @@ pub mod orders;
 pub mod policies;
 pub mod problem;
 pub mod sign_in;
+pub mod simulations;
 pub mod targets;
 pub mod webhooks;
 
@@ -55,6 +56,8 @@ pub struct AppState {
     pub notary: Arc<crate::audit::notary::Notary>,
     /// The development sign-in, when tokens are verified with the development secret.
     pub dev_sign_in: Option<Arc<sign_in::DevSignIn>>,
+    /// This replica's simulation jobs.
+    pub simulations: Arc<simulations::Simulations>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -194,8 +197,17 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         )
         .route(
             "/policies/simulate",
-            json(post(policies::simulate), policies::DRAFT_BODY_LIMIT)
+            json(post(simulations::simulate), policies::DRAFT_BODY_LIMIT)
                 .route_layer(gate(POLICY_AUTHORS)),
+        )
+        .route(
+            "/policies/simulations",
+            json(post(simulations::start), policies::DRAFT_BODY_LIMIT)
+                .route_layer(gate(POLICY_AUTHORS)),
+        )
+        .route(
+            "/policies/simulations/{id}",
+            get(simulations::status).route_layer(gate(POLICY_AUTHORS)),
         )
         .route(
             "/policies/versions",
@@ -299,7 +311,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         audit::query, audit::export, audit::events,
         policies::validate, policies::test, policies::create, policies::list, policies::get,
         policies::version_diff, policies::activate, policies::rollback, policies::activations,
-        policies::simulate, policies::request_status,
+        simulations::simulate, simulations::start, simulations::status, policies::request_status,
         chains::observe, chains::reconciliation,
         ops::healthz, ops::readyz, ops::metrics,
         console::index, console::file, sign_in::config, sign_in::sign_in,

@@ -1,11 +1,11 @@
 //! The policy lifecycle for legal teams: validate and test a draft, store it as a version, diff
-//! versions, simulate a draft against the recorded history, activate a version and roll back.
+//! versions, activate a version and roll back. Simulation against the recorded history is in
+//! [`super::simulations`].
 //!
 //! Activation is a ledger event: the request is queued for the sequencer, which records it at
 //! the next seq and decides every later order with the version it activated. The response
 //! waits for that seq.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -26,9 +26,8 @@ use crate::domain::{check_text, Lines};
 use crate::policy::diff::{diff, PolicyDiff};
 use crate::policy::suite::CaseResult;
 use crate::policy::{files::MAX_BYTES, Compiled, PolicyFiles};
-use crate::simulate::{self, Range, Report, SimulateError};
 use crate::storage::policy::{self as store, Activation, RequestOutcome, VersionInfo};
-use crate::storage::{self, StorageError};
+use crate::storage::StorageError;
 
 /// A draft's files may take `MAX_BYTES`; JSON escaping adds some.
 pub const DRAFT_BODY_LIMIT: usize = MAX_BYTES + MAX_BYTES / 2;
@@ -36,9 +35,6 @@ pub const DRAFT_BODY_LIMIT: usize = MAX_BYTES + MAX_BYTES / 2;
 pub const ROLLBACK_BODY_LIMIT: usize = 1024;
 /// How long an activation waits for the sequencer to record it before answering 202.
 const ACTIVATION_WAIT: Duration = Duration::from_secs(10);
-/// Changed orders listed by a simulation unless asked otherwise, and at most.
-const DEFAULT_MAX_CHANGES: usize = 1_000;
-const MAX_CHANGES: usize = 100_000;
 
 const MAX_MESSAGE_CHARS: usize = 2_000;
 
@@ -228,26 +224,8 @@ pub struct RollbackRequest {
     pub to: Option<u32>,
 }
 
-/// What to simulate, over which recorded decisions.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SimulateRequest {
-    /// A draft's files, or
-    pub files: Option<PolicyFiles>,
-    /// a stored version (exactly one of the two).
-    pub version: Option<u32>,
-    /// The range (default: the whole log): seqs `from_seq..=to_seq`, decision times
-    /// `from_time <= t < to_time`. A range that cuts a conflict group takes it whole.
-    pub from_seq: Option<u64>,
-    pub to_seq: Option<u64>,
-    pub from_time: Option<DateTime<Utc>>,
-    pub to_time: Option<DateTime<Utc>>,
-    /// Changed orders to list (default 1,000, at most 100,000); the counts are always whole.
-    pub max_changes: Option<usize>,
-}
-
 /// Compiles on a blocking thread: a large bundle takes tens of milliseconds of CPU.
-async fn compile(files: PolicyFiles) -> Result<Compiled, ApiError> {
+pub(super) async fn compile(files: PolicyFiles) -> Result<Compiled, ApiError> {
     tokio::task::spawn_blocking(move || Compiled::compile(files))
         .await
         .map_err(|e| ApiError::Internal(StorageError::Corrupt(format!("compiling: {e}"))))?
@@ -273,7 +251,10 @@ fn version_param(raw: &str) -> Result<u32, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("policy version {raw}")))
 }
 
-async fn stored(state: &AppState, version: u32) -> Result<store::StoredVersion, ApiError> {
+pub(super) async fn stored(
+    state: &AppState,
+    version: u32,
+) -> Result<store::StoredVersion, ApiError> {
     store::version(&state.pool, version)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("policy version {version}")))
@@ -650,66 +631,4 @@ async fn activated(state: &AppState, seq: u64) -> Result<Activated, ApiError> {
         ))
         .into()),
     }
-}
-
-/// Replay recorded orders against a draft (or a stored version): every decision whose outcome,
-/// priority or determining policies would change, with counts.
-#[utoipa::path(
-    post, path = "/v1/policies/simulate", tag = "policies", request_body = SimulateRequest,
-    responses(
-        (status = 200, body = Report),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub async fn simulate(
-    State(state): State<AppState>,
-    principal: Principal,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Report>, ApiError> {
-    require(&principal, AUTHORS)?;
-    let request: SimulateRequest = json_body(body, DRAFT_BODY_LIMIT)?;
-    let files = match (request.files, request.version) {
-        (Some(files), None) => files,
-        (None, Some(version)) => stored(&state, version).await?.files,
-        _ => {
-            return Err(ApiError::InvalidRequest(
-                "give exactly one of `files` (a draft) and `version`".into(),
-            ))
-        }
-    };
-    let range = Range {
-        from_seq: request.from_seq,
-        to_seq: request.to_seq,
-        from_time: request.from_time,
-        to_time: request.to_time,
-    };
-    if let Some(why) = range.inverted() {
-        return Err(ApiError::InvalidRequest(why));
-    }
-    let max_changes = request.max_changes.unwrap_or(DEFAULT_MAX_CHANGES);
-    if max_changes > MAX_CHANGES {
-        return Err(ApiError::InvalidRequest(format!(
-            "max_changes is at most {MAX_CHANGES}"
-        )));
-    }
-    let compiled = compile(files).await?;
-    let engine = Arc::new(compiled.engine);
-    let report = simulate::run(&state.pool, engine, &range, max_changes)
-        .await
-        .map_err(|e| match e {
-            SimulateError::Storage(e) => ApiError::Internal(e),
-            history @ SimulateError::History { .. } => {
-                ApiError::Internal(storage::corrupt(history))
-            }
-        })?;
-    tracing::info!(
-        orders = report.orders,
-        changed = report.counts.changed,
-        elapsed_ms = report.elapsed_ms,
-        by = %principal.sub,
-        "policy simulation"
-    );
-    Ok(Json(report))
 }

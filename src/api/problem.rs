@@ -96,6 +96,8 @@ pub enum ApiError {
     PolicyInvalid(crate::policy::PolicyErrors),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0} simulations are running on this replica, the most it runs at once; try again when one ends")]
+    TooManySimulations(usize),
     #[error("internal error")]
     Internal(#[from] StorageError),
 }
@@ -129,6 +131,7 @@ impl ApiError {
             UrlRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "url-refused"),
             PolicyInvalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "policy-invalid"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            TooManySimulations(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-simulations"),
             Internal(e) if e.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "not-ready"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

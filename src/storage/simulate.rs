@@ -101,6 +101,21 @@ async fn seqs_decided_between(pool: &PgPool, range: &Range) -> Result<TimeSpan, 
     })
 }
 
+/// How many orders were decided at seqs `from..=to` (expiries are not orders).
+pub async fn orders_between(pool: &PgPool, from: u64, to: u64) -> Result<u64, StorageError> {
+    if from > to {
+        return Ok(0);
+    }
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM decisions WHERE seq BETWEEN $1 AND $2 AND order_id IS NOT NULL",
+    )
+    .bind(seq_param(from))
+    .bind(seq_param(to))
+    .fetch_one(pool)
+    .await?;
+    u64::try_from(n).map_err(corrupt)
+}
+
 fn parse(seq: i64, text: &str) -> Result<DecisionRecord, StorageError> {
     serde_json::from_str(text).map_err(|e| corrupt(format!("decision {seq}: {e}")))
 }
