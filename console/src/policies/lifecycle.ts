@@ -107,7 +107,7 @@ interface Created extends VersionView {
   tests: { cases: number; failed: number };
 }
 
-export function storePanel(files: () => Files, onStored: (v: number) => void): HTMLElement {
+export function storePanel(files: () => Files, onStored: (v: number) => void, onActivated: (v: number) => void): HTMLElement {
   const message = h("textarea", { name: "message", rows: 3, required: true, maxlength: 2000, id: "store-message" });
   const out = h("div", { "aria-live": "polite" });
   const next = h("div");
@@ -136,7 +136,7 @@ export function storePanel(files: () => Files, onStored: (v: number) => void): H
             const activationOut = h("div", { "aria-live": "polite" });
             activateButton.addEventListener("click", () => {
               activateButton.disabled = true;
-              void activate(`/v1/policies/versions/${body.version}/activate`, undefined, activationOut, () => onStored(body.version)).finally(() => {
+              void activate(`/v1/policies/versions/${body.version}/activate`, undefined, activationOut, () => onActivated(body.version)).finally(() => {
                 activateButton.disabled = false;
               });
             });

@@ -261,7 +261,25 @@ function build(main: HTMLElement, draft: Draft, baseFiles: Files, activeVersion:
     { id: "tests", title: "Tests", panel: testsPanel(files, () => void validate()) },
     { id: "diff", title: "Changes", panel: h("div", null, h("p", null, "Policy by policy, what this draft changes against the active version."), diffButton, diffOut) },
     { id: "simulate", title: "Simulate", panel: simulatePanel(files) },
-    { id: "store", title: "Store and activate", panel: storePanel(files, () => undefined) },
+    {
+      id: "store",
+      title: "Store and activate",
+      panel: storePanel(
+        files,
+        (stored) => {
+          // The draft is now that version: further edits are changes to it.
+          draft.base = stored;
+          baseFiles = { ...draft.files };
+          saveDraft(draft);
+          renderFiles();
+          renderBar();
+        },
+        (activated) => {
+          activeVersion = activated;
+          renderBar();
+        },
+      ),
+    },
   ]);
 
   replace(
