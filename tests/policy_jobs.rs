@@ -226,3 +226,78 @@ async fn at_most_four_simulations_run_at_once(pool: PgPool) {
     let (status, _, job) = start_job(&app, &body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
 }
+
+#[sqlx::test]
+async fn a_draft_is_diffed_against_the_active_version_like_a_stored_one(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let author = author(&app);
+    let draft = reprioritised();
+
+    let (status, against_active) = app
+        .post(&author, "/v1/policies/diff", json!({"files": draft}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{against_active}");
+    let changed: Vec<&str> = against_active["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(changed, ["us-sec-freeze-court-order"], "{against_active}");
+    assert_eq!(against_active["added"], json!([]));
+    assert_eq!(against_active["removed"], json!([]));
+    let (_, against_one) = app
+        .post(
+            &author,
+            "/v1/policies/diff",
+            json!({"files": draft, "from": 1}),
+        )
+        .await;
+    assert_eq!(against_one, against_active);
+
+    // Stored, the same draft diffs the same way through GET.
+    let (status, created) = app
+        .post(
+            &author,
+            "/v1/policies/versions",
+            json!({"files": draft, "message": "SEC freezes at 650"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (status, stored) = app.get(&author, "/v1/policies/diff?from=1&to=2").await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored, against_active);
+
+    // A version carries its files' text: the source of the policies that decided under it.
+    let (status, version) = app.get(&app.auditor(), "/v1/policies/versions/1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(version["files"]["us.cedar"], json!(shipped()["us.cedar"]));
+
+    let mut broken = shipped();
+    broken.insert("us.cedar".into(), "permit (".into());
+    for (body, expected, kind) in [
+        (
+            json!({"files": draft, "from": 99}),
+            StatusCode::NOT_FOUND,
+            "not-found",
+        ),
+        (
+            json!({"files": broken}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "policy-invalid",
+        ),
+        (
+            json!({"files": draft, "to": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+        ),
+    ] {
+        let (status, problem) = app.post(&author, "/v1/policies/diff", body).await;
+        assert_eq!(status, expected, "{problem}");
+        assert_eq!(problem["type"], format!("urn:regulator:problem:{kind}"));
+    }
+    let (status, _) = app
+        .post(&app.auditor(), "/v1/policies/diff", json!({"files": draft}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}

@@ -238,7 +238,12 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         )
         .route(
             "/policies/diff",
-            get(policies::version_diff).route_layer(gate(POLICY_READERS)),
+            get(policies::version_diff)
+                .route_layer(gate(POLICY_READERS))
+                .merge(
+                    json(post(policies::draft_diff), policies::DRAFT_BODY_LIMIT)
+                        .route_layer(gate(POLICY_AUTHORS)),
+                ),
         )
         .route(
             "/chains/{chain}/observations",
@@ -310,7 +315,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         audit::latest, audit::checkpoints, audit::publish, audit::public_key, audit::inclusion, audit::consistency,
         audit::query, audit::export, audit::events,
         policies::validate, policies::test, policies::create, policies::list, policies::get,
-        policies::version_diff, policies::activate, policies::rollback, policies::activations,
+        policies::version_diff, policies::draft_diff, policies::activate, policies::rollback, policies::activations,
         simulations::simulate, simulations::start, simulations::status, policies::request_status,
         chains::observe, chains::reconciliation,
         ops::healthz, ops::readyz, ops::metrics,

@@ -216,6 +216,16 @@ pub struct DiffQuery {
     pub to: u32,
 }
 
+/// A draft to compare with a stored version.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DraftDiff {
+    /// The draft's files, as `POST /v1/policies/validate` takes them.
+    pub files: PolicyFiles,
+    /// The version to compare from (default: the active one).
+    pub from: Option<u32>,
+}
+
 /// What to roll back to.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -414,6 +424,39 @@ pub async fn version_diff(
     require(&principal, READERS)?;
     let from = compile(stored(&state, query.from).await?.files).await?;
     let to = compile(stored(&state, query.to).await?.files).await?;
+    Ok(Json(diff(&from, &to)))
+}
+
+/// What a draft changes from a stored version (by default the active one), in the shape of
+/// `GET /v1/policies/diff`: policies added, removed and changed, by id.
+#[utoipa::path(
+    post, path = "/v1/policies/diff", tag = "policies", request_body = DraftDiff,
+    responses(
+        (status = 200, body = PolicyDiff),
+        (status = 404, description = "No such version", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No `from`, and no version is active yet", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The draft does not compile: `errors` lists each with its place", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn draft_diff(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PolicyDiff>, ApiError> {
+    require(&principal, AUTHORS)?;
+    let request: DraftDiff = json_body(body, DRAFT_BODY_LIMIT)?;
+    let from = match request.from {
+        Some(from) => from,
+        None => {
+            store::active(&state.pool)
+                .await?
+                .ok_or_else(|| ApiError::Conflict("no version is active yet: give `from`".into()))?
+                .version
+        }
+    };
+    let from = compile(stored(&state, from).await?.files).await?;
+    let to = compile(request.files).await?;
     Ok(Json(diff(&from, &to)))
 }
 
