@@ -112,7 +112,11 @@ async fn the_legal_teams_flow_changes_what_decides_the_next_order(pool: PgPool) 
     // policy permits today, and U.S. freezes the change leaves alone.
     for i in 0..3 {
         let (status, answer) = app
-            .submit(&sec, &format!("de-{i}"), &sec_freeze(DE_BOND.0, DE_BOND.1, &format!("0xD{i}")))
+            .submit(
+                &sec,
+                &format!("de-{i}"),
+                &sec_freeze(DE_BOND.0, DE_BOND.1, &format!("0xD{i}")),
+            )
             .await;
         assert_eq!(status, 201);
         assert_eq!(answer["decision"]["outcome"], "REJECTED");
@@ -167,18 +171,19 @@ async fn the_auditors_flow_verifies_a_decision_and_sees_a_tampered_one_fail(pool
     // 55 applied SEC freezes: more than a page of 50.
     app.freeze_holders(0..55).await;
     let (status, _) = app
-        .submit(
-            &app.regulator("US-DOJ"),
-            "doj-1",
-            &service::doj_seize(),
-        )
+        .submit(&app.regulator("US-DOJ"), "doj-1", &service::doj_seize())
         .await;
     assert_eq!(status, 201);
     let auditor = app.auditor();
     let (_, found) = app
-        .get(&auditor, "/v1/audit/decisions?chain=ethereum&asset=0xACME-BOND-2031&holder=0xH3")
+        .get(
+            &auditor,
+            "/v1/audit/decisions?chain=ethereum&asset=0xACME-BOND-2031&holder=0xH3",
+        )
         .await;
-    let seq = found["records"][0]["seq"].as_u64().expect("holder 0xH3's freeze");
+    let seq = found["records"][0]["seq"]
+        .as_u64()
+        .expect("holder 0xH3's freeze");
     let (status, _) = app.post(&auditor, "/v1/audit/checkpoints", json!({})).await;
     assert_eq!(status, 201);
 
@@ -211,11 +216,13 @@ async fn the_auditors_flow_verifies_a_decision_and_sees_a_tampered_one_fail(pool
         .unwrap();
     tx.commit().await.unwrap();
     let (_, after) = app
-        .get(&auditor, &format!("/v1/audit/decisions?from_seq={seq}&to_seq={seq}"))
+        .get(
+            &auditor,
+            &format!("/v1/audit/decisions?from_seq={seq}&to_seq={seq}"),
+        )
         .await;
     assert_eq!(
-        after["records"][0]["decision"]["order"]["legal_basis"]["reference"],
-        "SEC v. Acne",
+        after["records"][0]["decision"]["order"]["legal_basis"]["reference"], "SEC v. Acne",
         "the API serves the rewritten record"
     );
 

@@ -91,9 +91,13 @@ await run("legal", async ({ page }) => {
   check((await page.locator(".tests tr.pass").count()) > 10, "per-case results are listed");
   await shot(page, "tests", page.locator(".tabs"));
 
-  step("the change, rule by rule");
-  await page.getByRole("tab", { name: "Changes" }).click();
-  await page.getByRole("button", { name: "Compare with the active version" }).click();
+  step("the change, rule by rule (by keyboard)");
+  await page.getByRole("tab", { name: "Tests" }).focus();
+  await page.keyboard.press("ArrowRight");
+  check((await page.getByRole("tab", { name: "Changes" }).getAttribute("aria-selected")) === "true", "the arrow key moves to the next tab");
+  check(await page.getByRole("tab", { name: "Changes" }).evaluate((el) => el === document.activeElement), "and focuses it");
+  await page.getByRole("button", { name: "Compare with the active version" }).focus();
+  await page.keyboard.press("Enter");
   const added = page.locator(`article.rule.added[data-policy="${NEW_POLICY_ID}"]`);
   await added.waitFor();
   check((await page.locator(".diff-view .summary").textContent()).includes("1 added, 0 removed, 0 changed"), "one policy added, nothing else");
