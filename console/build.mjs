@@ -4,20 +4,23 @@
 import { build } from "esbuild";
 import { copyFile, mkdir, rm } from "node:fs/promises";
 
-const watch = process.argv.includes("--watch");
-await rm("dist", { recursive: true, force: true });
-await mkdir("dist", { recursive: true });
+// `--outdir DIR` builds elsewhere: tests/console_browser.rs checks that the committed dist/ is
+// exactly what the source builds to.
+const at = process.argv.indexOf("--outdir");
+const outdir = at > 0 ? process.argv[at + 1] : "dist";
+await rm(outdir, { recursive: true, force: true });
+await mkdir(outdir, { recursive: true });
 
 const options = {
   entryPoints: { console: "src/main.ts" },
   bundle: true,
-  minify: !watch,
+  minify: true,
   format: "esm",
   target: ["chrome120", "firefox120", "safari17"],
-  outdir: "dist",
+  outdir,
   legalComments: "linked",
   logLevel: "info",
 };
 await build(options);
 await build({ ...options, entryPoints: { console: "src/console.css" } });
-await copyFile("src/index.html", "dist/index.html");
+await copyFile("src/index.html", `${outdir}/index.html`);

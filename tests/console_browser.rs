@@ -228,3 +228,41 @@ async fn the_auditors_flow_verifies_a_decision_and_sees_a_tampered_one_fail(pool
 
     flow(&app, "auditor.mjs", &["fail"], &env).await;
 }
+
+/// The binary embeds `console/dist`, which is committed: it must be exactly what the source in
+/// `console/src` builds to, or a change to the source would never reach a user.
+#[test]
+fn the_committed_dist_is_what_the_source_builds() {
+    chromium();
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("console-dist-{}", uuid::Uuid::new_v4()));
+    let built = std::process::Command::new("node")
+        .arg("build.mjs")
+        .arg("--outdir")
+        .arg(&out)
+        .current_dir(root().join("console"))
+        .output()
+        .expect("node runs the build");
+    assert!(
+        built.status.success(),
+        "the console build failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let committed = root().join("console/dist");
+    let names = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&out), names(&committed), "the files of console/dist");
+    for name in names(&committed) {
+        assert!(
+            std::fs::read(out.join(&name)).unwrap() == std::fs::read(committed.join(&name)).unwrap(),
+            "console/dist/{name} is not what console/src builds to: run `npm --prefix console run build` and commit console/dist"
+        );
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
