@@ -27,22 +27,32 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The browser and the driver, or a panic naming what to install.
-fn chromium() -> String {
+/// Node and the console's pinned packages (the driver, the bundler), or a panic naming what to
+/// install.
+fn node_modules() {
     let console = root().join("console");
     assert!(
         std::process::Command::new("node")
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success()),
-        "the console's browser tests need node on PATH (Node.js 20 or later)"
+        "the console's tests need node on PATH (Node.js 20 or later)"
     );
-    assert!(
-        console
-            .join("node_modules/playwright-core/package.json")
-            .exists(),
-        "the console's browser tests need their driver: run `npm ci --prefix console`"
-    );
+    for package in ["playwright-core", "esbuild"] {
+        assert!(
+            console
+                .join("node_modules")
+                .join(package)
+                .join("package.json")
+                .exists(),
+            "the console's tests need {package}: run `npm ci --prefix console`"
+        );
+    }
+}
+
+/// The browser, or a panic naming what to install.
+fn chromium() -> String {
+    node_modules();
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
@@ -233,7 +243,7 @@ async fn the_auditors_flow_verifies_a_decision_and_sees_a_tampered_one_fail(pool
 /// `console/src` builds to, or a change to the source would never reach a user.
 #[test]
 fn the_committed_dist_is_what_the_source_builds() {
-    chromium();
+    node_modules();
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("console-dist-{}", uuid::Uuid::new_v4()));
     let built = std::process::Command::new("node")
