@@ -2,7 +2,7 @@
 //! `playwright-core` from `console/node_modules`) walks the legal team's flow and the auditor's
 //! against the real service, on its own database and a free port. The flows are
 //! `console/tests/*.mjs`; this test seeds what they need, runs them, and checks in the database
-//! and over the API what they cannot see from the page. They save screenshots of the main pages
+//! and over the API what they cannot see from the page (which version decides the next order). They save screenshots of the main pages
 //! into `docs/console/`.
 //!
 //! Needs `node`, `npm ci --prefix console` and `/usr/bin/chromium` (or `CHROMIUM`): it fails,
@@ -134,16 +134,11 @@ async fn the_legal_teams_flow_changes_what_decides_the_next_order(pool: PgPool) 
     app.freeze_holders(0..4).await;
 
     let author = app.token("alice", &[Role::PolicyAuthor]);
-    let out = flow(
-        &app,
-        "legal.mjs",
-        &[],
-        &[
-            ("REGULATOR_AUTHOR_TOKEN", author.clone()),
-            ("REGULATOR_EXPECT_CHANGED", "3".into()),
-        ],
-    )
-    .await;
+    let env = [
+        ("REGULATOR_AUTHOR_TOKEN", author.clone()),
+        ("REGULATOR_EXPECT_CHANGED", "3".into()),
+    ];
+    let out = flow(&app, "legal.mjs", &[], &env).await;
     let reported: Value = out
         .lines()
         .rev()
@@ -171,6 +166,23 @@ async fn the_legal_teams_flow_changes_what_decides_the_next_order(pool: PgPool) 
     );
     assert_eq!(decision["priority"], 500);
     assert_eq!(decision["policy_version"], hash.as_str());
+
+    // Rolled back from the versions page: version 1 decides again.
+    flow(&app, "legal.mjs", &["rollback"], &env).await;
+    let (_, versions) = app.get(&author, "/v1/policies/versions").await;
+    assert_eq!(versions["active"]["version"], 1);
+    assert_eq!(versions["active"]["actor"], "bob");
+    let first = versions["versions"][1]["hash"].as_str().unwrap().to_owned();
+    let (status, answer) = app
+        .submit(
+            &sec,
+            "de-after-rollback",
+            &sec_freeze(DE_BOND.0, DE_BOND.1, "0xD8"),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(answer["decision"]["outcome"], "REJECTED");
+    assert_eq!(answer["decision"]["policy_version"], first.as_str());
 }
 
 #[sqlx::test]

@@ -2,7 +2,7 @@
 // sign-in), edit a policy, see the validation error at its place, fix it, run the test suites,
 // see the change rule by rule, simulate it over the recorded history and see the changed
 // decisions, store it and activate it. tests/console_browser.rs then checks that the next order
-// is decided by the new version.
+// is decided by the new version. `node legal.mjs rollback` then rolls back from the versions page.
 //
 // Environment: REGULATOR_BASE, REGULATOR_AUTHOR_TOKEN (to read the active files from the test),
 // REGULATOR_EXPECT_CHANGED (how many seeded orders the change turns from REJECTED to APPLIED).
@@ -30,6 +30,28 @@ when {
   resource.asset_clas == "security"
 };
 `;
+
+if (process.argv[2] === "rollback") {
+  await run("legal-rollback", async ({ page }) => {
+    step("development sign-in; roll back from the versions page");
+    await page.goto(`${BASE}/console`);
+    const dev = page.getByRole("form", { name: /Development sign-in/ });
+    await dev.getByLabel("Subject").fill("bob");
+    await dev.getByRole("button", { name: "Sign in for development" }).click();
+    await page.getByRole("heading", { name: "Policy workspace" }).waitFor();
+    await page.getByRole("link", { name: "Versions" }).click();
+    // The confirmation dialog is accepted (lib.mjs).
+    await page.getByRole("button", { name: "Roll back to version 1" }).click();
+    await page.locator(".notice.ok").filter({ hasText: "Version 1 is active from seq" }).waitFor();
+    await page.locator("ol.timeline").filter({ hasText: "bob activated version 1 at seq" }).waitFor();
+    const text = await page.locator("ol.timeline").textContent();
+    check(text.includes("replacing version 2; it had been active before"), "the timeline says version 1 comes back");
+    check((await page.locator('tr[data-version="1"] .badge.active').count()) === 1, "version 1 is marked active");
+    await page.getByRole("heading", { name: "Roll back" }).waitFor();
+    await shot(page, "rollback", page.locator("ol.timeline"));
+  });
+  process.exit();
+}
 
 await run("legal", async ({ page }) => {
   step("development sign-in as a policy author");

@@ -158,10 +158,9 @@ export function storePanel(files: () => Files, onStored: (v: number) => void, on
 }
 
 /** A rollback control: back to the version the current activation replaced. */
-export function rollbackControl(history: ActivationView[], done: () => void): Child {
+export function rollbackControl(history: ActivationView[], out: HTMLElement, done: () => void): Child {
   if (history.length < 2) return h("p", { class: "muted" }, "Only one version has ever been active: there is nothing to roll back to.");
   const [current, previous] = history;
-  const out = h("div", { "aria-live": "polite" });
   const button = h("button", { type: "button", class: "danger" }, `Roll back to version ${previous.version}`);
   button.addEventListener("click", async () => {
     if (!confirm(`Roll back from version ${current.version} to version ${previous.version}? Every order from the next seq on will be decided by version ${previous.version}.`)) return;
@@ -169,5 +168,5 @@ export function rollbackControl(history: ActivationView[], done: () => void): Ch
     await activate("/v1/policies/rollback", {}, out, done);
     button.disabled = false;
   });
-  return h("div", { class: "rollback" }, h("p", null, `Version ${current.version} is active; it replaced version ${previous.version}.`), button, out);
+  return h("div", { class: "rollback" }, h("p", null, `Version ${current.version} is active; it replaced version ${previous.version}.`), button);
 }

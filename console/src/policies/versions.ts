@@ -14,18 +14,19 @@ export function versionsPage(main: HTMLElement, route: Route): void | (() => voi
   const n = Number(route.path[0]);
   if (route.path.length && Number.isInteger(n) && n > 0) return browse(main, n);
   main.append(h("h1", null, "Versions and timeline"));
+  // What an activation or rollback answered stays above the tables they reload.
+  const out = h("div", { "aria-live": "polite" });
   const body = h("div", null, h("p", { class: "muted" }, "Loading…"));
-  main.append(body);
+  main.append(out, body);
   const load = async () => {
     const [list, history] = await Promise.all([versions(), activations()]);
-    replace(body, ...render(list.versions, history, list.active?.version ?? null, load));
+    replace(body, ...render(list.versions, history, list.active?.version ?? null, out, load));
   };
   load().catch((err) => replace(body, notice("error", describe(err))));
 }
 
-function render(all: VersionView[], history: ActivationView[], active: number | null, reload: () => Promise<void>): Child[] {
+function render(all: VersionView[], history: ActivationView[], active: number | null, out: HTMLElement, reload: () => Promise<void>): Child[] {
   const author = has("policy_author");
-  const out = h("div", { "aria-live": "polite" });
   const rows = all.map((v) => {
     const actions: Child[] = [h("a", { href: `#/policies/versions/${v.version}` }, "Browse")];
     if (author && v.version !== active) {
@@ -66,7 +67,6 @@ function render(all: VersionView[], history: ActivationView[], active: number | 
   ].sort((a, b) => b.at.localeCompare(a.at));
 
   return [
-    out,
     h("h2", null, "Versions"),
     h(
       "div",
@@ -78,7 +78,7 @@ function render(all: VersionView[], history: ActivationView[], active: number | 
         h("tbody", null, ...rows),
       ),
     ),
-    author ? [h("h2", null, "Roll back"), rollbackControl(history, () => void reload())] : null,
+    author ? [h("h2", null, "Roll back"), rollbackControl(history, out, () => void reload())] : null,
     h("h2", null, "Timeline"),
     h("ol", { class: "timeline", reversed: true }, ...events.map((e) => h("li", null, h("time", { datetime: e.at }, fmtTime(e.at)), " ", ...e.text))),
   ];
