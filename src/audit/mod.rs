@@ -85,6 +85,19 @@ pub async fn verify(
     pool: &PgPool,
     key: Option<&VerifyingKey>,
 ) -> Result<Verification, StorageError> {
+    verify_with_progress(pool, key, |_, _| {}).await
+}
+
+/// [`verify`], calling `progress(checked, total)` after each page of records: the records
+/// checked so far, of the log's length when the pass began (a log that grows meanwhile is
+/// checked to its new end, so `checked` may pass `total`).
+pub async fn verify_with_progress(
+    pool: &PgPool,
+    key: Option<&VerifyingKey>,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Verification, StorageError> {
+    let total = storage::ledger_head(pool).await?.seq;
+    progress(0, total);
     let checkpoints = storage::audit::all_checkpoints(pool).await?;
     let mut pending = checkpoints.iter().peekable();
     let mut bad_checkpoint: Option<(u64, String)> = None;
@@ -171,6 +184,7 @@ pub async fn verify(
             }
             check_at_size(&tree, &mut bad_checkpoint);
         }
+        progress(head.seq, total);
     }
     let recorded = storage::ledger_head(pool).await?;
     let chain = if recorded != head {

@@ -1,6 +1,7 @@
 //! `regulator audit verify`: recompute the ledger's hash chain in the database and name the
 //! first bad entry; `regulator audit verify-proof`: check a proof offline
-//! ([`super::verify_proof`]).
+//! ([`super::verify_proof`]); `regulator audit export`: a server's export to a file
+//! ([`super::audit_export`]).
 
 use std::process::ExitCode;
 
@@ -8,7 +9,7 @@ use clap::{Args, Subcommand};
 use sqlx::postgres::PgPoolOptions;
 
 use regulator::audit::signer::public_key_from_pem;
-use regulator::audit::{verify, ChainCheck, CheckpointCheck, TreeCheck};
+use regulator::audit::{verify_with_progress, ChainCheck, CheckpointCheck, TreeCheck};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -19,6 +20,9 @@ pub enum AuditCommand {
     /// checkpoints and the public key: no database, no engine. Exits 0 if it verifies, 1 if
     /// it does not, 2 if it cannot run (unreadable input).
     VerifyProof(super::verify_proof::VerifyProofArgs),
+    /// Export the decisions a filter selects from a server (`GET /v1/audit/export`) to a file,
+    /// NDJSON or CSV. Exits 0 once the file is complete, 2 otherwise (no file is left).
+    Export(super::audit_export::ExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -41,6 +45,7 @@ impl AuditCommand {
         match self {
             AuditCommand::Verify(args) => args.run(),
             AuditCommand::VerifyProof(args) => args.run(),
+            AuditCommand::Export(args) => args.run(),
         }
     }
 }
@@ -86,7 +91,15 @@ impl VerifyArgs {
                     return ExitCode::from(2);
                 }
             };
-            let verification = match verify(&pool, key.as_ref()).await {
+            let bar = super::progress::bar("records", 0);
+            bar.set_message("verifying");
+            let verified = verify_with_progress(&pool, key.as_ref(), |checked, total| {
+                bar.set_length(total.max(checked));
+                bar.set_position(checked);
+            })
+            .await;
+            bar.finish_and_clear();
+            let verification = match verified {
                 Ok(v) => v,
                 Err(e) => {
                     eprintln!("error: {e}");

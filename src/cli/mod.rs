@@ -3,10 +3,12 @@
 
 mod adapter;
 mod audit;
+mod audit_export;
 mod line_diff;
 mod openapi;
 mod policy;
 mod private_pg;
+mod progress;
 mod serve;
 mod verify_proof;
 

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
@@ -13,14 +12,15 @@ use regulator::api::problem::Problem;
 use regulator::policy::bundle::{ENTITIES_FILE, SCHEMA_FILE};
 use regulator::policy::diff::{diff, PolicyDiff};
 use regulator::policy::{Compiled, PolicyErrors, PolicyFiles};
-use regulator::simulate::{self, Range, Report};
 
 use super::line_diff;
 
 mod server;
+mod simulate;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use server::{rollback, status, versions};
+use simulate::simulate_command;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -474,84 +474,6 @@ async fn diff_command(args: DiffArgs) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn simulate_command(args: SimulateArgs) -> Outcome {
-    let range = Range {
-        from_seq: args.from_seq,
-        to_seq: args.to_seq,
-        from_time: args.from_time,
-        to_time: args.to_time,
-    };
-    // Refused here as the API refuses it, whether or not a server is asked.
-    if let Some(why) = range.inverted() {
-        eprintln!("error: {why}");
-        return Err(FAILED);
-    }
-    let report = match Server::from(&args.server)? {
-        Some(server) => {
-            let mut body = json!({
-                "from_seq": range.from_seq, "to_seq": range.to_seq,
-                "from_time": range.from_time, "to_time": range.to_time,
-                "max_changes": args.max_changes,
-            });
-            match args.version {
-                Some(v) => body["version"] = json!(v),
-                None => body["files"] = json!(read(&args.policies)?),
-            }
-            server
-                .call::<Report>(reqwest::Method::POST, "/v1/policies/simulate", Some(body))
-                .await?
-        }
-        None => simulate_offline(&args, &range).await?,
-    };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    for c in &report.changes {
-        let target = match &c.target.holder {
-            Some(h) => format!(
-                "{}/{} holder {}",
-                c.target.asset.chain, c.target.asset.asset, h
-            ),
-            None => format!("{}/{}", c.target.asset.chain, c.target.asset.asset),
-        };
-        println!(
-            "seq {:>8}  {} {} on {}: {} -> {}, priority {} -> {}, policies [{}] -> [{}]",
-            c.seq,
-            c.issuer,
-            c.kind.as_str(),
-            target,
-            c.recorded.outcome.as_str(),
-            c.simulated.outcome.as_str(),
-            c.recorded.priority.value(),
-            c.simulated.priority.value(),
-            join(&c.recorded.determining_policies),
-            join(&c.simulated.determining_policies),
-        );
-    }
-    let counts = &report.counts;
-    println!(
-        "\nseq {}..={}: {} orders replayed in {} ms ({:.0}/s); {} would change (outcome {}, priority {}, determining policies {}){}",
-        report.from_seq,
-        report.to_seq,
-        report.orders,
-        report.elapsed_ms,
-        report.orders_per_second,
-        counts.changed,
-        counts.outcome,
-        counts.priority,
-        counts.determining_policies,
-        if report.truncated { "; list truncated, see --max-changes" } else { "" }
-    );
-    for (transition, n) in &counts.transitions {
-        println!("  {transition}: {n}");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// A server, which these commands cannot do without.
 fn required_server(args: &ServerArgs, what: &str) -> Result<Server, u8> {
     Server::from(args)?.ok_or_else(|| {
@@ -614,43 +536,4 @@ async fn activation(args: &ServerArgs, path: &str, body: Option<Value>) -> Outco
         ),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn join(ids: &[regulator::domain::PolicyId]) -> String {
-    ids.iter()
-        .map(|p| p.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-async fn simulate_offline(args: &SimulateArgs, range: &Range) -> Result<Report, u8> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&args.database_url)
-        .await
-        .map_err(|e| {
-            eprintln!("error: cannot connect to {}: {e}", args.database_url);
-            FAILED
-        })?;
-    let files = match args.version {
-        Some(v) => match regulator::storage::policy::version(&pool, v).await {
-            Ok(Some(stored)) => stored.files,
-            Ok(None) => {
-                eprintln!("error: there is no policy version {v}");
-                return Err(FAILED);
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Err(FAILED);
-            }
-        },
-        None => read(&args.policies)?,
-    };
-    let compiled = Compiled::compile(files).map_err(report)?;
-    simulate::run(&pool, Arc::new(compiled.engine), range, args.max_changes)
-        .await
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            FAILED
-        })
 }
