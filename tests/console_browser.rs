@@ -2,8 +2,10 @@
 //! `playwright-core` from `console/node_modules`) walks the legal team's flow and the auditor's
 //! against the real service, on its own database and a free port. The flows are
 //! `console/tests/*.mjs`; this test seeds what they need, runs them, and checks in the database
-//! and over the API what they cannot see from the page (which version decides the next order). They save screenshots of the main pages
-//! into `docs/console/`.
+//! and over the API what they cannot see from the page (which version decides the next order).
+//! They take screenshots of the main pages: into the test's temporary directory, or, with
+//! `REGULATOR_UPDATE_SCREENSHOTS=1`, into `docs/console/` (how the docs' pictures are refreshed;
+//! an ordinary run leaves the work tree as it was).
 //!
 //! Needs `node`, `npm ci --prefix console` and `/usr/bin/chromium` (or `CHROMIUM`): it fails,
 //! saying which is missing, without them.
@@ -61,6 +63,15 @@ fn chromium() -> String {
     chromium
 }
 
+/// Where the flows save their screenshots.
+fn screenshots() -> PathBuf {
+    if std::env::var("REGULATOR_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        root().join("docs/console")
+    } else {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
+    }
+}
+
 /// Runs `node console/tests/<script> <args>` with `env`; panics with its output unless it
 /// exits 0.
 async fn flow(app: &TestApp, script: &str, args: &[&str], env: &[(&str, String)]) -> String {
@@ -72,7 +83,7 @@ async fn flow(app: &TestApp, script: &str, args: &[&str], env: &[(&str, String)]
         .current_dir(root().join("console"))
         .env("REGULATOR_BASE", &app.base)
         .env("CHROMIUM", chromium)
-        .env("REGULATOR_SCREENSHOTS", root().join("docs/console"))
+        .env("REGULATOR_SCREENSHOTS", screenshots())
         .env("REGULATOR_FAILURE_DIR", env!("CARGO_TARGET_TMPDIR"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
