@@ -72,9 +72,10 @@ fn serve(path: &str, request: &HeaderMap) -> Response {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let content_type = content_type(file.metadata.mimetype());
+        // Embedded data is borrowed from the binary: served without a copy.
         (
             [(header::CONTENT_TYPE, content_type)],
-            file.data.into_owned(),
+            axum::body::Body::from(file.data),
         )
             .into_response()
     };
