@@ -6,17 +6,21 @@
 //! - [`tree`]: the RFC 6962 Merkle tree in Postgres, extended as decisions commit, and proofs.
 //! - [`signer`]: the Ed25519 key that signs checkpoints of the tree.
 //! - [`notary`]: signs a checkpoint only of a tree it recomputed from the records.
+//! - [`anchors`]: the log against the checkpoints anchored on chains.
 
+pub mod anchors;
 pub mod notary;
 pub mod signer;
 pub mod tree;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::VerifyingKey;
 use sqlx::PgPool;
 
 use crate::domain::event::ActiveTrail;
 use crate::domain::ledger::{check_link, BrokenLink, Head};
-use crate::domain::merkle::{leaf_hash, Frontier};
+use crate::domain::merkle::{leaf_hash, Frontier, Hash};
 use crate::storage::{self, StorageError};
 use signer::verify_checkpoint;
 
@@ -85,6 +89,18 @@ pub async fn verify(
     pool: &PgPool,
     key: Option<&VerifyingKey>,
 ) -> Result<Verification, StorageError> {
+    Ok(verify_with_roots(pool, key, &BTreeSet::new()).await?.0)
+}
+
+/// [`verify`], which also answers the log's root at each of `sizes` that the log reaches,
+/// recomputed from the records in the same pass (for comparing with anchored checkpoints).
+/// When the chain is broken, only roots before the break are answered.
+pub async fn verify_with_roots(
+    pool: &PgPool,
+    key: Option<&VerifyingKey>,
+    sizes: &BTreeSet<u64>,
+) -> Result<(Verification, BTreeMap<u64, Hash>), StorageError> {
+    let mut roots = BTreeMap::new();
     let checkpoints = storage::audit::all_checkpoints(pool).await?;
     let mut pending = checkpoints.iter().peekable();
     let mut bad_checkpoint: Option<(u64, String)> = None;
@@ -143,11 +159,14 @@ pub async fn verify(
             match linked {
                 Ok(next) => head = next,
                 Err(reason) => {
-                    return Ok(Verification {
-                        chain: ChainCheck::Broken { seq, reason },
-                        checkpoints: CheckpointCheck::Skipped,
-                        tree: TreeCheck::Skipped,
-                    })
+                    return Ok((
+                        Verification {
+                            chain: ChainCheck::Broken { seq, reason },
+                            checkpoints: CheckpointCheck::Skipped,
+                            tree: TreeCheck::Skipped,
+                        },
+                        roots,
+                    ))
                 }
             }
             let leaf = leaf_hash(&stored);
@@ -166,6 +185,9 @@ pub async fn verify(
                 ));
             }
             tree.push(leaf, &mut Vec::new());
+            if sizes.contains(&tree.size()) {
+                roots.insert(tree.size(), tree.root());
+            }
             if tree.size() == built {
                 built_root = Some(tree.root());
             }
@@ -240,9 +262,12 @@ pub async fn verify(
             signatures_checked: key.is_some(),
         },
     };
-    Ok(Verification {
-        chain,
-        checkpoints,
-        tree,
-    })
+    Ok((
+        Verification {
+            chain,
+            checkpoints,
+            tree,
+        },
+        roots,
+    ))
 }

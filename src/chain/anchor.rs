@@ -55,7 +55,12 @@ pub fn creation_code() -> Result<Vec<u8>, ChainError> {
 /// Deploys an anchor whose only publisher is `publisher`, as `conn`'s key.
 pub async fn deploy(conn: &Connection, publisher: Address) -> Result<Address, ChainError> {
     let mut code = creation_code()?;
-    code.extend(CheckpointAnchor::constructorCall { publisher_: publisher }.abi_encode());
+    code.extend(
+        CheckpointAnchor::constructorCall {
+            publisher_: publisher,
+        }
+        .abi_encode(),
+    );
     super::deploy::create(conn, code).await
 }
 
@@ -140,8 +145,9 @@ pub async fn anchored(
     call(provider, contract, ICheckpointAnchor::latestCall {}, at)
         .await
         .map_err(not_an_anchor)?;
-    let count = u64::try_from(count)
-        .map_err(|_| ChainError::Other(format!("the contract at {contract} counts {count} anchors")))?;
+    let count = u64::try_from(count).map_err(|_| {
+        ChainError::Other(format!("the contract at {contract} counts {count} anchors"))
+    })?;
     let mut out = Vec::with_capacity(count.min(1 << 20) as usize);
     let mut index = 0u64;
     while index < count {
@@ -306,7 +312,9 @@ impl Anchorer {
         self.set_known(on_chain.map_or(0, |a| a.tree_size));
         let proof = match on_chain {
             Some(a) if a.tree_size < checkpoint.tree_size => {
-                engine.consistency(a.tree_size, checkpoint.tree_size).await?
+                engine
+                    .consistency(a.tree_size, checkpoint.tree_size)
+                    .await?
             }
             _ => Vec::new(),
         };

@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::ChainError;
+use crate::domain::merkle::Hash;
 use crate::domain::observation::ObservationBatch;
 use crate::domain::projection::Status;
-use crate::domain::merkle::Hash;
 use crate::domain::{AssetId, AssetState, ChainId, Hold, HolderAddress, TargetWire};
 
 #[derive(Clone)]
