@@ -265,9 +265,6 @@ pub struct Anchorer {
     chain: ChainId,
     contract: Address,
     next_look: Instant,
-    /// A size the contract is known to hold (it only grows): the engine's checkpoint is not
-    /// compared on chain until it is larger.
-    known: u64,
 }
 
 impl Anchorer {
@@ -276,7 +273,6 @@ impl Anchorer {
             chain,
             contract,
             next_look: Instant::now(),
-            known: 0,
         }
     }
 
@@ -295,21 +291,19 @@ impl Anchorer {
         }
     }
 
-    fn set_known(&mut self, size: u64) {
-        self.known = self.known.max(size);
+    fn anchored_size(&self, size: u64) {
         metrics::gauge!("adapter_anchored_tree_size", "chain" => self.chain.to_string())
-            .set(self.known as f64);
+            .set(size as f64);
     }
 
-    async fn attempt(&mut self, conn: &Connection, engine: &Engine) -> Result<(), ChainError> {
+    async fn attempt(&self, conn: &Connection, engine: &Engine) -> Result<(), ChainError> {
         let Some(checkpoint) = engine.latest_checkpoint().await? else {
             return Ok(());
         };
-        if checkpoint.tree_size <= self.known {
-            return Ok(());
-        }
+        // Read on chain every time, never remembered: an anchor that a reorg took out is sent
+        // again.
         let on_chain = latest(&conn.provider, self.contract, BlockId::latest()).await?;
-        self.set_known(on_chain.map_or(0, |a| a.tree_size));
+        self.anchored_size(on_chain.map_or(0, |a| a.tree_size));
         let proof = match on_chain {
             Some(a) if a.tree_size < checkpoint.tree_size => {
                 engine
@@ -367,7 +361,7 @@ impl Anchorer {
             .increment(1);
         match token::receipt(conn, hash, RECEIPT_TIMEOUT).await? {
             Some(m) if m.success => {
-                self.set_known(checkpoint.tree_size);
+                self.anchored_size(checkpoint.tree_size);
                 Ok(())
             }
             Some(m) => Err(ChainError::Reverted(format!(
