@@ -155,6 +155,7 @@ impl BenchChainArgs {
             },
             assets: [(AssetId::parse(ASSET).context("asset")?, suite.token)].into(),
             custody: Default::default(),
+            anchor: None,
         };
         let adapter = Adapter::open(config.clone()).await.context("adapter")?;
         let running = tokio::spawn(adapter.run());

@@ -1,5 +1,6 @@
 //! Tamper evidence over HTTP (auditor or admin): the latest signed checkpoint, a new one on
-//! demand, the public key, and inclusion and consistency proofs.
+//! demand, the public key, and inclusion and consistency proofs. A `chain` token reads the
+//! checkpoints, the key and consistency proofs too, to anchor checkpoints on its chain.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -26,6 +27,8 @@ use crate::storage::audit::{self as store, AuditFilter, AuditRecord, Checkpoint,
 use crate::storage::StorageError;
 
 const READERS: &[Role] = &[Role::Auditor, Role::Admin];
+/// Checkpoints, the key and consistency proofs: a chain's adapter anchors checkpoints too.
+const CHECKPOINT_READERS: &[Role] = super::roles::CHECKPOINT_READERS;
 
 /// A signed tree head.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -80,7 +83,7 @@ pub async fn latest(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<CheckpointView>, ApiError> {
-    require(&principal, READERS)?;
+    require(&principal, CHECKPOINT_READERS)?;
     let latest = store::latest_checkpoint(&state.pool)
         .await?
         .ok_or_else(|| ApiError::NotFound("a checkpoint".into()))?;
@@ -122,7 +125,7 @@ pub async fn checkpoints(
     principal: Principal,
     ApiQuery(query): ApiQuery<CheckpointsQuery>,
 ) -> Result<Json<CheckpointPage>, ApiError> {
-    require(&principal, READERS)?;
+    require(&principal, CHECKPOINT_READERS)?;
     let limit = super::targets::page_limit(query.limit)?;
     let after = query.after.unwrap_or(0);
     let page = store::checkpoints_after(&state.pool, after, limit).await?;
@@ -172,7 +175,7 @@ pub async fn public_key(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<PublicKeyView>, ApiError> {
-    require(&principal, READERS)?;
+    require(&principal, CHECKPOINT_READERS)?;
     Ok(Json(key_view(state.notary.key())))
 }
 
@@ -295,7 +298,7 @@ pub async fn consistency(
     principal: Principal,
     ApiQuery(query): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<ConsistencyProof>, ApiError> {
-    require(&principal, READERS)?;
+    require(&principal, CHECKPOINT_READERS)?;
     let to = default_size(&state, query.to).await?;
     let proof = tree::prove_consistency(&state.pool, query.from, to).await?;
     Ok(Json(ConsistencyProof {

@@ -71,6 +71,9 @@ mod roles {
     pub const TARGET_READERS: &[Role] = &[Regulator, Coordinator, Chain, Auditor, Admin];
     pub const FEED_READERS: &[Role] = &[Chain, Auditor, Admin];
     pub const AUDITORS: &[Role] = &[Auditor, Admin];
+    /// Signed checkpoints, the key and consistency proofs are public evidence, not secrets: a
+    /// chain's adapter reads them to anchor checkpoints on its chain.
+    pub const CHECKPOINT_READERS: &[Role] = &[Chain, Auditor, Admin];
     pub const POLICY_READERS: &[Role] = &[PolicyAuthor, Auditor, Admin];
     pub const POLICY_AUTHORS: &[Role] = &[PolicyAuthor];
     pub const MONITORS: &[Role] = &[Monitor, Admin];
@@ -154,16 +157,16 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         .route(
             "/audit/checkpoints",
             post(audit::publish)
-                .get(audit::checkpoints)
-                .route_layer(gate(AUDITORS)),
+                .route_layer(gate(AUDITORS))
+                .merge(get(audit::checkpoints).route_layer(gate(CHECKPOINT_READERS))),
         )
         .route(
             "/audit/checkpoints/latest",
-            get(audit::latest).route_layer(gate(AUDITORS)),
+            get(audit::latest).route_layer(gate(CHECKPOINT_READERS)),
         )
         .route(
             "/audit/public-key",
-            get(audit::public_key).route_layer(gate(AUDITORS)),
+            get(audit::public_key).route_layer(gate(CHECKPOINT_READERS)),
         )
         .route(
             "/audit/proofs/inclusion",
@@ -171,7 +174,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         )
         .route(
             "/audit/proofs/consistency",
-            get(audit::consistency).route_layer(gate(AUDITORS)),
+            get(audit::consistency).route_layer(gate(CHECKPOINT_READERS)),
         )
         .route(
             "/audit/decisions",

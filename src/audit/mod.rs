@@ -6,17 +6,21 @@
 //! - [`tree`]: the RFC 6962 Merkle tree in Postgres, extended as decisions commit, and proofs.
 //! - [`signer`]: the Ed25519 key that signs checkpoints of the tree.
 //! - [`notary`]: signs a checkpoint only of a tree it recomputed from the records.
+//! - [`anchors`]: the log against the checkpoints anchored on chains.
 
+pub mod anchors;
 pub mod notary;
 pub mod signer;
 pub mod tree;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::VerifyingKey;
 use sqlx::PgPool;
 
 use crate::domain::event::ActiveTrail;
 use crate::domain::ledger::{check_link, BrokenLink, Head};
-use crate::domain::merkle::{leaf_hash, Frontier};
+use crate::domain::merkle::{leaf_hash, Frontier, Hash};
 use crate::storage::{self, StorageError};
 use signer::verify_checkpoint;
 
@@ -94,8 +98,23 @@ pub async fn verify(
 pub async fn verify_with_progress(
     pool: &PgPool,
     key: Option<&VerifyingKey>,
-    mut progress: impl FnMut(u64, u64),
+    progress: impl FnMut(u64, u64),
 ) -> Result<Verification, StorageError> {
+    Ok(verify_with_roots(pool, key, &BTreeSet::new(), progress)
+        .await?
+        .0)
+}
+
+/// [`verify_with_progress`], which also answers the log's root at each of `sizes` that the log
+/// reaches, recomputed from the records in the same pass (for comparing with anchored
+/// checkpoints). When the chain is broken, only roots before the break are answered.
+pub async fn verify_with_roots(
+    pool: &PgPool,
+    key: Option<&VerifyingKey>,
+    sizes: &BTreeSet<u64>,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<(Verification, BTreeMap<u64, Hash>), StorageError> {
+    let mut roots = BTreeMap::new();
     let total = storage::ledger_head(pool).await?.seq;
     progress(0, total);
     let checkpoints = storage::audit::all_checkpoints(pool).await?;
@@ -156,11 +175,14 @@ pub async fn verify_with_progress(
             match linked {
                 Ok(next) => head = next,
                 Err(reason) => {
-                    return Ok(Verification {
-                        chain: ChainCheck::Broken { seq, reason },
-                        checkpoints: CheckpointCheck::Skipped,
-                        tree: TreeCheck::Skipped,
-                    })
+                    return Ok((
+                        Verification {
+                            chain: ChainCheck::Broken { seq, reason },
+                            checkpoints: CheckpointCheck::Skipped,
+                            tree: TreeCheck::Skipped,
+                        },
+                        roots,
+                    ))
                 }
             }
             let leaf = leaf_hash(&stored);
@@ -179,6 +201,9 @@ pub async fn verify_with_progress(
                 ));
             }
             tree.push(leaf, &mut Vec::new());
+            if sizes.contains(&tree.size()) {
+                roots.insert(tree.size(), tree.root());
+            }
             if tree.size() == built {
                 built_root = Some(tree.root());
             }
@@ -254,9 +279,12 @@ pub async fn verify_with_progress(
             signatures_checked: key.is_some(),
         },
     };
-    Ok(Verification {
-        chain,
-        checkpoints,
-        tree,
-    })
+    Ok((
+        Verification {
+            chain,
+            checkpoints,
+            tree,
+        },
+        roots,
+    ))
 }

@@ -121,6 +121,8 @@ pub struct Adapter {
     /// Targets the engine escalated: left alone until a new decision touches them.
     escalated: BTreeSet<TargetKey>,
     next_resync: Instant,
+    /// Anchors the engine's checkpoints, when the configuration names a contract.
+    anchor: Option<super::anchor::Anchorer>,
 }
 
 impl Adapter {
@@ -140,6 +142,8 @@ impl Adapter {
         let engine = Engine::new(&config.engine.url, token, config.chain.clone())?;
         let state_path = config.state_file.clone();
         let durable = Durable::load(&state_path)?;
+        let anchor = (config.anchor)
+            .map(|contract| super::anchor::Anchorer::new(config.chain.clone(), contract));
         let mut adapter = Self {
             config,
             conn,
@@ -152,6 +156,7 @@ impl Adapter {
             failures: HashMap::new(),
             escalated: BTreeSet::new(),
             next_resync: Instant::now(),
+            anchor,
         };
         // A restart re-applies every known target: level-triggered, it sends only what the
         // chain lacks.
@@ -265,6 +270,10 @@ impl Adapter {
         }
         if !self.awaiting.is_empty() || !self.resync.is_empty() {
             self.observe().await?;
+        }
+        // Only with nothing left to apply, at most one attempt, and never failing the turn.
+        if let (true, Some(anchor)) = (self.dirty.is_empty(), self.anchor.as_mut()) {
+            anchor.turn(&self.conn, &self.engine).await;
         }
         Ok(())
     }

@@ -72,6 +72,10 @@ pub struct AdapterConfig {
     /// A seizing authority → its custody wallet.
     #[serde(default)]
     pub custody: BTreeMap<IssuerId, Address>,
+    /// A `CheckpointAnchor` contract whose publisher is the agent's key: the engine's signed
+    /// checkpoints are anchored there (see [`super::anchor`]). None: nothing is anchored.
+    #[serde(default)]
+    pub anchor: Option<Address>,
 }
 
 fn default_resync() -> u64 {
@@ -151,6 +155,13 @@ token_file = "chain.jwt"
         );
         assert_eq!(config.resync_seconds, 30);
         assert_eq!(config.assets.len(), 1);
+        assert_eq!(config.anchor, None);
+        let anchored = SAMPLE.replace(
+            "state_file = \"state.json\"",
+            "state_file = \"state.json\"\nanchor = \"0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512\"",
+        );
+        let config: AdapterConfig = toml::from_str(&anchored).unwrap();
+        assert!(config.anchor.is_some());
         let tagged = SAMPLE.replace("{ confirmations = 2 }", "{ tag = \"finalized\" }");
         let config: AdapterConfig = toml::from_str(&tagged).unwrap();
         assert_eq!(config.finality.label(), "finalized");
@@ -168,6 +179,7 @@ token_file = "chain.jwt"
             ),
             SAMPLE.replace("0x5FbDB2315678afecb367f032d93F642f64180aa3", "0x5FbD"),
             SAMPLE.replace("chain_id = 31337", "chain_id = 31337\ncolour = 1"),
+            SAMPLE.replace("chain_id = 31337", "chain_id = 31337\nanchor = \"0xe7f1\""),
         ] {
             assert!(toml::from_str::<AdapterConfig>(&bad).is_err(), "{bad}");
         }

@@ -1,6 +1,9 @@
-//! The functions of the T-REX (ERC-3643) contracts that this crate calls, declared here by their
-//! Solidity signatures: the product builds without the npm artifacts, which only the deployer
-//! reads (for bytecode), at run time.
+//! The functions of the contracts this crate calls, declared here by their Solidity
+//! signatures: the T-REX (ERC-3643) suite, whose npm artifacts only the deployer reads (for
+//! bytecode), at run time, so the product builds without them; and the project's own
+//! [`ICheckpointAnchor`], whose committed artifact `chain/artifacts/CheckpointAnchor.json` is
+//! compiled into the binary (see [`super::anchor`], which also checks that these declarations
+//! are the artifact's ABI).
 
 alloy::sol! {
     /// The ERC-3643 token (T-REX `Token`).
@@ -48,5 +51,24 @@ alloy::sol! {
     /// ONCHAINID's `Identity`, as a holder's identity contract.
     contract Identity {
         constructor(address initialManagementKey, bool isLibrary);
+    }
+}
+
+alloy::sol! {
+    /// The project's checkpoint anchor (`chain/contracts/CheckpointAnchor.sol`): one publisher,
+    /// tree sizes that only grow.
+    interface ICheckpointAnchor {
+        event Anchored(uint64 indexed treeSize, bytes32 root);
+        function publisher() external view returns (address);
+        function latestSize() external view returns (uint64);
+        function anchor(uint64 treeSize, bytes32 root) external;
+        function latest() external view returns (uint64 treeSize, bytes32 root);
+        function rootOf(uint64 treeSize) external view returns (bytes32);
+        function count() external view returns (uint256);
+        function anchorAt(uint256 index) external view returns (uint64 treeSize, bytes32 root);
+    }
+
+    contract CheckpointAnchor {
+        constructor(address publisher_);
     }
 }

@@ -116,7 +116,8 @@ async fn submit(conn: &Connection, tx: TransactionRequest) -> Result<Option<Addr
     Ok(receipt.contract_address)
 }
 
-async fn create(conn: &Connection, code: Vec<u8>) -> Result<Address, ChainError> {
+/// Deploys `code` (creation bytecode with its constructor arguments) and waits for it.
+pub(super) async fn create(conn: &Connection, code: Vec<u8>) -> Result<Address, ChainError> {
     let tx = TransactionRequest::default().with_deploy_code(Bytes::from(code));
     submit(conn, tx)
         .await?

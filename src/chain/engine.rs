@@ -1,11 +1,13 @@
 //! The adapter's view of the engine, over its HTTP API with a `chain` token: the decision feed
-//! (long-poll), a target's absolute state with its holds, and the observations endpoint.
+//! (long-poll), a target's absolute state with its holds, the observations endpoint, and the
+//! signed checkpoints the adapter anchors on chain, with consistency proofs between them.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::ChainError;
+use crate::domain::merkle::Hash;
 use crate::domain::observation::ObservationBatch;
 use crate::domain::projection::Status;
 use crate::domain::{AssetId, AssetState, ChainId, Hold, HolderAddress, TargetWire};
@@ -49,6 +51,32 @@ pub struct Verdict {
     #[serde(default)]
     pub holder: Option<HolderAddress>,
     pub status: Status,
+}
+
+/// A signed checkpoint of the log, as far as an anchor needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointHead {
+    pub tree_size: u64,
+    pub root: Hash,
+}
+
+#[derive(Deserialize)]
+struct CheckpointAnswer {
+    tree_size: u64,
+    root: String,
+}
+
+#[derive(Deserialize)]
+struct ConsistencyAnswer {
+    proof: Vec<String>,
+}
+
+/// A hash the audit API serves as 64 hex digits.
+fn audit_hash(what: &str, text: &str) -> Result<Hash, ChainError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out)
+        .map_err(|e| ChainError::Other(format!("engine answer: {what} {text:?}: {e}")))?;
+    Ok(out)
 }
 
 #[derive(Deserialize)]
@@ -129,6 +157,43 @@ impl Engine {
             .map_err(|e| ChainError::Other(format!("engine: {e}")))?;
         let answer: ReportAnswer = decode(response).await?;
         Ok(answer.results)
+    }
+}
+
+impl Engine {
+    /// The latest signed checkpoint; `None` while the engine has published none.
+    pub async fn latest_checkpoint(&self) -> Result<Option<CheckpointHead>, ChainError> {
+        let response = self
+            .client
+            .get(format!("{}/v1/audit/checkpoints/latest", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ChainError::Other(format!("engine: {e}")))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let answer: CheckpointAnswer = decode(response).await?;
+        Ok(Some(CheckpointHead {
+            tree_size: answer.tree_size,
+            root: audit_hash("checkpoint root", &answer.root)?,
+        }))
+    }
+
+    /// The engine's RFC 6962 proof that the tree of `from` records is a prefix of the tree of
+    /// `to`: checked by the caller against roots it holds, never trusted.
+    pub async fn consistency(&self, from: u64, to: u64) -> Result<Vec<Hash>, ChainError> {
+        let answer: ConsistencyAnswer = self
+            .get(
+                "/v1/audit/proofs/consistency",
+                &[("from", from.to_string()), ("to", to.to_string())],
+            )
+            .await?;
+        answer
+            .proof
+            .iter()
+            .map(|h| audit_hash("proof hash", h))
+            .collect()
     }
 }
 

@@ -1,10 +1,12 @@
-//! EVM chains: the ERC-3643 token as the adapter reads and writes it, the T-REX deployer used by
-//! tests and walk-throughs, and a local anvil node.
+//! EVM chains: the ERC-3643 token as the adapter reads and writes it, the checkpoint anchor it
+//! publishes the log's signed checkpoints to, the T-REX deployer used by tests and
+//! walk-throughs, and a local anvil node.
 //!
 //! Everything that speaks JSON-RPC lives here; what to send is computed by the pure projection
 //! in [`crate::domain::projection`].
 
 pub mod adapter;
+pub mod anchor;
 pub mod anvil;
 pub mod config;
 pub mod contracts;

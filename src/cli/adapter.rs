@@ -1,6 +1,6 @@
 //! `regulator adapter evm --config FILE`: runs one chain's adapter. `regulator chain deploy-trex`:
 //! deploys a T-REX suite to a node (for a walk-through or a test network) and prints its
-//! addresses as JSON.
+//! addresses as JSON; `regulator chain deploy-anchor` deploys the checkpoint anchor.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +57,44 @@ pub enum ChainCommand {
     /// Deploy a full T-REX suite (registries, compliance, token), register and mint to holders,
     /// make the agents agents of the token; prints the addresses as JSON.
     DeployTrex(DeployArgs),
+    /// Deploy the CheckpointAnchor contract (from the artifact compiled into this binary) with
+    /// one publisher, the adapter's key; prints its address as JSON.
+    DeployAnchor(DeployAnchorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeployAnchorArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8545")]
+    rpc_url: String,
+    /// The deployer's private key (hex) in a file.
+    #[arg(long)]
+    key_file: PathBuf,
+    /// The only address allowed to anchor: the adapter's key (default: the deployer's).
+    #[arg(long)]
+    publisher: Option<String>,
+}
+
+impl DeployAnchorArgs {
+    async fn deploy(self) -> Result<String, String> {
+        let key = evm::read_key(&self.key_file).map_err(|e| e.to_string())?;
+        let publisher = match &self.publisher {
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("--publisher {p}: not an address"))?,
+            None => key.address(),
+        };
+        let conn = Connection::open(&self.rpc_url, key, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let anchor = evm::anchor::deploy(&conn, publisher)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::to_string_pretty(&serde_json::json!({
+            "anchor": anchor,
+            "publisher": publisher,
+        }))
+        .map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -84,7 +122,6 @@ pub struct DeployArgs {
 
 impl ChainCommand {
     pub fn run(self) -> ExitCode {
-        let ChainCommand::DeployTrex(args) = self;
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(r) => r,
             Err(e) => {
@@ -92,7 +129,11 @@ impl ChainCommand {
                 return ExitCode::from(2);
             }
         };
-        match runtime.block_on(args.deploy()) {
+        let deployed = match self {
+            ChainCommand::DeployTrex(args) => runtime.block_on(args.deploy()),
+            ChainCommand::DeployAnchor(args) => runtime.block_on(args.deploy()),
+        };
+        match deployed {
             Ok(json) => {
                 println!("{json}");
                 ExitCode::SUCCESS

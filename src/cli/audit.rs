@@ -1,15 +1,19 @@
 //! `regulator audit verify`: recompute the ledger's hash chain in the database and name the
-//! first bad entry; `regulator audit verify-proof`: check a proof offline
-//! ([`super::verify_proof`]); `regulator audit export`: a server's export to a file
-//! ([`super::audit_export`]).
+//! first bad entry, and with `--anchors` compare it with the checkpoints anchored on chains;
+//! `regulator audit verify-proof`: check a proof offline ([`super::verify_proof`]);
+//! `regulator audit export`: a server's export to a file ([`super::audit_export`]).
 
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use sqlx::postgres::PgPoolOptions;
 
+use regulator::audit::anchors::{self, AnchorCheck};
 use regulator::audit::signer::public_key_from_pem;
-use regulator::audit::{verify_with_progress, ChainCheck, CheckpointCheck, TreeCheck};
+use regulator::audit::{verify_with_roots, ChainCheck, CheckpointCheck, TreeCheck};
+use regulator::chain::anchor::{self as anchor, AnchorSource, AnchorsFile};
+use regulator::domain::merkle::Hash;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -38,6 +42,75 @@ pub struct VerifyArgs {
     /// check the checkpoints' signatures. Without it, roots are checked but not signatures.
     #[arg(long)]
     public_key: Option<std::path::PathBuf>,
+    /// A TOML file of chains whose CheckpointAnchor contracts to check the log against
+    /// (`[[chains]]` with `name`, `rpc_url`, `contract`): every anchored root must be the root
+    /// of the log's records at that size. Exits 1 naming the first contradicted checkpoint.
+    #[arg(long)]
+    anchors: Option<std::path::PathBuf>,
+}
+
+/// One chain's anchors, read before the pass over the log.
+struct ChainAnchors {
+    source: AnchorSource,
+    anchored: Vec<(u64, Hash)>,
+}
+
+async fn read_anchors(file: &AnchorsFile) -> Result<Vec<ChainAnchors>, String> {
+    let mut out = Vec::new();
+    for source in &file.chains {
+        let context = |e: regulator::chain::ChainError| {
+            format!(
+                "chain {} ({}), anchor {}: {e}",
+                source.name, source.rpc_url, source.contract
+            )
+        };
+        let provider = anchor::reader(&source.rpc_url).map_err(context)?;
+        let anchored = anchor::anchored(&provider, source.contract)
+            .await
+            .map_err(context)?;
+        out.push(ChainAnchors {
+            source: source.clone(),
+            anchored: anchored.iter().map(|a| (a.tree_size, a.root)).collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Prints what one chain's anchors say of the log; answers whether they agree with it.
+fn report_anchors(chain: &ChainAnchors, check: &AnchorCheck) -> bool {
+    let name = &chain.source.name;
+    match check {
+        AnchorCheck::Sound { anchors, latest } => {
+            match latest {
+                Some(latest) => println!(
+                    "anchors on {name} sound: {anchors} checkpoints anchored (latest tree size \
+                     {latest}), each root the log's"
+                ),
+                None => println!("anchors on {name}: nothing anchored yet"),
+            }
+            true
+        }
+        AnchorCheck::Contradicted {
+            tree_size,
+            anchored,
+            database,
+            records,
+        } => {
+            let database = match database {
+                Some(root) => format!(
+                    "the database's root {} (recomputed from its log)",
+                    hex::encode(root)
+                ),
+                None => format!("the database's log holds only {records} records"),
+            };
+            println!(
+                "anchors on {name}: first contradicted checkpoint: tree size {tree_size}: \
+                 anchored root {}, {database}",
+                hex::encode(anchored)
+            );
+            false
+        }
+    }
 }
 
 impl AuditCommand {
@@ -79,7 +152,33 @@ impl VerifyArgs {
                 }
             },
         };
+        let anchors_file = match &args.anchors {
+            None => None,
+            Some(path) => match AnchorsFile::load(path) {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    eprintln!("error: --anchors {e}");
+                    return ExitCode::from(2);
+                }
+            },
+        };
         runtime.block_on(async move {
+            // The chains first: an unreachable node or a wrong contract is known before the
+            // (long) pass over the log.
+            let chains = match &anchors_file {
+                None => Vec::new(),
+                Some(file) => match read_anchors(file).await {
+                    Ok(chains) => chains,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let sizes: BTreeSet<u64> = chains
+                .iter()
+                .flat_map(|c| c.anchored.iter().map(|(size, _)| *size))
+                .collect();
             let pool = match PgPoolOptions::new()
                 .max_connections(1)
                 .connect(&args.database_url)
@@ -93,13 +192,13 @@ impl VerifyArgs {
             };
             let bar = super::progress::bar("records", 0);
             bar.set_message("verifying");
-            let verified = verify_with_progress(&pool, key.as_ref(), |checked, total| {
+            let verified = verify_with_roots(&pool, key.as_ref(), &sizes, |checked, total| {
                 bar.set_length(total.max(checked));
                 bar.set_position(checked);
             })
             .await;
             bar.finish_and_clear();
-            let verification = match verified {
+            let (verification, roots) = match verified {
                 Ok(v) => v,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -107,6 +206,11 @@ impl VerifyArgs {
                 }
             };
             let mut sound = true;
+            let records = match &verification.chain {
+                ChainCheck::Sound { records, .. } => Some(*records),
+                ChainCheck::HeadMismatch { last, .. } => Some(last.seq),
+                ChainCheck::Broken { .. } => None,
+            };
             match verification.chain {
                 ChainCheck::Sound { records, head } => println!(
                     "hash chain sound: {records} records, head seq {} hash {}",
@@ -165,6 +269,18 @@ impl VerifyArgs {
                 }
                 TreeCheck::Skipped => {
                     println!("stored Merkle tree not checked: the hash chain is broken");
+                }
+            }
+            for chain in &chains {
+                match records {
+                    Some(records) => {
+                        let check = anchors::check(&chain.anchored, &roots, records);
+                        sound &= report_anchors(chain, &check);
+                    }
+                    None => println!(
+                        "anchors on {} not checked: the hash chain is broken",
+                        chain.source.name
+                    ),
                 }
             }
             if sound {

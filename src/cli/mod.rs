@@ -40,7 +40,8 @@ enum Command {
     /// Run a chain adapter: `regulator adapter evm --config FILE`.
     #[command(subcommand)]
     Adapter(adapter::AdapterCommand),
-    /// Chain tooling: `regulator chain deploy-trex` deploys an ERC-3643 suite to a node.
+    /// Chain tooling: `regulator chain deploy-trex` deploys an ERC-3643 suite to a node,
+    /// `regulator chain deploy-anchor` the checkpoint anchor.
     #[command(subcommand)]
     Chain(adapter::ChainCommand),
 }

@@ -150,6 +150,7 @@ impl Chain {
             },
             assets: [(AssetId::parse(asset).unwrap(), self.suite.token)].into(),
             custody: [(IssuerId::parse("US-DOJ").unwrap(), self.doj_custody)].into(),
+            anchor: None,
         }
     }
 }
@@ -344,6 +345,11 @@ pub fn write_config_file(config: &AdapterConfig) -> PathBuf {
         config.engine.url,
         config.engine.token_file.display(),
     );
+    if let Some(anchor) = config.anchor {
+        // A top-level key: it must come before the first table.
+        let at = text.find("\n[engine]").unwrap();
+        text.insert_str(at, &format!("\nanchor = \"{anchor:#x}\""));
+    }
     for (asset, token) in &config.assets {
         text.push_str(&format!("\"{asset}\" = \"{token:#x}\"\n"));
     }
