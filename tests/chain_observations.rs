@@ -260,3 +260,76 @@ async fn a_targets_page_carries_its_chain_evidence(pool: PgPool) {
     assert_eq!(asset["applied"]["decided"]["paused"], false, "{asset}");
     app.app.stop().await;
 }
+
+/// An agent keeps unfreezing the holder out of band: each time the chain shows it, a divergence
+/// opens (recorded in the ledger); the third makes the target `escalated`, its own status in the
+/// summary and the metrics, for a human to look at instead of being fought forever.
+#[sqlx::test]
+async fn a_target_that_keeps_diverging_is_escalated(pool: PgPool) {
+    let app = frozen_holder(pool).await;
+    let chain = app.token(CHAIN, &[Role::Chain]);
+    let path = format!("/v1/chains/{CHAIN}/observations");
+    let mut statuses = Vec::new();
+    for frozen in [false, true, false, true, false] {
+        let (code, answer) = app
+            .post(
+                &chain,
+                &path,
+                json!({"observations": [observation("final", frozen, 1)]}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{answer}");
+        statuses.push(answer["results"][0]["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        statuses,
+        [
+            "diverged",
+            "converged",
+            "diverged",
+            "converged",
+            "escalated"
+        ]
+    );
+    let seen = status(&app).await;
+    assert_eq!(seen["status"], "escalated");
+    assert_eq!(seen["divergences"], 3);
+
+    let (_, summary) = app
+        .get(
+            &app.auditor(),
+            &format!("/v1/reconciliation?chain={CHAIN}&status=escalated"),
+        )
+        .await;
+    assert_eq!(summary["chains"][0]["escalated"], 1, "{summary}");
+    assert_eq!(summary["targets"].as_array().unwrap().len(), 1, "{summary}");
+
+    let (_, events) = app.get(&app.auditor(), "/v1/audit/events?limit=100").await;
+    let divergences = events["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{events}"))
+        .iter()
+        .filter(|e| e.to_string().contains("divergence_detected"))
+        .count();
+    assert_eq!(
+        divergences, 3,
+        "each divergence is a ledger event: {events}"
+    );
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        format!("regulator_reconciliation_targets{{chain=\"{CHAIN}\",status=\"escalated\"}} 1"),
+        format!("regulator_reconciliation_divergences_total{{chain=\"{CHAIN}\"}} 3"),
+    ] {
+        assert!(metrics.contains(&needle), "{needle} in\n{metrics}");
+    }
+    app.app.stop().await;
+}
