@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use alloy::providers::Provider;
+use regulator::chain::adapter::Durable;
 use regulator::chain::config::Finality;
 use regulator::chain::token::{self, Action, Fate};
 use serde_json::json;
@@ -267,4 +268,90 @@ async fn a_transaction_reorged_out_before_its_receipt_is_read_is_known_dropped()
         .await
         .unwrap();
     assert!(matches!(fate, Fate::Dropped), "{fate:?}");
+}
+
+/// The adapter's RPC endpoint starts answering from a node that is far behind (a lagging
+/// replica behind a load balancer). That is a health fault, not a reorg: the turns fail and are
+/// retried, nothing is re-applied or sent, the final block it keeps never goes back; when the
+/// endpoint reaches the real node again, the adapter goes on where it was.
+#[sqlx::test]
+async fn a_node_that_is_behind_is_a_health_fault_not_a_reorg(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, 0).await;
+    let chain = Chain::start("anvil-behind", 31337, 1).await;
+    app.register("anvil-behind", ASSET, "US", "security").await;
+    let relay = Relay::start(chain.anvil.port).await;
+    // Resync every 2 s, so the adapter keeps looking at the final block while it is behind.
+    let mut config = chain.adapter_config(&app, ASSET, 2);
+    config.rpc_url = relay.url();
+    let state_file = config.state_file.clone();
+    let _adapter = spawn_adapter(config).await;
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "b-1",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE"}),
+    )
+    .await;
+    wait_status(&app, &chain, Some(chain.alice), "converged").await;
+    let sent = sent_by(&chain, chain.agent_key.address()).await;
+    let (kept, _) = Durable::load(&state_file).unwrap().last_final.unwrap();
+
+    // Same chain id, a handful of blocks: far behind the adapter's last final block.
+    let behind = regulator::chain::anvil::Anvil::start(31337, None)
+        .await
+        .unwrap();
+    relay.point(behind.port);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let metrics = scrape(&app).await;
+    assert!(
+        metrics.contains("adapter_turn_failures_total{chain=\"anvil-behind\"}"),
+        "the behind node fails the adapter's turns: {metrics}"
+    );
+    assert!(
+        !metrics.contains("adapter_reorgs_total{chain=\"anvil-behind\"}"),
+        "it is not taken for a reorg"
+    );
+    let (still, _) = Durable::load(&state_file).unwrap().last_final.unwrap();
+    assert!(
+        still >= kept,
+        "the final block kept went back: {still} < {kept}"
+    );
+    assert_eq!(
+        evm::reconciliation(&app, &chain, Some(chain.alice)).await["status"],
+        "converged",
+        "what was final stays so"
+    );
+
+    relay.point(chain.anvil.port);
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "b-2",
+        Some(chain.bob),
+        SEC_COURT,
+        json!({"kind": "FREEZE"}),
+    )
+    .await;
+    wait_status(&app, &chain, Some(chain.bob), "converged").await;
+    assert_eq!(
+        sent_by(&chain, chain.agent_key.address()).await,
+        sent + 1,
+        "only the new freeze was sent"
+    );
+    app.app.stop().await;
+}
+
+async fn scrape(app: &TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

@@ -278,6 +278,7 @@ pub async fn out_of_band(chain: &Chain, input: Vec<u8>) {
 pub struct Relay {
     pub port: u16,
     up: tokio::sync::watch::Sender<bool>,
+    to: tokio::sync::watch::Sender<u16>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -286,6 +287,7 @@ impl Relay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (up, watch) = tokio::sync::watch::channel(true);
+        let (to, target) = tokio::sync::watch::channel(to);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -296,6 +298,8 @@ impl Relay {
                     continue;
                 }
                 let mut down = watch.clone();
+                let mut moved = target.clone();
+                let to = *moved.borrow_and_update();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
                     else {
@@ -304,11 +308,17 @@ impl Relay {
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = down.wait_for(|up| !*up) => {}
+                        _ = moved.changed() => {}
                     }
                 });
             }
         });
-        Relay { port, up, task }
+        Relay { port, up, to, task }
+    }
+
+    /// Sends every later connection to the node on `port`, and cuts the open ones.
+    pub fn point(&self, port: u16) {
+        let _ = self.to.send(port);
     }
 
     pub fn url(&self) -> String {
