@@ -306,3 +306,74 @@ async fn a_freeze_above_the_balance_fails_with_the_revert_reason(pool: PgPool) {
     wait_status(&app, &chain, Some(chain.bob), "converged").await;
     app.app.stop().await;
 }
+
+/// A chain whose finality rule is the node's own `finalized` tag (anvil with one slot per epoch
+/// finalizes two blocks behind its head): the freeze converges on an observation read at a block
+/// the node calls finalized, at or after the block that mined it, on the canonical chain.
+#[sqlx::test]
+async fn a_freeze_converges_on_the_nodes_finalized_block(pool: PgPool) {
+    use alloy::eips::BlockNumberOrTag;
+    use alloy::providers::Provider;
+    use regulator::chain::config::{Finality, FinalityTag};
+
+    let app = service::TestApp::spawn_with(pool, 0).await;
+    let chain = Chain::start_with("anvil-tag", 31337, 1, &["--slots-in-an-epoch", "1"]).await;
+    app.register("anvil-tag", evm::ASSET, "US", "security")
+        .await;
+    let mut config = chain.adapter_config(&app, evm::ASSET, 30);
+    config.finality = Finality::Tag {
+        tag: FinalityTag::Finalized,
+    };
+    let _adapter = evm::spawn_adapter(config).await;
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "t-1",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE"}),
+    )
+    .await;
+    let converged = wait_status(&app, &chain, Some(chain.alice), "converged").await;
+    let applied = &converged["applied"];
+    let observed_at = applied["block"]["number"].as_u64().unwrap();
+    let tx: alloy::primitives::TxHash = applied["tx_hashes"][0].as_str().unwrap().parse().unwrap();
+    let mined = chain
+        .owner
+        .provider
+        .get_transaction_receipt(tx)
+        .await
+        .unwrap()
+        .expect("the freeze was mined")
+        .block_number
+        .unwrap();
+    assert!(
+        observed_at >= mined,
+        "read at {observed_at}, mined at {mined}"
+    );
+    let finalized = chain
+        .owner
+        .provider
+        .get_block_by_number(BlockNumberOrTag::Finalized)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        observed_at <= finalized.header.number,
+        "read at a finalized block"
+    );
+    let canonical = chain
+        .owner
+        .provider
+        .get_block_by_number(BlockNumberOrTag::Number(observed_at))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        applied["block"]["hash"].as_str().unwrap(),
+        canonical.header.hash.to_string()
+    );
+    assert!(chain.is_frozen(chain.alice).await);
+    app.app.stop().await;
+}

@@ -77,7 +77,19 @@ impl Anvil {
         chain_id: u64,
         block_time: Option<u64>,
     ) -> Result<Self, ChainError> {
+        Self::start_with(port, chain_id, block_time, &[]).await
+    }
+
+    /// [`Anvil::start_on`] with more of anvil's own arguments, e.g. `--slots-in-an-epoch 1` so
+    /// that its `finalized` block is two blocks behind the head instead of 64.
+    pub async fn start_with(
+        port: u16,
+        chain_id: u64,
+        block_time: Option<u64>,
+        extra: &[&str],
+    ) -> Result<Self, ChainError> {
         let mut cmd = Command::new(binary());
+        cmd.args(extra);
         cmd.args([
             "--port",
             &port.to_string(),

@@ -54,7 +54,15 @@ impl Chain {
     /// Starts anvil (mining each transaction while the suite deploys, then one block every
     /// `block_time` seconds) and deploys a suite as account 0, with account 1 as the agent.
     pub async fn start(name: &str, chain_id: u64, block_time: u64) -> Chain {
-        let anvil = Anvil::start(chain_id, None).await.expect("anvil starts");
+        Self::start_with(name, chain_id, block_time, &[]).await
+    }
+
+    /// [`Chain::start`] with more of anvil's arguments.
+    pub async fn start_with(name: &str, chain_id: u64, block_time: u64, extra: &[&str]) -> Chain {
+        let port = regulator::chain::anvil::free_port().expect("a free port");
+        let anvil = Anvil::start_with(port, chain_id, None, extra)
+            .await
+            .expect("anvil starts");
         let owner = Connection::open(&anvil.url(), dev_key(0), Some(chain_id))
             .await
             .expect("connects");
