@@ -98,7 +98,7 @@ const RECEIPT_TIMEOUT: Duration = Duration::from_secs(30);
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Holders read in one JSON-RPC batch (three calls each), and batches in flight at once.
 const HOLDERS_PER_BATCH: usize = 100;
-const BATCHES_IN_FLIGHT: usize = 4;
+const BATCHES_IN_FLIGHT: usize = 8;
 /// How often to look at the chain's head while transactions wait to become final.
 const FINALITY_POLL: Duration = Duration::from_millis(250);
 /// Observations per report.
