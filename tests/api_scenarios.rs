@@ -530,15 +530,7 @@ async fn operators_see_health_readiness_request_ids_and_metrics(pool: PgPool) {
         .submit(&app.regulator("US-SEC"), "sec-1", &sec_freeze())
         .await;
     assert_eq!(decision(&frozen)["outcome"], "APPLIED");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for needle in [
         "regulator_orders_total{kind=\"FREEZE\",outcome=\"APPLIED\"} 1",
         "regulator_decision_latency_seconds_bucket",

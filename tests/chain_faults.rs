@@ -7,7 +7,6 @@ mod service;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use alloy::providers::Provider;
 use regulator::chain::adapter::Durable;
 use regulator::chain::config::Finality;
 use regulator::chain::token::{self, Action, Fate};
@@ -47,15 +46,7 @@ async fn a_reorged_freeze_is_sent_again_and_converges(pool: PgPool) {
         chain.is_frozen(chain.alice).await
     })
     .await;
-    let _: serde_json::Value = chain
-        .owner
-        .provider
-        .raw_request(
-            "anvil_reorg".into(),
-            (3u64, Vec::<serde_json::Value>::new()),
-        )
-        .await
-        .unwrap();
+    evm::reorg(&chain, 3).await;
     assert!(
         !chain.is_frozen(chain.alice).await,
         "the reorg took the freeze out of the chain"
@@ -253,15 +244,7 @@ async fn a_transaction_reorged_out_before_its_receipt_is_read_is_known_dropped()
         chain.is_frozen(chain.alice).await
     })
     .await;
-    let _: serde_json::Value = chain
-        .owner
-        .provider
-        .raw_request(
-            "anvil_reorg".into(),
-            (3u64, Vec::<serde_json::Value>::new()),
-        )
-        .await
-        .unwrap();
+    evm::reorg(&chain, 3).await;
     assert!(!chain.is_frozen(chain.alice).await, "the reorg took it out");
 
     let fate = token::receipt(&chain.owner, hash, Duration::from_secs(60))
@@ -305,7 +288,7 @@ async fn a_node_that_is_behind_is_a_health_fault_not_a_reorg(pool: PgPool) {
         .unwrap();
     relay.point(behind.port);
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let metrics = scrape(&app).await;
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("adapter_turn_failures_total{chain=\"anvil-behind\"}"),
         "the behind node fails the adapter's turns: {metrics}"
@@ -343,15 +326,4 @@ async fn a_node_that_is_behind_is_a_health_fault_not_a_reorg(pool: PgPool) {
         "only the new freeze was sent"
     );
     app.app.stop().await;
-}
-
-async fn scrape(app: &TestApp) -> String {
-    app.client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }

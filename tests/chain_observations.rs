@@ -316,15 +316,7 @@ async fn a_target_that_keeps_diverging_is_escalated(pool: PgPool) {
         "each divergence is a ledger event: {events}"
     );
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for needle in [
         format!("regulator_reconciliation_targets{{chain=\"{CHAIN}\",status=\"escalated\"}} 1"),
         format!("regulator_reconciliation_divergences_total{{chain=\"{CHAIN}\"}} 3"),

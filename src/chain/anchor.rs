@@ -16,16 +16,16 @@
 
 use std::time::Duration;
 
-use alloy::network::TransactionBuilder;
-use alloy::primitives::{Address, Bytes, B256, U256};
+use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::rpc::types::{BlockId, TransactionRequest};
+use alloy::rpc::types::BlockId;
 use alloy::sol_types::{SolCall, SolConstructor};
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::contracts::{CheckpointAnchor, ICheckpointAnchor};
 use super::engine::{CheckpointHead, Engine};
+use super::token::call_at as call;
 use super::{token, ChainError, Connection};
 use crate::domain::merkle::{verify_consistency, Hash};
 use crate::domain::ChainId;
@@ -69,23 +69,6 @@ pub async fn deploy(conn: &Connection, publisher: Address) -> Result<Address, Ch
 pub struct Anchored {
     pub tree_size: u64,
     pub root: Hash,
-}
-
-async fn call<C: SolCall>(
-    provider: &DynProvider,
-    to: Address,
-    call: C,
-    block: BlockId,
-) -> Result<C::Return, ChainError> {
-    let tx = TransactionRequest::default()
-        .with_to(to)
-        .with_input(Bytes::from(call.abi_encode()));
-    let out = provider
-        .call(tx)
-        .block(block)
-        .await
-        .map_err(ChainError::rpc)?;
-    C::abi_decode_returns(&out).map_err(|e| ChainError::Rpc(format!("undecodable answer: {e}")))
 }
 
 /// The latest anchored checkpoint at `block`, `None` if nothing is anchored yet.

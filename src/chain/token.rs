@@ -26,11 +26,20 @@ pub async fn read<C: SolCall>(
     call: C,
     block: BlockId,
 ) -> Result<C::Return, ChainError> {
+    call_at(&conn.provider, to, call, block).await
+}
+
+/// [`read`] through any provider, one with no signer too (what `audit verify --anchors` has).
+pub async fn call_at<C: SolCall>(
+    provider: &alloy::providers::DynProvider,
+    to: Address,
+    call: C,
+    block: BlockId,
+) -> Result<C::Return, ChainError> {
     let tx = TransactionRequest::default()
         .with_to(to)
         .with_input(Bytes::from(call.abi_encode()));
-    let out = conn
-        .provider
+    let out = provider
         .call(tx)
         .block(block)
         .await

@@ -380,6 +380,17 @@ pub fn write_config_file(config: &AdapterConfig) -> PathBuf {
     path
 }
 
+/// Replaces the last `depth` blocks of `chain` with empty ones (anvil's reorg RPC): what they
+/// held is gone from the chain and from the node's pool.
+pub async fn reorg(chain: &Chain, depth: u64) {
+    let _: serde_json::Value = chain
+        .owner
+        .provider
+        .raw_request("anvil_reorg".into(), (depth, Vec::<Value>::new()))
+        .await
+        .unwrap();
+}
+
 /// How many transactions `who` has sent.
 pub async fn sent_by(chain: &Chain, who: Address) -> u64 {
     chain

@@ -181,6 +181,18 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// What `/metrics` shows now (open to anyone in the tests' configuration).
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Whether this replica's sequencer leads, as `/readyz` says.
     pub async fn leading(&self) -> bool {
         let (_, ready) = self.get("", "/readyz").await;
