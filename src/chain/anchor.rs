@@ -307,18 +307,7 @@ impl Anchorer {
         }
         // Never wait here for a transaction in flight (the turn's apply does that): try again
         // at the next look.
-        let pending = conn
-            .provider
-            .get_transaction_count(conn.signer)
-            .pending()
-            .await
-            .map_err(ChainError::rpc)?;
-        let mined = conn
-            .provider
-            .get_transaction_count(conn.signer)
-            .latest()
-            .await
-            .map_err(ChainError::rpc)?;
+        let (pending, mined) = token::nonces(conn).await?;
         if pending != mined {
             return Ok(());
         }

@@ -247,6 +247,24 @@ pub fn plan(
     }
 }
 
+/// `conn`'s pending and mined nonces: equal when none of its transactions is in flight, and
+/// then the mined one is the next to use.
+pub async fn nonces(conn: &Connection) -> Result<(u64, u64), ChainError> {
+    let pending = conn
+        .provider
+        .get_transaction_count(conn.signer)
+        .pending()
+        .await
+        .map_err(ChainError::rpc)?;
+    let mined = conn
+        .provider
+        .get_transaction_count(conn.signer)
+        .latest()
+        .await
+        .map_err(ChainError::rpc)?;
+    Ok((pending, mined))
+}
+
 /// Waits until none of `conn`'s transactions is in flight (its pending nonce equals its mined
 /// one), so that what the latest block shows is everything this key sent. Gives up after
 /// `timeout`: a transaction stuck in the pool is a health fault to report, not a reason to send
@@ -254,18 +272,7 @@ pub fn plan(
 pub async fn quiesce(conn: &Connection, timeout: Duration) -> Result<u64, ChainError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let pending = conn
-            .provider
-            .get_transaction_count(conn.signer)
-            .pending()
-            .await
-            .map_err(ChainError::rpc)?;
-        let mined = conn
-            .provider
-            .get_transaction_count(conn.signer)
-            .latest()
-            .await
-            .map_err(ChainError::rpc)?;
+        let (pending, mined) = nonces(conn).await?;
         if pending == mined {
             return Ok(mined);
         }
