@@ -654,11 +654,31 @@ pub async fn commit(conn: &mut PgConnection, commit: Commit<'_>) -> Result<Head,
         write_states(&mut tx, &commit.states, commit.records).await?;
     }
 
-    let decided_orders: Vec<Uuid> = order_ids.iter().flatten().copied().collect();
-    sqlx::query("DELETE FROM intake_queue WHERE order_id = ANY($1)")
-        .bind(&decided_orders)
-        .execute(&mut *tx)
-        .await?;
+    // By the arrival index's key: the queue has no index of its own on order_id.
+    let (arrivals, decided_orders): (Vec<DateTime<Utc>>, Vec<Uuid>) = commit
+        .records
+        .iter()
+        .filter_map(|s| s.record.order.as_ref())
+        .map(|o| (o.intake_at, o.id.as_uuid()))
+        .unzip();
+    let dequeued = sqlx::query(
+        "DELETE FROM intake_queue q
+         USING UNNEST($1::timestamptz[], $2::uuid[]) AS d(intake_at, order_id)
+         WHERE q.intake_at = d.intake_at AND q.order_id = d.order_id",
+    )
+    .bind(&arrivals)
+    .bind(&decided_orders)
+    .execute(&mut *tx)
+    .await?;
+    // An entry left behind would be decided again: nothing is committed unless every decided
+    // order left the queue.
+    if dequeued.rows_affected() != decided_orders.len() as u64 {
+        return Err(StorageError::Corrupt(format!(
+            "{} of the {} decided orders were in the intake queue",
+            dequeued.rows_affected(),
+            decided_orders.len()
+        )));
+    }
     announce_head(&mut tx, to).await?;
     tx.commit().await?;
     Ok(to)
