@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::config::{AdapterConfig, Finality, FinalityTag};
 use super::engine::Engine;
+use super::stages::Stages;
 use super::token::{self, Action, Fate};
 use super::{ChainError, Connection};
 use crate::domain::observation::{self, BlockRef, Hash32, Observation, ObservationBatch};
@@ -123,6 +124,7 @@ pub struct Adapter {
     next_resync: Instant,
     /// Anchors the engine's checkpoints, when the configuration names a contract.
     anchor: Option<super::anchor::Anchorer>,
+    stages: Stages,
 }
 
 impl Adapter {
@@ -157,6 +159,7 @@ impl Adapter {
             escalated: BTreeSet::new(),
             next_resync: Instant::now(),
             anchor,
+            stages: Stages::default(),
         };
         // A restart re-applies every known target: level-triggered, it sends only what the
         // chain lacks.
@@ -253,11 +256,13 @@ impl Adapter {
                     .insert(h.clone());
                 let key = (asset.clone(), Some(h.clone()));
                 self.escalated.remove(&key);
+                self.stages.seen(&key, d.decided_at);
                 self.dirty.insert(key);
             } else {
                 // An asset-wide decision can change every holder's projection only through the
                 // pause; the holders' own targets are unaffected.
                 self.escalated.remove(&(asset.clone(), None));
+                self.stages.seen(&(asset.clone(), None), d.decided_at);
                 self.dirty.insert((asset.clone(), None));
             }
         }
@@ -433,6 +438,7 @@ impl Adapter {
                     }
                 }
             }
+            self.stages.sent(key);
             planned.push((key.clone(), state.version(), failure));
         }
 
@@ -478,6 +484,7 @@ impl Adapter {
             }
         }
         for (key, version, failure) in planned {
+            self.stages.mined(&key);
             let (at_block, tx_hashes, mined_failure) =
                 mined_at.remove(&key).unwrap_or((head, vec![], None));
             let failure = failure.or(mined_failure);
@@ -579,6 +586,11 @@ impl Adapter {
             self.durable.last_final = Some((number, hash.to_string()));
             return Ok(());
         }
+        for key in &ready {
+            if self.awaiting.contains_key(key) {
+                self.stages.finalized(key);
+            }
+        }
         let states = self.decided_states(ready.iter()).await?;
         let at = BlockId::hash(hash);
         let observed = self.read_all(&ready, at).await?;
@@ -633,6 +645,11 @@ impl Adapter {
         }
         for key in ready {
             let from_resync = !self.awaiting.contains_key(&key);
+            if !from_resync && !differs.contains(&key) {
+                self.stages.reported(&self.config.chain, &key);
+            } else if self.failures.contains_key(&key) || self.escalated.contains(&key) {
+                self.stages.forget(&key);
+            }
             self.awaiting.remove(&key);
             self.resync.remove(&key);
             // A failure is retried by the next resync, not in a tight loop.

@@ -12,6 +12,7 @@ pub mod config;
 pub mod contracts;
 pub mod deploy;
 pub mod engine;
+pub mod stages;
 pub mod token;
 
 use alloy::network::EthereumWallet;
