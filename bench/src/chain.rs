@@ -149,6 +149,7 @@ impl BenchChainArgs {
             state_file: dir.join("state.json"),
             // No resync during the lag phase: it measures applying decisions.
             resync_seconds: 3600,
+            stuck_after_seconds: 30,
             engine: EngineConfig {
                 url: base.clone(),
                 token_file: dir.join("chain.jwt"),

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use tokio::time::Instant;
 
-use super::{Adapter, Awaiting, TargetKey, FEE_BUMP_PERCENT, STUCK_AFTER};
+use super::{Adapter, Awaiting, TargetKey, FEE_BUMP_PERCENT};
 use crate::chain::sender::{self, Broadcast, Fees, Seen, Signed};
 use crate::chain::token;
 use crate::chain::ChainError;
@@ -90,6 +90,7 @@ impl Adapter {
                 }
             }
         }
+        let stuck_after = self.config.stuck_after();
         let mut stuck_nonces = Vec::new();
         for ((key, i), in_pool) in pooled {
             let chain = self.config.chain.to_string();
@@ -117,7 +118,7 @@ impl Adapter {
                         self.nonce = None;
                     }
                 }
-            } else if tx.sent_at.elapsed() >= STUCK_AFTER {
+            } else if tx.sent_at.elapsed() >= stuck_after {
                 stuck_nonces.push((key, i, last));
             }
         }
@@ -143,7 +144,7 @@ impl Adapter {
         Ok(())
     }
 
-    /// Transactions in the pool for `STUCK_AFTER`: if a nonce below them is empty (a reorg took
+    /// Transactions in the pool for the configured `stuck_after_seconds`: if a nonce below them is empty (a reorg took
     /// out a mined transaction of ours), it is filled with a transaction that does nothing;
     /// otherwise each is replaced by a copy, same nonce, paying `FEE_BUMP_PERCENT` more.
     async fn unstick(&mut self, stuck: Vec<(TargetKey, usize, Signed)>) -> Result<(), ChainError> {

@@ -112,8 +112,6 @@ struct Awaiting {
 /// Waiting longer than this for the pool to drain of a previous run's transactions (or of an
 /// anchor's) before the first plan is a health fault.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A transaction in the pool this long is replaced by a copy with higher fees.
-const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// How much more each replacement pays, in percent (nodes ask at least 10).
 const FEE_BUMP_PERCENT: u128 = 25;
 /// Holders read in one JSON-RPC batch (three calls each), and batches in flight at once.
