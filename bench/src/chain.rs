@@ -264,11 +264,14 @@ impl BenchChainArgs {
         durable.save(&config.state_file).context("state")?;
         let mut adapter = Adapter::open(config).await.context("adapter")?;
         let started = Instant::now();
-        let reported = adapter.resync_now().await.context("resync")?;
+        let resync = adapter.resync_now().await.context("resync")?;
         let took = started.elapsed();
         println!(
-            "resync: {reported} targets ({known} holders and the asset) read at the final block and reported in {} ms",
-            took.as_millis()
+            "resync: {} targets ({known} holders and the asset) read at the final block and reported in {} ms (reading {} ms, reporting {} ms)",
+            resync.targets,
+            took.as_millis(),
+            resync.read.as_millis(),
+            resync.report.as_millis()
         );
         let resync_ok = took <= Duration::from_millis(self.target_resync_ms);
         println!(

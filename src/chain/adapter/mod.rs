@@ -169,6 +169,17 @@ pub struct Adapter {
     /// Anchors the engine's checkpoints, when the configuration names a contract.
     anchor: Option<super::anchor::Anchorer>,
     stages: Stages,
+    /// How long the last observation round took to read the chain and to report.
+    timings: Resync,
+}
+
+/// What a resync did: how many targets, how long reading them at the final block took, and
+/// reporting them to the engine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resync {
+    pub targets: usize,
+    pub read: Duration,
+    pub report: Duration,
 }
 
 impl Adapter {
@@ -213,6 +224,7 @@ impl Adapter {
             next_resync: Instant::now(),
             anchor,
             stages: Stages::default(),
+            timings: Resync::default(),
         };
         // A restart re-applies every known target: level-triggered, it sends only what the
         // chain lacks.
@@ -255,12 +267,16 @@ impl Adapter {
 
     /// One resync now, as the periodic one: every known target read at the final block and
     /// reported, nothing applied. Answers how many targets were reported.
-    pub async fn resync_now(&mut self) -> Result<usize, ChainError> {
+    pub async fn resync_now(&mut self) -> Result<Resync, ChainError> {
         self.dirty.clear();
         self.resync = self.known_targets();
-        let n = self.resync.len();
+        let targets = self.resync.len();
         self.observe().await?;
-        Ok(n)
+        Ok(Resync {
+            targets,
+            read: self.timings.read,
+            report: self.timings.report,
+        })
     }
 
     /// The feed reader: long-polls the engine from `after` and hands over every page in order.

@@ -8,6 +8,7 @@ use alloy::primitives::{Address, B256};
 use alloy::providers::Provider;
 use alloy::rpc::types::BlockId;
 use futures::{StreamExt, TryStreamExt};
+use tokio::time::Instant;
 
 use super::{
     parse_address, Adapter, TargetKey, BATCHES_IN_FLIGHT, HOLDERS_PER_BATCH, REPORT_CHUNK,
@@ -169,7 +170,9 @@ impl Adapter {
         }
         let states = self.decided_states(ready.iter()).await?;
         let at = BlockId::hash(hash);
+        let reading = Instant::now();
         let observed = self.read_all(&ready, at).await?;
+        self.timings.read = reading.elapsed();
         let block = BlockRef {
             number,
             hash: hash
@@ -204,6 +207,7 @@ impl Adapter {
                 failure,
             });
         }
+        let reporting = Instant::now();
         let mut verdicts = Vec::new();
         for chunk in reports.chunks(REPORT_CHUNK) {
             verdicts.extend(
@@ -214,6 +218,7 @@ impl Adapter {
                     .await?,
             );
         }
+        self.timings.report = reporting.elapsed();
         for v in verdicts {
             if v.status == Status::Escalated {
                 self.escalated.insert((v.asset, v.holder));
