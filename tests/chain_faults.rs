@@ -419,3 +419,73 @@ async fn a_stuck_transaction_is_replaced_with_a_higher_fee(pool: PgPool) {
     );
     app.app.stop().await;
 }
+
+/// A freeze priced out of the next block (the base fee jumps above what it offers) is evicted
+/// from anvil's pool. The adapter finds it forgotten, the node refuses the same bytes again, and
+/// the target is planned again from a fresh read at the current fees: the same nonce, so the
+/// freeze still takes one transaction.
+#[sqlx::test]
+async fn a_transaction_priced_out_of_the_pool_is_planned_again(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, 0).await;
+    let chain = Chain::start("anvil-evict", 31337, 1).await;
+    app.register("anvil-evict", ASSET, "US", "security").await;
+    rpc(&chain, "evm_setIntervalMining", json!([0])).await;
+    rpc(&chain, "evm_setAutomine", json!([false])).await;
+    let _adapter = spawn_adapter(chain.adapter_config(&app, ASSET, 30)).await;
+    let before = sent_by(&chain, chain.agent_key.address()).await;
+
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "e-1",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE"}),
+    )
+    .await;
+    evm::eventually(
+        Duration::from_secs(20),
+        "the freeze is in the pool",
+        || async { pooled(&chain).await.is_some() },
+    )
+    .await;
+    let first = pooled(&chain).await.unwrap();
+    let offered = fee_of(&first);
+    rpc(
+        &chain,
+        "anvil_setNextBlockBaseFeePerGas",
+        json!([format!("{:#x}", offered * 10)]),
+    )
+    .await;
+    rpc(&chain, "evm_mine", json!([])).await;
+    assert!(
+        !chain.is_frozen(chain.alice).await,
+        "priced out of the block"
+    );
+    evm::eventually(
+        Duration::from_secs(20),
+        "a new plan in the pool",
+        || async {
+            pooled(&chain)
+                .await
+                .is_some_and(|tx| tx["hash"] != first["hash"])
+        },
+    )
+    .await;
+    rpc(&chain, "evm_setIntervalMining", json!([1])).await;
+
+    let converged = wait_status(&app, &chain, Some(chain.alice), "converged").await;
+    assert!(chain.is_frozen(chain.alice).await);
+    assert_ne!(converged["applied"]["tx_hashes"][0], first["hash"]);
+    assert_eq!(
+        sent_by(&chain, chain.agent_key.address()).await,
+        before + 1,
+        "one transaction for the freeze"
+    );
+    assert!(app
+        .metrics()
+        .await
+        .contains("adapter_dropped_transactions_total{chain=\"anvil-evict\"}"));
+    app.app.stop().await;
+}
