@@ -167,9 +167,10 @@ pub async fn target_report(
     now: DateTime<Utc>,
 ) -> Result<TargetReport, StorageError> {
     let deadline = apply_deadline(pool, chain).await?;
-    let decided = store::decided_asset(pool, chain, &target.0).await?;
-    let latest = store::latest_final(pool, chain, Some(std::slice::from_ref(&target.0))).await?;
-    let divergences = store::divergence_counts(pool, chain, Some(&target.0)).await?;
+    let decided = store::decided_assets(pool, chain, std::slice::from_ref(&target.0)).await?;
+    let only = std::slice::from_ref(&target);
+    let latest = store::latest_final(pool, chain, Some(only)).await?;
+    let divergences = store::divergence_counts(pool, chain, Some(only)).await?;
     Ok(assess(
         chain,
         target,
@@ -274,12 +275,18 @@ pub async fn ingest(
     now: DateTime<Utc>,
 ) -> Result<(Vec<Verdict>, Vec<Divergence>), StorageError> {
     let deadline = apply_deadline(pool, chain).await?;
-    let decided = store::decided_chain(pool, chain).await?;
     let mut assets: Vec<AssetId> = observations.iter().map(|o| o.asset.clone()).collect();
     assets.sort();
     assets.dedup();
-    let previous = store::latest_final(pool, chain, Some(&assets)).await?;
-    let mut counts = store::divergence_counts(pool, chain, None).await?;
+    // Only what this batch needs: its assets' states and its own targets' history (a resync
+    // reports a whole chain in batches; each batch must not cost a scan of the chain).
+    let decided = store::decided_assets(pool, chain, &assets).await?;
+    let targets: Vec<ChainTarget> = observations
+        .iter()
+        .map(|o| (o.asset.clone(), o.holder.clone()))
+        .collect();
+    let previous = store::latest_final(pool, chain, Some(&targets)).await?;
+    let mut counts = store::divergence_counts(pool, chain, Some(&targets)).await?;
     let empty = AssetState::default();
     let mut rows = Vec::with_capacity(observations.len());
     let mut verdicts = Vec::with_capacity(observations.len());

@@ -7,6 +7,7 @@ mod service;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use alloy::providers::Provider;
 use regulator::chain::config::Finality;
 use regulator::chain::token::{self, Action, Fate};
 use serde_json::json;
@@ -317,5 +318,174 @@ async fn a_node_that_is_behind_is_a_health_fault_not_a_reorg(pool: PgPool) {
         sent + 1,
         "only the new freeze was sent"
     );
+    app.app.stop().await;
+}
+
+/// The agent's first transaction in the node's pool, as the node shows it.
+async fn pooled(chain: &Chain) -> Option<serde_json::Value> {
+    let pool: serde_json::Value = chain
+        .owner
+        .provider
+        .raw_request("txpool_content".into(), ())
+        .await
+        .unwrap();
+    let agent = format!("{:#x}", chain.agent_key.address());
+    let by_sender = pool["pending"].as_object()?;
+    let (_, txs) = by_sender
+        .iter()
+        .find(|(who, _)| who.to_lowercase() == agent)?;
+    txs.as_object()?.values().next().cloned()
+}
+
+fn fee_of(tx: &serde_json::Value) -> u128 {
+    let hex = tx["maxFeePerGas"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("0x");
+    u128::from_str_radix(hex, 16).unwrap()
+}
+
+async fn rpc(chain: &Chain, method: &'static str, params: serde_json::Value) {
+    let _: serde_json::Value = chain
+        .owner
+        .provider
+        .raw_request(method.into(), params)
+        .await
+        .unwrap();
+}
+
+/// A freeze that stays in the node's pool (no block is mined) is replaced, once it has waited
+/// `stuck_after_seconds`, by a copy with the same nonce and a higher fee. When blocks come again
+/// the replacement is the one mined, the target converges, and the freeze took one transaction.
+///
+/// (A transaction priced out of a block by a rising base fee is evicted by anvil instead of
+/// staying in its pool: the adapter sees it forgotten, the node refuses the same bytes again,
+/// and the target is planned again at current fees; the nonce is the same, so nothing doubles.)
+#[sqlx::test]
+async fn a_stuck_transaction_is_replaced_with_a_higher_fee(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, 0).await;
+    let chain = Chain::start("anvil-fees", 31337, 1).await;
+    app.register("anvil-fees", ASSET, "US", "security").await;
+    // No blocks until this test says so.
+    rpc(&chain, "evm_setIntervalMining", json!([0])).await;
+    rpc(&chain, "evm_setAutomine", json!([false])).await;
+    let mut config = chain.adapter_config(&app, ASSET, 30);
+    config.stuck_after_seconds = 2;
+    let _adapter = spawn_adapter(config).await;
+    let before = sent_by(&chain, chain.agent_key.address()).await;
+
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "f-1",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE"}),
+    )
+    .await;
+    evm::eventually(
+        Duration::from_secs(20),
+        "the freeze is in the pool",
+        || async { pooled(&chain).await.is_some() },
+    )
+    .await;
+    let first = pooled(&chain).await.unwrap();
+    let offered = fee_of(&first);
+    evm::eventually(Duration::from_secs(30), "a replacement", || async {
+        app.metrics()
+            .await
+            .contains("adapter_fee_bumps_total{chain=\"anvil-fees\"}")
+    })
+    .await;
+    rpc(&chain, "evm_setIntervalMining", json!([1])).await;
+
+    let converged = wait_status(&app, &chain, Some(chain.alice), "converged").await;
+    assert!(chain.is_frozen(chain.alice).await);
+    let hash = converged["applied"]["tx_hashes"][0].clone();
+    assert_ne!(hash, first["hash"], "the first copy is not the one mined");
+    let mined: serde_json::Value = chain
+        .owner
+        .provider
+        .raw_request("eth_getTransactionByHash".into(), json!([hash]))
+        .await
+        .unwrap();
+    assert_eq!(mined["nonce"], first["nonce"], "same nonce");
+    assert!(fee_of(&mined) > offered, "a higher fee");
+    assert_eq!(
+        sent_by(&chain, chain.agent_key.address()).await,
+        before + 1,
+        "one transaction for the freeze"
+    );
+    app.app.stop().await;
+}
+
+/// A freeze priced out of the next block (the base fee jumps above what it offers) is evicted
+/// from anvil's pool. The adapter finds it forgotten, the node refuses the same bytes again, and
+/// the target is planned again from a fresh read at the current fees: the same nonce, so the
+/// freeze still takes one transaction.
+#[sqlx::test]
+async fn a_transaction_priced_out_of_the_pool_is_planned_again(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, 0).await;
+    let chain = Chain::start("anvil-evict", 31337, 1).await;
+    app.register("anvil-evict", ASSET, "US", "security").await;
+    rpc(&chain, "evm_setIntervalMining", json!([0])).await;
+    rpc(&chain, "evm_setAutomine", json!([false])).await;
+    let _adapter = spawn_adapter(chain.adapter_config(&app, ASSET, 30)).await;
+    let before = sent_by(&chain, chain.agent_key.address()).await;
+
+    submit(
+        &app,
+        &chain,
+        "US-SEC",
+        "e-1",
+        Some(chain.alice),
+        SEC_COURT,
+        json!({"kind": "FREEZE"}),
+    )
+    .await;
+    evm::eventually(
+        Duration::from_secs(20),
+        "the freeze is in the pool",
+        || async { pooled(&chain).await.is_some() },
+    )
+    .await;
+    let first = pooled(&chain).await.unwrap();
+    let offered = fee_of(&first);
+    rpc(
+        &chain,
+        "anvil_setNextBlockBaseFeePerGas",
+        json!([format!("{:#x}", offered * 10)]),
+    )
+    .await;
+    rpc(&chain, "evm_mine", json!([])).await;
+    assert!(
+        !chain.is_frozen(chain.alice).await,
+        "priced out of the block"
+    );
+    evm::eventually(
+        Duration::from_secs(20),
+        "a new plan in the pool",
+        || async {
+            pooled(&chain)
+                .await
+                .is_some_and(|tx| tx["hash"] != first["hash"])
+        },
+    )
+    .await;
+    rpc(&chain, "evm_setIntervalMining", json!([1])).await;
+
+    let converged = wait_status(&app, &chain, Some(chain.alice), "converged").await;
+    assert!(chain.is_frozen(chain.alice).await);
+    assert_ne!(converged["applied"]["tx_hashes"][0], first["hash"]);
+    assert_eq!(
+        sent_by(&chain, chain.agent_key.address()).await,
+        before + 1,
+        "one transaction for the freeze"
+    );
+    assert!(app
+        .metrics()
+        .await
+        .contains("adapter_dropped_transactions_total{chain=\"anvil-evict\"}"));
     app.app.stop().await;
 }

@@ -149,6 +149,7 @@ impl BenchChainArgs {
             state_file: dir.join("state.json"),
             // No resync during the lag phase: it measures applying decisions.
             resync_seconds: 3600,
+            stuck_after_seconds: 30,
             engine: EngineConfig {
                 url: base.clone(),
                 token_file: dir.join("chain.jwt"),
@@ -242,6 +243,7 @@ impl BenchChainArgs {
             lag.max(),
             lag.len()
         );
+        print_stages(&regulator::app::metrics_handle().render());
         let lag_ok = converged >= accepted && lag.value_at_quantile(0.99) <= self.target_p99_ms;
         println!(
             "{} p99 ≤ {} ms",
@@ -262,11 +264,14 @@ impl BenchChainArgs {
         durable.save(&config.state_file).context("state")?;
         let mut adapter = Adapter::open(config).await.context("adapter")?;
         let started = Instant::now();
-        let reported = adapter.resync_now().await.context("resync")?;
+        let resync = adapter.resync_now().await.context("resync")?;
         let took = started.elapsed();
         println!(
-            "resync: {reported} targets ({known} holders and the asset) read at the final block and reported in {} ms",
-            took.as_millis()
+            "resync: {} targets ({known} holders and the asset) read at the final block and reported in {} ms (reading {} ms, reporting {} ms)",
+            resync.targets,
+            took.as_millis(),
+            resync.read.as_millis(),
+            resync.report.as_millis()
         );
         let resync_ok = took <= Duration::from_millis(self.target_resync_ms);
         println!(
@@ -278,6 +283,39 @@ impl BenchChainArgs {
         let _ = std::fs::remove_dir_all(&dir);
         Ok(lag_ok && resync_ok)
     }
+}
+
+/// The adapter's own account of where the lag went (`adapter_apply_stage_seconds`, a summary
+/// per stage): mean, p50 and p99 of each stage over the lag phase.
+fn print_stages(metrics: &str) {
+    let name = "adapter_apply_stage_seconds";
+    let value = |stage: &str, what: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(&format!("chain=\"{CHAIN}\"")))
+            .filter(|l| l.contains(&format!("stage=\"{stage}\"")))
+            .find(|l| match what {
+                "sum" => l.starts_with(&format!("{name}_sum")),
+                "count" => l.starts_with(&format!("{name}_count")),
+                q => l.contains(&format!("quantile=\"{q}\"")),
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let mut line = String::from("lag by stage (ms, mean / p50 / p99):");
+    for stage in regulator::chain::stages::STAGES {
+        let mean = match (value(stage, "sum"), value(stage, "count")) {
+            (Some(s), Some(c)) if c > 0.0 => s / c,
+            _ => f64::NAN,
+        };
+        let ms = |v: Option<f64>| v.map_or(f64::NAN, |v| v * 1000.0);
+        line.push_str(&format!(
+            " {stage} {:.0} / {:.0} / {:.0};",
+            mean * 1000.0,
+            ms(value(stage, "0.5")),
+            ms(value(stage, "0.99"))
+        ));
+    }
+    println!("{}", line.trim_end_matches(';'));
 }
 
 /// The `n`th bench holder: a plain address, no identity needed to be frozen.

@@ -260,11 +260,12 @@ impl Anchorer {
     }
 
     /// At most one anchor attempt, when due. Never fails the adapter's turn: a failure is
-    /// logged, and the next look tries again from what the chain says.
-    pub async fn turn(&mut self, conn: &Connection, engine: &Engine) {
+    /// logged, and the next look tries again from what the chain says. Answers whether it
+    /// looked (and so may have sent a transaction with the node's nonce).
+    pub async fn turn(&mut self, conn: &Connection, engine: &Engine) -> bool {
         let now = Instant::now();
         if now < self.next_look {
-            return;
+            return false;
         }
         self.next_look = now + LOOK_EVERY;
         if let Err(error) = self.attempt(conn, engine).await {
@@ -272,6 +273,7 @@ impl Anchorer {
             metrics::counter!("adapter_anchor_failures_total", "chain" => self.chain.to_string())
                 .increment(1);
         }
+        true
     }
 
     fn anchored_size(&self, size: u64) {

@@ -66,6 +66,10 @@ pub struct AdapterConfig {
     /// A full re-read of every known target this often (default 30 s).
     #[serde(default = "default_resync")]
     pub resync_seconds: u64,
+    /// A transaction still in the node's pool this long after it was sent is replaced by a
+    /// copy with the same nonce and higher fees (default 30 s).
+    #[serde(default = "default_stuck_after")]
+    pub stuck_after_seconds: u64,
     pub engine: EngineConfig,
     /// The engine's asset id → the token contract.
     pub assets: BTreeMap<AssetId, Address>,
@@ -79,6 +83,10 @@ pub struct AdapterConfig {
 }
 
 fn default_resync() -> u64 {
+    30
+}
+
+fn default_stuck_after() -> u64 {
     30
 }
 
@@ -108,6 +116,9 @@ impl AdapterConfig {
         if config.resync_seconds == 0 {
             return Err("resync_seconds must be at least 1".into());
         }
+        if config.stuck_after_seconds == 0 {
+            return Err("stuck_after_seconds must be at least 1".into());
+        }
         if config.assets.is_empty() {
             return Err("assets: name at least one asset and its token contract".into());
         }
@@ -116,6 +127,10 @@ impl AdapterConfig {
 
     pub fn resync(&self) -> Duration {
         Duration::from_secs(self.resync_seconds)
+    }
+
+    pub fn stuck_after(&self) -> Duration {
+        Duration::from_secs(self.stuck_after_seconds)
     }
 
     pub fn token_of(&self, asset: &AssetId) -> Option<Address> {
@@ -154,6 +169,7 @@ token_file = "chain.jwt"
             Finality::Confirmations { confirmations: 2 }
         );
         assert_eq!(config.resync_seconds, 30);
+        assert_eq!(config.stuck_after_seconds, 30);
         assert_eq!(config.assets.len(), 1);
         assert_eq!(config.anchor, None);
         let anchored = SAMPLE.replace(

@@ -25,6 +25,7 @@ pub struct Engine {
 pub struct FeedDecision {
     pub seq: u64,
     pub target: TargetWire,
+    pub decided_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,8 @@ pub mod config;
 pub mod contracts;
 pub mod deploy;
 pub mod engine;
+pub mod sender;
+pub mod stages;
 pub mod token;
 
 use alloy::network::EthereumWallet;
@@ -54,6 +56,8 @@ impl ChainError {
 pub struct Connection {
     pub provider: DynProvider,
     pub signer: Address,
+    /// The signing key, for transactions signed here ([`sender`]).
+    pub wallet: EthereumWallet,
 }
 
 impl Connection {
@@ -67,8 +71,9 @@ impl Connection {
             .parse()
             .map_err(|e| ChainError::Other(format!("rpc_url {rpc_url:?}: {e}")))?;
         let signer = key.address();
+        let wallet = EthereumWallet::from(key);
         let provider = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(key))
+            .wallet(wallet.clone())
             .connect_http(url)
             .erased();
         if let Some(expected) = chain_id {
@@ -77,7 +82,11 @@ impl Connection {
                 return Err(ChainError::WrongChain { expected, actual });
             }
         }
-        Ok(Self { provider, signer })
+        Ok(Self {
+            provider,
+            signer,
+            wallet,
+        })
     }
 }
 

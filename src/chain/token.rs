@@ -186,8 +186,8 @@ impl Action {
     }
 }
 
-/// The calls that take a target from `observed` (read at the latest block, with none of our
-/// transactions in flight) to `decided`: only the difference, so sending them again after they
+/// The calls that take a target from `observed` (read at the latest block, with none of the
+/// target's transactions in flight) to `decided`: only the difference, so sending them again after they
 /// took effect sends nothing.
 ///
 /// `custody` is the custody wallet of the seizing authority, `None` when the configuration has

@@ -199,26 +199,44 @@ pub struct StoredObservation {
     pub received_at: DateTime<Utc>,
 }
 
-/// The latest final observation of every target of `chain` (or of `targets` only).
+/// The latest final observation of every target of `chain`, or of `targets` only: one index
+/// probe per target (a batch of observations needs its own targets' history, not the asset's).
 pub async fn latest_final(
     pool: &PgPool,
     chain: &ChainId,
-    assets: Option<&[AssetId]>,
+    targets: Option<&[ChainTarget]>,
 ) -> Result<HashMap<ChainTarget, StoredObservation>, StorageError> {
-    let asset_filter: Option<Vec<String>> =
-        assets.map(|a| a.iter().map(|x| x.to_string()).collect());
-    let rows = sqlx::query(
-        "SELECT DISTINCT ON (asset, holder)
-                id, asset, holder, observed, block_number, block_hash, version, tx_hashes,
-                failure, status, received_at
-           FROM chain_observations
-          WHERE chain = $1 AND finality = 'final' AND ($2::text[] IS NULL OR asset = ANY($2))
-          ORDER BY asset, holder, id DESC",
-    )
-    .bind(chain.as_str())
-    .bind(asset_filter)
-    .fetch_all(pool)
-    .await?;
+    const COLUMNS: &str = "id, asset, holder, observed, block_number, block_hash, version, \
+                           tx_hashes, failure, status, received_at";
+    let rows = match targets {
+        None => {
+            sqlx::query(&format!(
+                "SELECT DISTINCT ON (asset, holder) {COLUMNS}
+                   FROM chain_observations
+                  WHERE chain = $1 AND finality = 'final'
+                  ORDER BY asset, holder, id DESC"
+            ))
+            .bind(chain.as_str())
+            .fetch_all(pool)
+            .await?
+        }
+        Some(targets) => {
+            let (assets, holders) = target_columns(targets);
+            sqlx::query(&format!(
+                "SELECT o.* FROM (SELECT DISTINCT * FROM unnest($2::text[], $3::text[])) AS t(asset, holder)
+                  CROSS JOIN LATERAL (
+                        SELECT {COLUMNS} FROM chain_observations c
+                         WHERE c.chain = $1 AND c.asset = t.asset AND c.holder = t.holder
+                           AND c.finality = 'final'
+                         ORDER BY c.id DESC LIMIT 1) o"
+            ))
+            .bind(chain.as_str())
+            .bind(&assets)
+            .bind(&holders)
+            .fetch_all(pool)
+            .await?
+        }
+    };
     let mut out = HashMap::with_capacity(rows.len());
     for r in rows {
         let asset = AssetId::parse(r.get::<String, _>(1)).map_err(corrupt)?;
@@ -261,19 +279,37 @@ pub async fn latest_final(
     Ok(out)
 }
 
-/// How many divergences each target of `chain` has had.
+/// The asset and holder columns of `targets`, for `unnest`.
+fn target_columns(targets: &[ChainTarget]) -> (Vec<&str>, Vec<&str>) {
+    targets
+        .iter()
+        .map(|(a, h)| (a.as_str(), holder_column(h)))
+        .unzip()
+}
+
+/// How many divergences each target of `chain` (or of `targets` only) has had.
 pub async fn divergence_counts(
     pool: &PgPool,
     chain: &ChainId,
-    only: Option<&AssetId>,
+    targets: Option<&[ChainTarget]>,
 ) -> Result<HashMap<ChainTarget, u32>, StorageError> {
+    let (assets, holders) = match targets {
+        Some(t) => {
+            let (a, h) = target_columns(t);
+            (Some(a), Some(h))
+        }
+        None => (None, None),
+    };
     let rows = sqlx::query(
         "SELECT asset, holder, count(*) FROM chain_divergences
-          WHERE chain = $1 AND ($2::text IS NULL OR asset = $2)
+          WHERE chain = $1
+            AND ($2::text[] IS NULL
+                 OR (asset, holder) IN (SELECT * FROM unnest($2::text[], $3::text[])))
           GROUP BY asset, holder",
     )
     .bind(chain.as_str())
-    .bind(only.map(AssetId::as_str))
+    .bind(&assets)
+    .bind(&holders)
     .fetch_all(pool)
     .await?;
     let mut out = HashMap::new();
@@ -310,28 +346,29 @@ pub async fn decided_chain(pool: &PgPool, chain: &ChainId) -> Result<DecidedChai
     decided(pool, chain, None).await
 }
 
-/// The decided side of one asset of a chain; its holders are not listed in `targets` (one
-/// target's page needs only its state and when it was decided).
-pub async fn decided_asset(
+/// The decided side of some assets of a chain; their holders are not listed in `targets` (a
+/// target's page, or a batch of observations, needs only the states and when they were
+/// decided, and listing every holder a decision ever named is a scan of the chain's decisions).
+pub async fn decided_assets(
     pool: &PgPool,
     chain: &ChainId,
-    asset: &AssetId,
+    assets: &[AssetId],
 ) -> Result<DecidedChain, StorageError> {
-    decided(pool, chain, Some(asset)).await
+    decided(pool, chain, Some(assets)).await
 }
 
 async fn decided(
     pool: &PgPool,
     chain: &ChainId,
-    only: Option<&AssetId>,
+    only: Option<&[AssetId]>,
 ) -> Result<DecidedChain, StorageError> {
-    let only = only.map(AssetId::as_str);
+    let only: Option<Vec<&str>> = only.map(|a| a.iter().map(AssetId::as_str).collect());
     let assets: Vec<String> = sqlx::query_scalar(
-        "SELECT asset FROM assets WHERE chain = $1 AND ($2::text IS NULL OR asset = $2)
+        "SELECT asset FROM assets WHERE chain = $1 AND ($2::text[] IS NULL OR asset = ANY($2))
           ORDER BY asset",
     )
     .bind(chain.as_str())
-    .bind(only)
+    .bind(&only)
     .fetch_all(pool)
     .await?;
     let keys: Vec<AssetKey> = assets
@@ -351,7 +388,7 @@ async fn decided(
         .iter()
         .map(|k| (k.asset.clone(), loaded.get(k).cloned().unwrap_or_default()))
         .collect();
-    let holders = match only {
+    let holders = match &only {
         Some(_) => Vec::new(),
         None => {
             sqlx::query(
@@ -373,11 +410,11 @@ async fn decided(
         "SELECT d.asset, min(d.decided_at)
            FROM decisions d JOIN asset_state s ON s.chain = d.chain AND s.asset = d.asset
           WHERE d.chain = $1 AND d.target_version = s.version
-            AND ($2::text IS NULL OR d.asset = $2)
+            AND ($2::text[] IS NULL OR d.asset = ANY($2))
           GROUP BY d.asset",
     )
     .bind(chain.as_str())
-    .bind(only)
+    .bind(&only)
     .fetch_all(pool)
     .await?;
     let mut decided_at = HashMap::new();

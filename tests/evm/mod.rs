@@ -152,6 +152,7 @@ impl Chain {
             key_file,
             state_file: dir.join("state.json"),
             resync_seconds,
+            stuck_after_seconds: 30,
             engine: EngineConfig {
                 url: app.base.clone(),
                 token_file,
