@@ -17,7 +17,7 @@ use clap::Args;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use regulator::audit::signer::{checkpoint_text, public_key_from_pem, verify_checkpoint};
+use regulator::audit::signer::{public_key_from_pem, signed_text, verify_checkpoint};
 use regulator::domain::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
 use regulator::storage::audit::Checkpoint;
 
@@ -46,6 +46,8 @@ pub struct VerifyProofArgs {
 struct CheckpointFile {
     tree_size: u64,
     root: String,
+    #[serde(default)]
+    state_root: Option<String>,
     signed_at: DateTime<Utc>,
     key_id: String,
     signature: String,
@@ -232,9 +234,14 @@ fn signed(path: &Path, key: &ed25519_dalek::VerifyingKey) -> Result<Checkpoint, 
         signed_at: file.signed_at,
         key_id: file.key_id,
         signature,
+        state_root: file
+            .state_root
+            .as_deref()
+            .map(|h| hash(h, "state_root"))
+            .transpose()?,
     };
     if let Some(text) = &file.signed_text {
-        if *text != checkpoint_text(cp.tree_size, &cp.root, cp.signed_at, &cp.key_id) {
+        if *text != signed_text(&cp) {
             return Err(Failure::Invalid(format!(
                 "{}: signed_text does not say what the checkpoint's fields say",
                 path.display()

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::ids::{HolderAddress, OrderId};
-use super::order::AssetKey;
+use super::order::{AssetKey, Target};
 use super::state::{AssetState, Effect, FencingToken, Hold};
 use super::state_map::{Hash, StateMap};
 
@@ -126,6 +126,162 @@ impl LeafValue {
     pub fn value_hash(&self) -> Hash {
         Sha256::digest(self.bytes()).into()
     }
+
+    /// The value's bytes do not name targets (the key does): every hold must be on this leaf's
+    /// target, keyed by its own order id.
+    pub fn check_targets(&self) -> Result<(), OrderId> {
+        match self.holds.iter().find(|(id, h)| {
+            **id != h.order_id || h.target.asset != self.asset || h.target.holder != self.holder
+        }) {
+            Some((id, _)) => Err(*id),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a ledger record changes: the asset of a decision and its effects; `None` for an event.
+pub fn effects_of(text: &str) -> Result<Option<(AssetKey, Vec<Effect>)>, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Changes {
+        target: Option<Target>,
+        #[serde(default)]
+        effects: Vec<Effect>,
+    }
+    let changes: Changes = serde_json::from_str(text)?;
+    Ok(changes.target.map(|t| (t.asset, changes.effects)))
+}
+
+/// Why a leaf does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeafError {
+    #[error(transparent)]
+    Proof(#[from] super::state_map::ProofError),
+    #[error("the state given hashes to {given}, the proof proves {proven}")]
+    OtherValue { given: String, proven: String },
+    #[error("the proof proves the target absent, but a state is given for it")]
+    Absent,
+    #[error("the proof proves the target present, but no state is given for it")]
+    Present,
+    #[error("a hold on {0} is given with another target's leaf")]
+    OtherTarget(OrderId),
+}
+
+/// Checks that `value` (or, with `None`, nothing) is what `proof` proves at `key` in the map
+/// of root `root`.
+pub fn verify_leaf(
+    root: &Hash,
+    key: &Hash,
+    proof: &super::state_map::Proof,
+    value: Option<&LeafValue>,
+) -> Result<(), LeafError> {
+    match (proof.verify(root, key)?, value) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(LeafError::Absent),
+        (Some(_), None) => Err(LeafError::Present),
+        (Some(proven), Some(v)) => {
+            v.check_targets().map_err(LeafError::OtherTarget)?;
+            let given = v.value_hash();
+            if v.key() != *key || given != proven {
+                return Err(LeafError::OtherValue {
+                    given: hex::encode(given),
+                    proven: hex::encode(proven),
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Chunks of a snapshot: the map's key space split by the first `depth` bits; chunk `i` holds
+/// the keys whose first `depth` bits, read as a number, are `i`.
+pub fn chunk_depth(leaves: usize) -> u32 {
+    let mut depth = 0;
+    while depth < MAX_CHUNK_DEPTH && (leaves >> depth) > CHUNK_LEAVES {
+        depth += 1;
+    }
+    depth
+}
+
+/// About how many leaves a snapshot chunk holds, at most twice this on average.
+pub const CHUNK_LEAVES: usize = 1_024;
+const MAX_CHUNK_DEPTH: u32 = 24;
+
+/// A key whose first `depth` bits are `chunk`: the path of the chunk's subtree.
+pub fn chunk_prefix(depth: u32, chunk: u64) -> Hash {
+    let mut prefix = [0u8; 32];
+    if depth > 0 {
+        prefix[..8].copy_from_slice(&(chunk << (64 - depth)).to_be_bytes());
+    }
+    prefix
+}
+
+pub fn in_chunk(key: &Hash, depth: u32, chunk: u64) -> bool {
+    let prefix = chunk_prefix(depth, chunk);
+    (0..depth as usize).all(|d| super::state_map::bit(key, d) == super::state_map::bit(&prefix, d))
+}
+
+/// Checks a snapshot chunk against the state root: the leaves (key order; each with its value
+/// where the chunk gives it, which must hash to its value hash) with the siblings fold up to
+/// `root`. Returns the given values of the leaves that belong to the chunk.
+pub fn verify_chunk(
+    root: &Hash,
+    depth: u32,
+    chunk: u64,
+    siblings: &[Hash],
+    leaves: Vec<(Hash, Hash, Option<LeafValue>)>,
+) -> Result<Vec<LeafValue>, String> {
+    if siblings.len() > depth as usize {
+        return Err("more siblings than the chunk's depth".into());
+    }
+    if chunk >> depth != 0 && depth < 64 {
+        return Err(format!("chunk {chunk} does not exist at depth {depth}"));
+    }
+    for pair in leaves.windows(2) {
+        if pair[0].0 >= pair[1].0 {
+            return Err("the leaves are not in strictly increasing key order".into());
+        }
+    }
+    let prefix = chunk_prefix(depth, chunk);
+    let at = siblings.len();
+    if let Some((k, _, _)) = leaves.iter().find(|(k, _, _)| {
+        (0..at).any(|d| super::state_map::bit(k, d) != super::state_map::bit(&prefix, d))
+    }) {
+        return Err(format!(
+            "leaf {} is not under the chunk's path",
+            hex::encode(k)
+        ));
+    }
+    let pairs: Vec<(Hash, Hash)> = leaves.iter().map(|(k, v, _)| (*k, *v)).collect();
+    let computed = super::state_map::fold_path(
+        &prefix,
+        super::state_map::subtree_root(&pairs, at),
+        siblings,
+    );
+    if computed != *root {
+        return Err(format!(
+            "the chunk gives state root {}, not {}",
+            hex::encode(computed),
+            hex::encode(root)
+        ));
+    }
+    let mut out = Vec::new();
+    for (key, value_hash, value) in leaves {
+        if let Some(v) = value {
+            if let Err(id) = v.check_targets() {
+                return Err(format!("hold {id} is given with another target's leaf"));
+            }
+            if v.key() != key || v.value_hash() != value_hash {
+                return Err(format!(
+                    "the state given for leaf {} does not hash to its value hash",
+                    hex::encode(key)
+                ));
+            }
+            if in_chunk(&key, depth, chunk) {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A map leaf: `None` when only its hash is known (a state walked back through recorded
@@ -340,7 +496,7 @@ impl StateTree {
 mod tests {
     use super::*;
     use crate::domain::ids::{AssetId, ChainId, Instrument, IssuerId, Priority};
-    use crate::domain::order::{OrderKind, Target};
+    use crate::domain::order::OrderKind;
     use crate::domain::state::LiftCause;
     use proptest::prelude::*;
 

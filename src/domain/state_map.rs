@@ -364,11 +364,7 @@ impl<V> StateMap<V> {
     /// and all its leaves in key order. Every leaf whose key starts with the prefix's first
     /// `depth` bits is among them; when the path ended sooner, one leaf may lie outside it.
     /// This is what a snapshot chunk carries.
-    pub fn subtree(
-        &self,
-        prefix: &Hash,
-        depth: usize,
-    ) -> Subtree<'_, V> {
+    pub fn subtree(&self, prefix: &Hash, depth: usize) -> Subtree<'_, V> {
         let mut siblings = Vec::new();
         let mut node = self.root.as_ref();
         let mut d = 0;
