@@ -22,8 +22,10 @@ use super::targets::may_read_chain;
 use super::AppState;
 use crate::auth::Principal;
 use crate::domain::ledger::TargetState;
-use crate::domain::state_leaves::{chunk_depth, chunk_prefix, in_chunk, target_key, Leaf};
-use crate::domain::state_map::StateMap;
+use crate::domain::state_leaves::{
+    chunk_depth, chunk_prefix, in_chunk, target_key, verify_chunk, verify_leaf, Leaf, LeafValue,
+};
+use crate::domain::state_map::{Proof, StateMap};
 use crate::domain::{AssetId, AssetKey, AssetState, ChainId, Hold, HolderAddress};
 use crate::storage::audit::{self as store, Checkpoint};
 
@@ -309,4 +311,161 @@ pub fn snapshot_chunk(
 
 fn holds_of(holds: &BTreeMap<crate::domain::OrderId, Arc<Hold>>) -> Vec<Hold> {
     holds.values().map(|h| h.as_ref().clone()).collect()
+}
+
+fn unhex(text: &str, what: &str) -> Result<[u8; 32], String> {
+    hex::decode(text)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("{what} {text:?} is not 64 hex digits"))
+}
+
+impl TargetProof {
+    /// The leaf this document says the target has: the asset leaf from the asset-wide holds,
+    /// version and last fencing token; the holder leaf from the holder's own holds. `None`
+    /// where the document says the leaf is absent.
+    fn claimed_leaf(&self, holder_leaf: bool) -> Option<LeafValue> {
+        let holder = if holder_leaf {
+            self.holder.clone()
+        } else {
+            None
+        };
+        let present = if holder_leaf {
+            self.holder_proof.as_ref().is_some_and(|p| p.present)
+        } else {
+            self.asset_proof.present
+        };
+        present.then(|| LeafValue {
+            asset: AssetKey {
+                chain: self.chain.clone(),
+                asset: self.asset.clone(),
+            },
+            holds: self
+                .holds
+                .iter()
+                .filter(|h| h.target.holder == holder)
+                .map(|h| (h.order_id, Arc::new(h.clone())))
+                .collect(),
+            version: if holder_leaf { 0 } else { self.state.version },
+            last_fencing_token: if holder_leaf {
+                0
+            } else {
+                self.last_fencing_token
+            },
+            holder,
+        })
+    }
+
+    /// Checks the document against `state_root` (a signed checkpoint's, checked by the
+    /// caller): each leaf's proof, the holds and version it gives, and that the state it
+    /// states is the one those holds make. Returns the proofs' sizes in bytes.
+    pub fn verify(&self, state_root: &[u8; 32]) -> Result<Vec<usize>, String> {
+        let asset = AssetKey {
+            chain: self.chain.clone(),
+            asset: self.asset.clone(),
+        };
+        if let Some(h) = self.holds.iter().find(|h| {
+            h.target.asset != asset || (h.target.holder.is_some() && h.target.holder != self.holder)
+        }) {
+            return Err(format!("hold {} is not on this target", h.order_id));
+        }
+        let mut leaves = vec![(&self.asset_proof, false)];
+        match (&self.holder, &self.holder_proof) {
+            (Some(_), Some(p)) => leaves.push((p, true)),
+            (None, None) => {}
+            _ => return Err("a holder needs a holder proof, and only a holder".into()),
+        }
+        let mut sizes = Vec::new();
+        for (p, holder_leaf) in leaves {
+            let key = target_key(
+                &asset,
+                if holder_leaf {
+                    self.holder.as_ref()
+                } else {
+                    None
+                },
+            );
+            if p.key != hex::encode(key) {
+                return Err(format!(
+                    "the proof is for key {}, the target's is {}",
+                    p.key,
+                    hex::encode(key)
+                ));
+            }
+            let bytes = STANDARD
+                .decode(&p.proof)
+                .map_err(|e| format!("the proof is not base64: {e}"))?;
+            sizes.push(bytes.len());
+            let proof = Proof::from_bytes(&bytes).map_err(|e| e.to_string())?;
+            let which = if holder_leaf { "holder" } else { "asset" };
+            verify_leaf(
+                state_root,
+                &key,
+                &proof,
+                self.claimed_leaf(holder_leaf).as_ref(),
+            )
+            .map_err(|e| format!("the {which} leaf: {e}"))?;
+        }
+        if !self.asset_proof.present && (self.state.version != 0 || self.last_fencing_token != 0) {
+            return Err("an absent asset leaf has version 0".into());
+        }
+        let made = AssetState::from_parts(
+            self.holds.iter().cloned(),
+            self.state.version,
+            self.last_fencing_token,
+        );
+        let recomputed = TargetState::of(&made, self.holder.as_ref());
+        if recomputed != self.state {
+            return Err(format!(
+                "the state stated ({:?}) is not the one its holds make ({recomputed:?})",
+                self.state
+            ));
+        }
+        Ok(sizes)
+    }
+}
+
+impl SnapshotChunk {
+    /// Checks the chunk against `state_root` (a signed checkpoint's, checked by the caller);
+    /// returns the chain's leaves it holds.
+    pub fn verify(&self, state_root: &[u8; 32]) -> Result<Vec<LeafValue>, String> {
+        if self.chunks != 1u64 << self.depth.min(63) || self.chunk >= self.chunks {
+            return Err(format!(
+                "chunk {} of {} at depth {}",
+                self.chunk, self.chunks, self.depth
+            ));
+        }
+        let siblings = self
+            .siblings
+            .iter()
+            .map(|s| unhex(s, "a sibling"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut leaves = Vec::with_capacity(self.leaves.len());
+        for l in &self.leaves {
+            let value = match &l.asset {
+                None => None,
+                Some(asset) => Some(LeafValue {
+                    asset: AssetKey {
+                        chain: self.chain.clone(),
+                        asset: asset.clone(),
+                    },
+                    holder: l.holder.clone(),
+                    holds: l
+                        .holds
+                        .iter()
+                        .flatten()
+                        .map(|h| (h.order_id, Arc::new(h.clone())))
+                        .collect(),
+                    version: l.version.unwrap_or(0),
+                    last_fencing_token: l.last_fencing_token.unwrap_or(0),
+                }),
+            };
+            leaves.push((
+                unhex(&l.key, "a key")?,
+                unhex(&l.value_hash, "a value hash")?,
+                value,
+            ));
+        }
+        verify_chunk(state_root, self.depth, self.chunk, &siblings, leaves)
+    }
 }
