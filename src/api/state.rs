@@ -442,24 +442,21 @@ impl SnapshotChunk {
             .collect::<Result<Vec<_>, _>>()?;
         let mut leaves = Vec::with_capacity(self.leaves.len());
         for l in &self.leaves {
-            let value = match &l.asset {
-                None => None,
-                Some(asset) => Some(LeafValue {
-                    asset: AssetKey {
-                        chain: self.chain.clone(),
-                        asset: asset.clone(),
-                    },
-                    holder: l.holder.clone(),
-                    holds: l
-                        .holds
-                        .iter()
-                        .flatten()
-                        .map(|h| (h.order_id, Arc::new(h.clone())))
-                        .collect(),
-                    version: l.version.unwrap_or(0),
-                    last_fencing_token: l.last_fencing_token.unwrap_or(0),
-                }),
-            };
+            let value = l.asset.as_ref().map(|asset| LeafValue {
+                asset: AssetKey {
+                    chain: self.chain.clone(),
+                    asset: asset.clone(),
+                },
+                holder: l.holder.clone(),
+                holds: l
+                    .holds
+                    .iter()
+                    .flatten()
+                    .map(|h| (h.order_id, Arc::new(h.clone())))
+                    .collect(),
+                version: l.version.unwrap_or(0),
+                last_fencing_token: l.last_fencing_token.unwrap_or(0),
+            });
             leaves.push((
                 unhex(&l.key, "a key")?,
                 unhex(&l.value_hash, "a value hash")?,
