@@ -54,3 +54,26 @@ async fn the_decision_log_and_the_orders_refuse_update_delete_and_truncate(pool:
     let record: Value = serde_json::from_str(&record_after).unwrap();
     assert_eq!(record["outcome"], "APPLIED");
 }
+
+/// Orders and decisions refer to their asset without a foreign key (it cost a row lock per row
+/// on the write path): an asset is never removed instead, so no reference can dangle.
+#[sqlx::test]
+async fn a_registered_asset_is_never_removed(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    app.register(BOND.0, BOND.1, "US", "security").await;
+    let (_, decided) = app
+        .submit(&app.regulator("US-SEC"), "sec-1", &sec_freeze())
+        .await;
+    assert_eq!(decided["decision"]["outcome"], "APPLIED");
+    app.app.stop().await;
+
+    for sql in ["DELETE FROM assets", "TRUNCATE assets CASCADE"] {
+        let message = refused(&pool, sql).await;
+        assert!(message.contains("never removed"), "{sql}: {message}");
+    }
+    let assets: i64 = sqlx::query_scalar("SELECT count(*) FROM assets")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(assets, 1);
+}

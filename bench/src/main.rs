@@ -7,6 +7,7 @@
 //! was missed, 2 when it could not run.
 
 mod audit;
+mod ceilings;
 mod chain;
 mod harness;
 mod orders;

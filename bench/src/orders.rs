@@ -32,7 +32,13 @@
 //!    outcome counts, and where the time went: CPU seconds of the service threads, of the
 //!    load generator's threads and of the bench database's Postgres processes; sequencer rounds
 //!    and records per round (from the service's metrics); database commits, WAL bytes and WAL
-//!    syncs (`pg_stat_wal` is cluster-wide).
+//!    syncs (`pg_stat_wal` is cluster-wide), with WAL bytes and records per decision.
+//! 6. **The machine's ceilings** (`--ceiling-secs` each, default 10; 0 skips them), measured
+//!    on the same database right after ([`crate::ceilings`]): durable one-row commits at
+//!    `--concurrency` connections, and 1,000-row transactions of decision-shaped rows at
+//!    `--batch-concurrency`. The targets are printed PASS/FAIL, as decisions/s and as a
+//!    fraction of each ceiling (single ≥ 0.45×, batch ≥ 0.33×), which compares across noisy
+//!    machines; the exit code is 1 if one was missed.
 //!
 //! Each mode stops taking new work after `--duration-secs` (default 120) even if it has not
 //! sent everything; the service is stopped at the end ([`App::stop`]). The database is left in
@@ -54,6 +60,7 @@ use sqlx::Connection;
 use regulator::app::App;
 use regulator::auth::Role;
 
+use crate::ceilings::{self, Ceilings};
 use crate::harness::{
     bench_client, print_header, register_assets, wait_until_leading, Context, Failure, Harness,
     ServiceArgs, Snapshot, Stats, Tokens, CHAIN,
@@ -114,12 +121,23 @@ pub struct BenchArgs {
     /// Roles of the submitting token, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "regulator")]
     roles: Vec<Role>,
+    /// Seconds each of the machine's two ceilings is measured for, after the modes (0: skip).
+    #[arg(long, default_value_t = 10)]
+    ceiling_secs: u64,
 }
+
+/// Issue 14's targets: decisions/s, and the same as a fraction of the machine's ceilings.
+const SINGLE_TARGET: f64 = 5_000.0;
+const SINGLE_P99_TARGET_MS: f64 = 50.0;
+const BATCH_TARGET: f64 = 28_000.0;
+const SINGLE_RATIO_TARGET: f64 = 0.45;
+const BATCH_RATIO_TARGET: f64 = 0.33;
 
 impl BenchArgs {
     pub fn run(self) -> ExitCode {
         match self.bench() {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
@@ -127,7 +145,8 @@ impl BenchArgs {
         }
     }
 
-    fn bench(self) -> Result<(), Failure> {
+    /// Whether every target measured was met.
+    fn bench(self) -> Result<bool, Failure> {
         if self.batch_size == 0 || self.batch_size > 1_000 {
             return Err(Failure("--batch-size must be between 1 and 1000".into()));
         }
@@ -145,8 +164,8 @@ impl BenchArgs {
         .run(async |app, tokens| self.drive(app, tokens).await)
     }
 
-    /// Registers the assets, runs the modes, prints the report.
-    async fn drive(&self, app: &App, tokens: &Tokens) -> Result<(), Failure> {
+    /// Registers the assets, runs the modes, prints the report; whether the targets were met.
+    async fn drive(&self, app: &App, tokens: &Tokens) -> Result<bool, Failure> {
         let base = format!("http://{}", app.addr);
         let admin = tokens.mint("bench-ops", vec![Role::Admin])?;
         let token = tokens.mint(&self.sub, self.roles.clone())?;
@@ -183,6 +202,8 @@ impl BenchArgs {
         let cap = Duration::from_secs(self.duration_secs);
         // Every order gets a number of its own, across modes: its key and holder derive from it.
         let mut next = 0u64;
+        let mut single_rate = None;
+        let mut batch_rate = None;
         if matches!(self.mode, Mode::Single | Mode::Both) {
             let deadline = Instant::now() + cap;
             run_phase(
@@ -210,7 +231,8 @@ impl BenchArgs {
             let after = stats.snapshot().await?;
             next += self.orders;
             let title = format!("single: POST /v1/orders, {} workers", self.concurrency);
-            report(&title, &tally, &before, &after, self.orders, "request");
+            let rate = report(&title, &tally, &before, &after, self.orders, "request");
+            single_rate = Some((rate, tally.latency.value_at_quantile(0.99) as f64 / 1000.0));
         }
         if matches!(self.mode, Mode::Batch | Mode::Both) {
             let deadline = Instant::now() + cap;
@@ -241,10 +263,30 @@ impl BenchArgs {
             let after = stats.snapshot().await?;
             let title =
                 format!("batch: POST /v1/orders/batch, {size} orders per batch, {conc} senders");
-            report(&title, &tally, &before, &after, self.batch_orders, "batch");
+            batch_rate = Some(report(
+                &title,
+                &tally,
+                &before,
+                &after,
+                self.batch_orders,
+                "batch",
+            ));
         }
         let _ = stats.conn.close().await;
-        Ok(())
+        let ceilings = if self.ceiling_secs > 0 {
+            Some(
+                ceilings::measure(
+                    &self.database_url,
+                    self.concurrency,
+                    self.batch_concurrency,
+                    self.ceiling_secs,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        Ok(verdict(single_rate, batch_rate, ceilings, self))
     }
 }
 
@@ -524,7 +566,74 @@ fn record(h: &mut Histogram<u64>, elapsed: Duration) {
     let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     h.saturating_record(micros.max(1));
 }
-fn report(title: &str, t: &Tally, before: &Snapshot, after: &Snapshot, asked: u64, per: &str) {
+/// Prints the ceilings, our throughput as a fraction of each, and each target met or missed.
+fn verdict(
+    single: Option<(f64, f64)>,
+    batch: Option<f64>,
+    ceilings: Option<Ceilings>,
+    args: &BenchArgs,
+) -> bool {
+    println!();
+    println!("== targets (synchronous_commit = on)");
+    let mut met = true;
+    let mut line = |what: String, ok: bool| {
+        met &= ok;
+        println!("  {:<62} {}", what, if ok { "PASS" } else { "FAIL" });
+    };
+    if let Some(c) = ceilings {
+        println!(
+            "  ceiling single         {:.0} durable one-row commits/s at {} connections",
+            c.single_tps, args.concurrency
+        );
+        println!(
+            "  ceiling batch          {:.0} decision-shaped rows/s in {}-row transactions, {} connections",
+            c.batch_rows,
+            ceilings::BATCH_ROWS,
+            args.batch_concurrency
+        );
+    }
+    if let Some((rate, p99)) = single {
+        line(
+            format!("single {rate:.0}/s >= {SINGLE_TARGET:.0}/s"),
+            rate >= SINGLE_TARGET,
+        );
+        line(
+            format!("single p99 {p99:.1} ms <= {SINGLE_P99_TARGET_MS:.0} ms"),
+            p99 <= SINGLE_P99_TARGET_MS,
+        );
+        if let Some(c) = ceilings {
+            let ratio = rate / c.single_tps.max(1e-9);
+            line(
+                format!("single {ratio:.2}x of the single ceiling >= {SINGLE_RATIO_TARGET}x"),
+                ratio >= SINGLE_RATIO_TARGET,
+            );
+        }
+    }
+    if let Some(rate) = batch {
+        line(
+            format!("batch {rate:.0}/s >= {BATCH_TARGET:.0}/s"),
+            rate >= BATCH_TARGET,
+        );
+        if let Some(c) = ceilings {
+            let ratio = rate / c.batch_rows.max(1e-9);
+            line(
+                format!("batch {ratio:.2}x of the batch ceiling >= {BATCH_RATIO_TARGET}x"),
+                ratio >= BATCH_RATIO_TARGET,
+            );
+        }
+    }
+    met
+}
+
+/// Prints one mode's report; returns its decisions per second.
+fn report(
+    title: &str,
+    t: &Tally,
+    before: &Snapshot,
+    after: &Snapshot,
+    asked: u64,
+    per: &str,
+) -> f64 {
     let secs = t.elapsed.as_secs_f64().max(1e-9);
     println!();
     println!("== {title}");
@@ -610,13 +719,16 @@ fn report(title: &str, t: &Tally, before: &Snapshot, after: &Snapshot, asked: u6
     );
     let commits = after.xact_commit - before.xact_commit;
     let wal_syncs = after.wal_sync - before.wal_sync;
+    let wal_records = after.wal_records - before.wal_records;
     println!(
-        "  database               {commits} transactions ({:.0}/s), WAL {:.1} MB ({:.0} B/decision, {} records), {wal_syncs} WAL syncs ({:.0}/s), {} WAL writes",
+        "  database               {commits} transactions ({:.0}/s), WAL {:.1} MB ({:.0} B/decision, {} records, {:.1} per decision), {wal_syncs} WAL syncs ({:.0}/s), {} WAL writes",
         commits as f64 / secs,
         (after.wal_bytes - before.wal_bytes) / 1e6,
         (after.wal_bytes - before.wal_bytes) / decided,
-        after.wal_records - before.wal_records,
+        wal_records,
+        wal_records as f64 / decided,
         wal_syncs as f64 / secs,
         after.wal_write - before.wal_write
     );
+    t.decided as f64 / secs
 }
