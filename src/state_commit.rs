@@ -13,7 +13,7 @@ use crate::storage::{audit as audit_store, StorageError};
 
 /// The state map of the state tables, if they give the last recorded state root and, walked
 /// back through the recorded deltas, the state root of the last signed checkpoint. On a log
-/// that has state but no recorded root yet (a database from before migration 0014), records
+/// that has state but no recorded root yet (a database from before migration 0016), records
 /// the tables' root as a baseline.
 pub async fn lead_check(conn: &mut PgConnection, head: Head) -> Result<StateTree, StorageError> {
     let states = store::all_states_on(conn).await?;

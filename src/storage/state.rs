@@ -1,4 +1,4 @@
-//! The state map's recorded roots (`state_roots`, migration 0014), and the state tables read
+//! The state map's recorded roots (`state_roots`, migration 0016), and the state tables read
 //! whole, for building the map.
 
 use std::collections::HashMap;
