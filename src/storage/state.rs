@@ -32,8 +32,15 @@ fn seq(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Writes a round's row (in the sequencer's commit transaction).
-pub async fn insert_round(conn: &mut PgConnection, round: &StateRound) -> Result<(), StorageError> {
+const INSERT_ROUND: &str =
+    "INSERT INTO state_roots (to_seq, from_seq, prev_root, new_root, baseline,
+                                                    keys, old_values, new_values)
+                            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// A round's delta as three parallel arrays: keys, old and new value hashes.
+type DeltaColumns<'a> = (Vec<&'a [u8]>, Vec<Option<&'a [u8]>>, Vec<Option<&'a [u8]>>);
+
+fn delta_columns(round: &StateRound) -> DeltaColumns<'_> {
     let n = round.delta.changes.len();
     let mut keys: Vec<&[u8]> = Vec::with_capacity(n);
     let mut old: Vec<Option<&[u8]>> = Vec::with_capacity(n);
@@ -43,11 +50,38 @@ pub async fn insert_round(conn: &mut PgConnection, round: &StateRound) -> Result
         old.push(o.as_ref().map(|h| h.as_slice()));
         new.push(v.as_ref().map(|h| h.as_slice()));
     }
-    sqlx::query(
-        "INSERT INTO state_roots (to_seq, from_seq, prev_root, new_root, baseline, keys,
-                                  old_values, new_values)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
+    (keys, old, new)
+}
+
+/// Writes a round's row (a baseline, outside the sequencer's commits).
+pub async fn insert_round(conn: &mut PgConnection, round: &StateRound) -> Result<(), StorageError> {
+    let (keys, old, new) = delta_columns(round);
+    sqlx::query(INSERT_ROUND)
+        .bind(seq(round.to_seq))
+        .bind(seq(round.from_seq))
+        .bind(round.prev_root.as_slice())
+        .bind(round.new_root.as_slice())
+        .bind(round.baseline)
+        .bind(&keys)
+        .bind(&old)
+        .bind(&new)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Writes a round's row and announces the new head (as `announce_head`) in one statement, in
+/// the sequencer's commit transaction.
+pub(crate) async fn insert_round_and_announce(
+    conn: &mut PgConnection,
+    round: &StateRound,
+    to: crate::domain::ledger::Head,
+) -> Result<(), StorageError> {
+    let (keys, old, new) = delta_columns(round);
+    // A data-modifying CTE runs whether or not the query reads it.
+    sqlx::query(&format!(
+        "WITH round AS ({INSERT_ROUND}) SELECT pg_notify($9, $10)"
+    ))
     .bind(seq(round.to_seq))
     .bind(seq(round.from_seq))
     .bind(round.prev_root.as_slice())
@@ -56,6 +90,8 @@ pub async fn insert_round(conn: &mut PgConnection, round: &StateRound) -> Result
     .bind(&keys)
     .bind(&old)
     .bind(&new)
+    .bind(super::DECISIONS_CHANNEL)
+    .bind(to.seq.to_string())
     .execute(conn)
     .await?;
     Ok(())
