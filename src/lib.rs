@@ -26,5 +26,7 @@ pub mod policy;
 pub mod reconcile;
 pub mod sequencer;
 pub mod simulate;
+pub mod state_commit;
+pub mod state_sync;
 pub mod storage;
 pub mod webhooks;

@@ -24,10 +24,12 @@ use crate::decide::decide_group;
 use crate::domain::detect::{detect, Pending};
 use crate::domain::event::{seal_event, EventRequest, LedgerEvent, SealedEvent, VersionRef};
 use crate::domain::ledger::{seal_group, GroupContext, Head, SealedRecord};
+use crate::domain::state_leaves::{Delta, StateTree};
 use crate::domain::{AssetKey, AssetState, Order, RegisteredAsset};
 use crate::hub::Hub;
 use crate::policy::{Compiled, PolicyEngine};
 use crate::storage::policy::Settled;
+use crate::storage::state::StateRound;
 use crate::storage::{self, StorageError};
 
 use crate::domain::event::ENGINE_ACTOR;
@@ -131,6 +133,10 @@ impl Sequencer {
                     }
                 }
                 Ok(None) => {}
+                Err(error @ StorageError::StateMismatch(_)) => {
+                    metrics::counter!("regulator_state_mismatch_total").increment(1);
+                    tracing::error!(%error, "sequencer refuses to lead")
+                }
                 Err(error) => tracing::warn!(%error, "sequencer could not stand for leadership"),
             }
             tokio::select! {
@@ -172,12 +178,17 @@ impl Sequencer {
         let (policy, head, last_stamp) = self
             .active_policy(&mut conn, epoch, head, last_stamp)
             .await?;
+        // Nothing is decided on state tables that do not give the recorded and signed roots.
+        let tree = crate::state_commit::lead_check(&mut conn, head).await?;
         tracing::info!(
             version = policy.version.version,
             hash = %policy.version.hash,
+            targets = tree.map().len(),
+            state_root = %hex::encode(tree.root()),
             "sequencer decides with the active policy version"
         );
         Ok(Some(Leader {
+            tree,
             conn,
             renewed: tokio::time::Instant::now(),
             epoch,
@@ -504,6 +515,26 @@ impl Sequencer {
         }
         let new_states: Vec<(AssetKey, AssetState)> = working.into_iter().collect();
 
+        // The state map follows the records' effects; if the commit fails, this leader stops
+        // and the next builds its map afresh from the tables.
+        let prev_root = leader.tree.root();
+        let mut delta = Delta::default();
+        for s in &records {
+            leader
+                .tree
+                .apply(&s.record.target.asset, &s.record.effects, &mut delta)
+                .map_err(|e| StorageError::Corrupt(format!("seq {}: {e}", s.record.seq)))?;
+        }
+        delta.settle();
+        let state_round = (!delta.changes.is_empty()).then(|| StateRound {
+            from_seq: leader.head.seq + 1,
+            to_seq: head.seq,
+            prev_root,
+            new_root: leader.tree.root(),
+            baseline: false,
+            delta,
+        });
+
         let changes = new_states
             .iter()
             .map(|(key, after)| storage::StateChange { key, after })
@@ -513,6 +544,7 @@ impl Sequencer {
             from: leader.head,
             records: &records,
             states: changes,
+            state_round: state_round.as_ref(),
         };
         leader.head = storage::commit(&mut leader.conn, commit).await?;
         leader.last_stamp = stamp;
@@ -535,6 +567,8 @@ struct Leader {
     head: Head,
     /// The states of the assets this leader has touched: valid because only it writes them.
     states: HashMap<AssetKey, AssetState>,
+    /// The state map of every target, as of `head`.
+    tree: StateTree,
     /// The version the ledger says is active, which decides every order.
     policy: ActivePolicy,
     /// The time of the last record: the next is stamped no earlier.

@@ -192,7 +192,12 @@ async fn past_checkpoints_are_listed_in_pages(pool: PgPool) {
     assert_eq!(page["next_after"], 3);
     let text = page["checkpoints"][0]["signed_text"].as_str().unwrap();
     assert!(
-        text.starts_with("regulator checkpoint v1\ntree_size 2\n"),
+        text.starts_with("regulator checkpoint v2\ntree_size 2\nroot "),
+        "{text}"
+    );
+    let state_root = page["checkpoints"][0]["state_root"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("\nstate_root {state_root}\n")),
         "{text}"
     );
     let (_, page) = app.get(&auditor, "/v1/audit/checkpoints?after=3").await;

@@ -274,6 +274,7 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
             from: old_head,
             records: std::slice::from_ref(&sealed),
             states: Vec::new(),
+            state_round: None,
         },
     )
     .await;

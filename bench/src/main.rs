@@ -12,6 +12,7 @@ mod chain;
 mod harness;
 mod orders;
 mod simulate;
+mod state;
 mod webhooks;
 
 use std::process::ExitCode;
@@ -49,6 +50,10 @@ enum Command {
     /// observation) under paced SEC freezes, and the time of a full resync of many targets;
     /// PASS/FAIL against p99 ≤ 4 s and resync ≤ 10 s. Needs `npm ci --prefix chain`.
     Chain(chain::BenchChainArgs),
+    /// The state map at scale, in-process: builds 1,000,000 targets, then prints proof
+    /// document generation p50/p90/p99/max, proof sizes and the cost of applying a decision's
+    /// effects; PASS/FAIL against p99 ≤ 5 ms and ≤ 1.5 KB per proof.
+    State(state::BenchStateArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,5 +67,6 @@ fn main() -> ExitCode {
         Command::Audit(args) => args.run(),
         Command::Simulate(args) => args.run(),
         Command::Chain(args) => args.run(),
+        Command::State(args) => args.run(),
     }
 }

@@ -18,7 +18,7 @@ use super::extract::{require, ApiQuery};
 use super::problem::{ApiError, Problem};
 use super::AppState;
 use crate::audit::notary::NotaryError;
-use crate::audit::signer::{checkpoint_text, CheckpointKey};
+use crate::audit::signer::{signed_text, CheckpointKey};
 use crate::audit::tree::{self, ProofRequestError};
 use crate::auth::{Principal, Role};
 use crate::domain::resolve::Outcome;
@@ -31,12 +31,17 @@ const READERS: &[Role] = &[Role::Auditor, Role::Admin];
 const CHECKPOINT_READERS: &[Role] = super::roles::CHECKPOINT_READERS;
 
 /// A signed tree head.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CheckpointView {
     /// Leaves in the tree: decisions 1 to `tree_size`.
     pub tree_size: u64,
     /// Hex RFC 6962 root.
     pub root: String,
+    /// Hex root of the state map after decisions 1 to `tree_size` (docs/audit.md); absent from
+    /// checkpoints signed before the state map (signed text `regulator checkpoint v1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_root: Option<String>,
     pub signed_at: DateTime<Utc>,
     pub key_id: String,
     /// Base64 Ed25519 signature of `signed_text`.
@@ -48,7 +53,8 @@ pub struct CheckpointView {
 impl From<Checkpoint> for CheckpointView {
     fn from(c: Checkpoint) -> Self {
         Self {
-            signed_text: checkpoint_text(c.tree_size, &c.root, c.signed_at, &c.key_id),
+            signed_text: signed_text(&c),
+            state_root: c.state_root.map(hex::encode),
             tree_size: c.tree_size,
             root: hex::encode(c.root),
             signed_at: c.signed_at,
@@ -62,6 +68,10 @@ impl From<NotaryError> for ApiError {
     fn from(e: NotaryError) -> Self {
         match e {
             NotaryError::Storage(e) => ApiError::Internal(e),
+            NotaryError::NoCheckpoint(size) => {
+                ApiError::NotFound(format!("no checkpoint of tree size {size} was signed"))
+            }
+            gone @ NotaryError::NotRetained { .. } => ApiError::StateNotRetained(gone.to_string()),
             refused @ NotaryError::Refused(_) => {
                 tracing::error!(error = %refused, "checkpoint refused");
                 ApiError::Conflict(refused.to_string())

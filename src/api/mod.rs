@@ -14,6 +14,7 @@ pub mod policies;
 pub mod problem;
 pub mod sign_in;
 pub mod simulations;
+pub mod state;
 pub mod targets;
 pub mod webhooks;
 
@@ -112,6 +113,14 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         .route(
             "/targets/{chain}/{asset}/history",
             get(targets::history).route_layer(gate(TARGET_READERS)),
+        )
+        .route(
+            "/targets/{chain}/{asset}/proof",
+            get(state::proof).route_layer(gate(TARGET_READERS)),
+        )
+        .route(
+            "/snapshots",
+            get(state::snapshot).route_layer(gate(TARGET_READERS)),
         )
         .route(
             "/decisions",
@@ -316,7 +325,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
     ),
     paths(
         orders::submit, orders::batch, orders::get,
-        targets::put_asset, targets::get_target, targets::history,
+        targets::put_asset, targets::get_target, targets::history, state::proof, state::snapshot,
         feed::poll, feed::stream,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete,
         webhooks::enable, webhooks::disable, webhooks::replay, webhooks::rotate_secret,

@@ -96,6 +96,9 @@ pub enum ApiError {
     PolicyInvalid(crate::policy::PolicyErrors),
     #[error("{0}")]
     Conflict(String),
+    /// A state proof or snapshot at a checkpoint whose state this replica no longer keeps.
+    #[error("{0}")]
+    StateNotRetained(String),
     #[error("{0} simulations are running on this replica, the most it runs at once; try again when one ends")]
     TooManySimulations(usize),
     #[error("internal error")]
@@ -131,6 +134,7 @@ impl ApiError {
             UrlRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "url-refused"),
             PolicyInvalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "policy-invalid"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            StateNotRetained(_) => (StatusCode::GONE, "state-not-retained"),
             TooManySimulations(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-simulations"),
             Internal(e) if e.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "not-ready"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -21,6 +21,7 @@ use sqlx::PgPool;
 use crate::domain::event::ActiveTrail;
 use crate::domain::ledger::{check_link, BrokenLink, Head};
 use crate::domain::merkle::{leaf_hash, Frontier, Hash};
+use crate::domain::state_leaves::{effects_of, Delta, StateTree};
 use crate::storage::{self, StorageError};
 use signer::verify_checkpoint;
 
@@ -121,13 +122,24 @@ pub async fn verify_with_roots(
     let mut pending = checkpoints.iter().peekable();
     let mut bad_checkpoint: Option<(u64, String)> = None;
     let mut tree = Frontier::empty();
-    let mut check_at_size = |tree: &Frontier, bad: &mut Option<(u64, String)>| {
+    let mut check_at_size = |tree: &Frontier, state: &Hash, bad: &mut Option<(u64, String)>| {
         while let Some(cp) = pending.next_if(|cp| cp.tree_size == tree.size()) {
             if bad.is_some() {
                 continue;
             }
             let root = tree.root();
-            if root != cp.root {
+            if cp.state_root.is_some_and(|s| s != *state) {
+                *bad = Some((
+                    cp.tree_size,
+                    format!(
+                        "the signed state root {} is not the state map of the log's first {} \
+                         records ({})",
+                        cp.state_root.map(hex::encode).unwrap_or_default(),
+                        cp.tree_size,
+                        hex::encode(state)
+                    ),
+                ));
+            } else if root != cp.root {
                 *bad = Some((
                     cp.tree_size,
                     format!(
@@ -150,7 +162,9 @@ pub async fn verify_with_roots(
             }
         }
     };
-    check_at_size(&tree, &mut bad_checkpoint);
+    let mut state = StateTree::default();
+    let mut scratch = Delta::default();
+    check_at_size(&tree, &state.root(), &mut bad_checkpoint);
     // The stored tree's size when the pass starts; it may grow meanwhile, never change.
     let built = storage::audit::merkle_size(pool).await?;
     let mut built_root = (built == 0).then(|| tree.root());
@@ -185,6 +199,31 @@ pub async fn verify_with_roots(
                     ))
                 }
             }
+            let replayed =
+                effects_of(&text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|found| match found {
+                        Some((asset, effects)) => state
+                            .apply(&asset, &effects, &mut scratch)
+                            .map_err(|e| e.to_string()),
+                        None => Ok(()),
+                    });
+            scratch.changes.clear();
+            if let Err(why) = replayed {
+                return Ok((
+                    Verification {
+                        chain: ChainCheck::Broken {
+                            seq,
+                            reason: BrokenLink::Unreadable(format!(
+                                "its effects do not replay onto the state: {why}"
+                            )),
+                        },
+                        checkpoints: CheckpointCheck::Skipped,
+                        tree: TreeCheck::Skipped,
+                    },
+                    roots,
+                ));
+            }
             let leaf = leaf_hash(&stored);
             if bad_leaf.is_none() && seq <= built && stored_leaves.get(&seq) != Some(&leaf) {
                 bad_leaf = Some((
@@ -207,7 +246,7 @@ pub async fn verify_with_roots(
             if tree.size() == built {
                 built_root = Some(tree.root());
             }
-            check_at_size(&tree, &mut bad_checkpoint);
+            check_at_size(&tree, &state.root(), &mut bad_checkpoint);
         }
         progress(head.seq, total);
     }

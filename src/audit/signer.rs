@@ -107,11 +107,18 @@ impl CheckpointKey {
             .unwrap_or_default()
     }
 
-    /// Signs the tree head `(tree_size, root)` at `signed_at`.
-    pub fn sign(&self, tree_size: u64, root: Hash, signed_at: DateTime<Utc>) -> Checkpoint {
+    /// Signs the tree head `(tree_size, root)` and the state root after those records at
+    /// `signed_at`.
+    pub fn sign(
+        &self,
+        tree_size: u64,
+        root: Hash,
+        state_root: Hash,
+        signed_at: DateTime<Utc>,
+    ) -> Checkpoint {
         // The database keeps microseconds: sign exactly what will be stored.
         let signed_at = truncate_to_micros(signed_at);
-        let text = checkpoint_text(tree_size, &root, signed_at, &self.key_id);
+        let text = checkpoint_text(tree_size, &root, Some(&state_root), signed_at, &self.key_id);
         let signature = self.signing.sign(text.as_bytes()).to_bytes();
         Checkpoint {
             tree_size,
@@ -119,6 +126,7 @@ impl CheckpointKey {
             signed_at,
             key_id: self.key_id.clone(),
             signature,
+            state_root: Some(state_root),
         }
     }
 }
@@ -134,31 +142,51 @@ pub fn key_id(key: &VerifyingKey) -> String {
     hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
-/// What a checkpoint's signature covers, one field per line:
+/// What a checkpoint's signature covers, one field per line. Version 2 adds the state root;
+/// checkpoints signed before the state map keep their version 1 text (without that line).
 ///
 /// ```text
-/// regulator checkpoint v1
+/// regulator checkpoint v2
 /// tree_size 1204
 /// root 5dc9da79…
+/// state_root 8e01c2…
 /// signed_at 2026-11-21T09:30:00.123456Z
 /// key_id 3f1a…
 /// ```
 pub fn checkpoint_text(
     tree_size: u64,
     root: &Hash,
+    state_root: Option<&Hash>,
     signed_at: DateTime<Utc>,
     key_id: &str,
 ) -> String {
-    format!(
-        "regulator checkpoint v1\ntree_size {tree_size}\nroot {}\nsigned_at {}\nkey_id {key_id}\n",
-        hex::encode(root),
-        signed_at.to_rfc3339_opts(SecondsFormat::Micros, true)
+    let at = signed_at.to_rfc3339_opts(SecondsFormat::Micros, true);
+    let root = hex::encode(root);
+    match state_root {
+        None => format!(
+            "regulator checkpoint v1\ntree_size {tree_size}\nroot {root}\nsigned_at {at}\nkey_id {key_id}\n"
+        ),
+        Some(state) => format!(
+            "regulator checkpoint v2\ntree_size {tree_size}\nroot {root}\nstate_root {}\nsigned_at {at}\nkey_id {key_id}\n",
+            hex::encode(state)
+        ),
+    }
+}
+
+/// The signed text of a stored checkpoint.
+pub fn signed_text(cp: &Checkpoint) -> String {
+    checkpoint_text(
+        cp.tree_size,
+        &cp.root,
+        cp.state_root.as_ref(),
+        cp.signed_at,
+        &cp.key_id,
     )
 }
 
 /// Checks a checkpoint's signature with `key`.
 pub fn verify_checkpoint(key: &VerifyingKey, cp: &Checkpoint) -> bool {
-    let text = checkpoint_text(cp.tree_size, &cp.root, cp.signed_at, &cp.key_id);
+    let text = signed_text(cp);
     key_id(key) == cp.key_id
         && key
             .verify(text.as_bytes(), &Signature::from_bytes(&cp.signature))
@@ -215,13 +243,20 @@ mod tests {
         let key = CheckpointKey::load_or_create(&dir.join("key.pem")).unwrap();
         let again = CheckpointKey::load_or_create(&dir.join("key.pem")).unwrap();
         assert_eq!(key.key_id(), again.key_id(), "the file is read back");
-        let cp = key.sign(8, [7; 32], Utc::now());
+        let cp = key.sign(8, [7; 32], [9; 32], Utc::now());
+        assert!(signed_text(&cp).starts_with("regulator checkpoint v2\n"));
         assert!(verify_checkpoint(&key.verifying_key(), &cp));
         let mut forged = cp.clone();
         forged.tree_size = 9;
         assert!(!verify_checkpoint(&key.verifying_key(), &forged));
         let mut forged = cp.clone();
         forged.root[0] ^= 1;
+        assert!(!verify_checkpoint(&key.verifying_key(), &forged));
+        let mut forged = cp.clone();
+        forged.state_root = Some([8; 32]);
+        assert!(!verify_checkpoint(&key.verifying_key(), &forged));
+        let mut forged = cp.clone();
+        forged.state_root = None;
         assert!(!verify_checkpoint(&key.verifying_key(), &forged));
         let other = CheckpointKey::load_or_create(&dir.join("other.pem")).unwrap();
         assert!(!verify_checkpoint(&other.verifying_key(), &cp));

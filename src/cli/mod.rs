@@ -10,6 +10,7 @@ mod policy;
 mod private_pg;
 mod progress;
 mod serve;
+mod state;
 mod verify_proof;
 
 use std::process::ExitCode;
@@ -31,6 +32,10 @@ enum Command {
     /// Check the ledger in the database (`audit verify`), or a proof offline (`audit verify-proof`).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The state tables: `regulator state rebuild` recomputes them from the log and repairs
+    /// what differs.
+    #[command(subcommand)]
+    State(state::StateCommand),
     /// Run a replica: HTTP API, sequencer, notifications.
     Serve(Box<serve::ServeArgs>),
     /// Mint a development token (HS256) with the local development secret.
@@ -51,6 +56,7 @@ impl Cli {
         match self.command {
             Command::Policy(cmd) => cmd.run(),
             Command::Audit(cmd) => cmd.run(),
+            Command::State(cmd) => cmd.run(),
             Command::Serve(args) => (*args).run(),
             Command::Token(cmd) => cmd.run(),
             Command::Openapi => openapi::run(),

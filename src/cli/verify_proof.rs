@@ -1,5 +1,6 @@
-//! `regulator audit verify-proof`: check an inclusion or consistency proof offline, against
-//! signed checkpoints and a public key the auditor holds, with no access to the engine.
+//! `regulator audit verify-proof`: check an inclusion or consistency proof, a target's state
+//! proof or a snapshot chunk offline, against signed checkpoints and a public key the auditor
+//! holds, with no access to the engine.
 //!
 //! The inputs are the JSON documents the API serves, saved as files: a proof from
 //! `GET /v1/audit/proofs/inclusion` or `/consistency`, the checkpoint(s) from
@@ -17,7 +18,8 @@ use clap::Args;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use regulator::audit::signer::{checkpoint_text, public_key_from_pem, verify_checkpoint};
+use regulator::api::state::{SnapshotChunk, TargetProof};
+use regulator::audit::signer::{public_key_from_pem, signed_text, verify_checkpoint};
 use regulator::domain::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
 use regulator::storage::audit::Checkpoint;
 
@@ -28,8 +30,10 @@ pub struct VerifyProofArgs {
     proof: PathBuf,
     /// The signed checkpoint the proof leads to (for a consistency proof: the newer tree), as
     /// `GET /v1/audit/checkpoints/latest` returned it (or one item of the checkpoint list).
+    /// A state proof or snapshot chunk carries its checkpoint: without this, that one is
+    /// checked (its signature still with `--public-key`); with it, they must be the same.
     #[arg(long)]
-    checkpoint: PathBuf,
+    checkpoint: Option<PathBuf>,
     /// For a consistency proof: the older signed checkpoint, which the newer must extend.
     #[arg(long)]
     old_checkpoint: Option<PathBuf>,
@@ -42,10 +46,12 @@ pub struct VerifyProofArgs {
     record: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 struct CheckpointFile {
     tree_size: u64,
     root: String,
+    #[serde(default)]
+    state_root: Option<String>,
     signed_at: DateTime<Utc>,
     key_id: String,
     signature: String,
@@ -68,6 +74,10 @@ enum ProofFile {
         to: u64,
         proof: Vec<String>,
     },
+    /// `GET /v1/targets/{chain}/{asset}/proof`.
+    State(Box<TargetProof>),
+    /// `GET /v1/snapshots`.
+    Snapshot(Box<SnapshotChunk>),
 }
 
 /// Why the check could not run (exit 2), as against a proof that fails (exit 1).
@@ -101,9 +111,79 @@ impl VerifyProofArgs {
                 self.public_key.display()
             ))
         })?;
-        let new = signed(&self.checkpoint, &key)?;
         let proof: ProofFile = json(&self.proof)?;
+        let embedded = match &proof {
+            ProofFile::State(p) => Some(&p.checkpoint),
+            ProofFile::Snapshot(c) => Some(&c.checkpoint),
+            _ => None,
+        };
+        let new = match (&self.checkpoint, embedded) {
+            (Some(path), None) => signed(path, &json(path)?, &key)?,
+            (None, None) => {
+                return Err(Failure::Input(
+                    "an inclusion or consistency proof needs --checkpoint".into(),
+                ))
+            }
+            (given, Some(view)) => {
+                let file: CheckpointFile = serde_json::to_value(view)
+                    .and_then(serde_json::from_value)
+                    .map_err(|e| Failure::Input(format!("the proof's checkpoint: {e}")))?;
+                let cp = signed(&self.proof, &file, &key)?;
+                if let Some(path) = given {
+                    let held = signed(path, &json(path)?, &key)?;
+                    if held != cp {
+                        return Err(Failure::Invalid(format!(
+                            "the proof is against the checkpoint of tree size {}, not the one in {}                              (tree size {})",
+                            cp.tree_size,
+                            path.display(),
+                            held.tree_size
+                        )));
+                    }
+                }
+                cp
+            }
+        };
+        let state_root = |cp: &Checkpoint| {
+            cp.state_root.ok_or_else(|| {
+                Failure::Invalid(format!(
+                    "the checkpoint of tree size {} signs no state root (text v1)",
+                    cp.tree_size
+                ))
+            })
+        };
         match proof {
+            ProofFile::State(doc) => {
+                let sizes = doc.verify(&state_root(&new)?).map_err(Failure::Invalid)?;
+                let target = match &doc.holder {
+                    Some(h) => format!("holder {h} of {} on {}", doc.asset, doc.chain),
+                    None => format!("asset {} on {}", doc.asset, doc.chain),
+                };
+                Ok(format!(
+                    "state proof verified: {target} at the checkpoint of tree size {} (state root                      {}, signed at {} by key {}): level {} ({}), frozen {}, version {}, holds [{}];                      proofs of {} bytes",
+                    new.tree_size,
+                    hex::encode(state_root(&new)?),
+                    new.signed_at.to_rfc3339(),
+                    new.key_id,
+                    doc.state.level_number,
+                    serde_json::to_value(doc.state.level).unwrap_or_default(),
+                    doc.state.frozen,
+                    doc.state.version,
+                    doc.state.holds.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", "),
+                    sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" and "),
+                ))
+            }
+            ProofFile::Snapshot(chunk) => {
+                let leaves = chunk.verify(&state_root(&new)?).map_err(Failure::Invalid)?;
+                Ok(format!(
+                    "snapshot chunk verified: chunk {} of {} of chain {} at the checkpoint of tree                      size {} (state root {}): {} of its targets' leaves",
+                    chunk.chunk,
+                    chunk.chunks,
+                    chunk.chain,
+                    new.tree_size,
+                    hex::encode(state_root(&new)?),
+                    leaves.len()
+                ))
+            }
             ProofFile::Inclusion {
                 seq,
                 leaf_index,
@@ -167,7 +247,7 @@ impl VerifyProofArgs {
                         "a consistency proof needs --old-checkpoint, the older tree's".into(),
                     ));
                 };
-                let old = signed(old, &key)?;
+                let old = signed(old, &json(old)?, &key)?;
                 if (from, to) != (old.tree_size, new.tree_size) {
                     return Err(Failure::Invalid(format!(
                         "the proof is from {from} to {to} leaves, the checkpoints sign {} and {}",
@@ -213,9 +293,13 @@ fn hashes(texts: &[String], what: &str) -> Result<Vec<Hash>, Failure> {
     texts.iter().map(|t| hash(t, what)).collect()
 }
 
-/// The checkpoint in `path`, if its signature verifies with `key`.
-fn signed(path: &Path, key: &ed25519_dalek::VerifyingKey) -> Result<Checkpoint, Failure> {
-    let file: CheckpointFile = json(path)?;
+/// The checkpoint `file` (read from `path`), if its signature verifies with `key`.
+fn signed(
+    path: &Path,
+    file: &CheckpointFile,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<Checkpoint, Failure> {
+    let file = file.clone();
     let signature = STANDARD
         .decode(&file.signature)
         .ok()
@@ -232,9 +316,14 @@ fn signed(path: &Path, key: &ed25519_dalek::VerifyingKey) -> Result<Checkpoint, 
         signed_at: file.signed_at,
         key_id: file.key_id,
         signature,
+        state_root: file
+            .state_root
+            .as_deref()
+            .map(|h| hash(h, "state_root"))
+            .transpose()?,
     };
     if let Some(text) = &file.signed_text {
-        if *text != checkpoint_text(cp.tree_size, &cp.root, cp.signed_at, &cp.key_id) {
+        if *text != signed_text(&cp) {
             return Err(Failure::Invalid(format!(
                 "{}: signed_text does not say what the checkpoint's fields say",
                 path.display()

@@ -13,6 +13,8 @@ pub mod order;
 pub mod projection;
 pub mod resolve;
 pub mod state;
+pub mod state_leaves;
+pub mod state_map;
 
 pub use ids::{
     check_text, Amount, AssetClass, AssetId, ChainId, HolderAddress, Instrument, InvalidValue,

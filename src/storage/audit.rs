@@ -146,12 +146,19 @@ pub struct Checkpoint {
     pub signed_at: DateTime<Utc>,
     pub key_id: String,
     pub signature: [u8; 64],
+    /// The state map's root after the first `tree_size` records; absent from checkpoints
+    /// signed before the state map existed (text `regulator checkpoint v1`).
+    pub state_root: Option<Hash>,
 }
 
 fn checkpoint(r: sqlx::postgres::PgRow) -> Result<Checkpoint, StorageError> {
     let size: i64 = r.try_get(0)?;
     let signature: Vec<u8> = r.try_get(4)?;
+    let state_root: Option<Vec<u8>> = r.try_get(5)?;
     Ok(Checkpoint {
+        state_root: state_root
+            .map(|h| hash32(h, "a checkpoint state root"))
+            .transpose()?,
         tree_size: u64::try_from(size).map_err(corrupt)?,
         root: hash32(r.try_get(1)?, "a checkpoint root")?,
         signed_at: r.try_get(2)?,
@@ -165,18 +172,19 @@ fn checkpoint(r: sqlx::postgres::PgRow) -> Result<Checkpoint, StorageError> {
 /// Stores a checkpoint; if one for that size exists already, that one stands and is returned.
 pub async fn insert_checkpoint(pool: &PgPool, cp: &Checkpoint) -> Result<Checkpoint, StorageError> {
     sqlx::query(
-        "INSERT INTO checkpoints (tree_size, root, signed_at, key_id, signature)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tree_size) DO NOTHING",
+        "INSERT INTO checkpoints (tree_size, root, signed_at, key_id, signature, state_root)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tree_size) DO NOTHING",
     )
     .bind(i64::try_from(cp.tree_size).unwrap_or(i64::MAX))
     .bind(cp.root.as_slice())
     .bind(cp.signed_at)
     .bind(&cp.key_id)
     .bind(cp.signature.as_slice())
+    .bind(cp.state_root.as_ref().map(|h| h.as_slice()))
     .execute(pool)
     .await?;
     let row = sqlx::query(
-        "SELECT tree_size, root, signed_at, key_id, signature FROM checkpoints WHERE tree_size = $1",
+        "SELECT tree_size, root, signed_at, key_id, signature, state_root FROM checkpoints WHERE tree_size = $1",
     )
     .bind(i64::try_from(cp.tree_size).unwrap_or(i64::MAX))
     .fetch_one(pool)
@@ -184,10 +192,30 @@ pub async fn insert_checkpoint(pool: &PgPool, cp: &Checkpoint) -> Result<Checkpo
     checkpoint(row)
 }
 
+/// The largest tree size whose checkpoint signed a state root, and that root.
+pub async fn latest_state_checkpoint<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+) -> Result<Option<(u64, Hash)>, StorageError> {
+    let row = sqlx::query(
+        "SELECT tree_size, state_root FROM checkpoints WHERE state_root IS NOT NULL
+         ORDER BY tree_size DESC LIMIT 1",
+    )
+    .fetch_optional(db)
+    .await?;
+    row.map(|r| {
+        let size: i64 = r.try_get(0)?;
+        Ok((
+            u64::try_from(size).map_err(corrupt)?,
+            hash32(r.try_get(1)?, "a checkpoint state root")?,
+        ))
+    })
+    .transpose()
+}
+
 /// The checkpoint of the largest tree.
 pub async fn latest_checkpoint(pool: &PgPool) -> Result<Option<Checkpoint>, StorageError> {
     let row = sqlx::query(
-        "SELECT tree_size, root, signed_at, key_id, signature FROM checkpoints
+        "SELECT tree_size, root, signed_at, key_id, signature, state_root FROM checkpoints
          ORDER BY tree_size DESC LIMIT 1",
     )
     .fetch_optional(pool)
@@ -198,7 +226,7 @@ pub async fn latest_checkpoint(pool: &PgPool) -> Result<Option<Checkpoint>, Stor
 /// The checkpoint of the tree of `size` leaves, if one was signed.
 pub async fn checkpoint_at(pool: &PgPool, size: u64) -> Result<Option<Checkpoint>, StorageError> {
     let row = sqlx::query(
-        "SELECT tree_size, root, signed_at, key_id, signature FROM checkpoints WHERE tree_size = $1",
+        "SELECT tree_size, root, signed_at, key_id, signature, state_root FROM checkpoints WHERE tree_size = $1",
     )
     .bind(i64::try_from(size).unwrap_or(i64::MAX))
     .fetch_optional(pool)
@@ -214,7 +242,7 @@ pub async fn checkpoints_after(
     limit: i64,
 ) -> Result<Vec<Checkpoint>, StorageError> {
     let rows = sqlx::query(
-        "SELECT tree_size, root, signed_at, key_id, signature FROM checkpoints
+        "SELECT tree_size, root, signed_at, key_id, signature, state_root FROM checkpoints
          WHERE tree_size > $1 ORDER BY tree_size LIMIT $2",
     )
     .bind(i64::try_from(after).unwrap_or(i64::MAX))
@@ -227,7 +255,7 @@ pub async fn checkpoints_after(
 /// Every checkpoint, smallest tree first.
 pub async fn all_checkpoints(pool: &PgPool) -> Result<Vec<Checkpoint>, StorageError> {
     let rows = sqlx::query(
-        "SELECT tree_size, root, signed_at, key_id, signature FROM checkpoints ORDER BY tree_size",
+        "SELECT tree_size, root, signed_at, key_id, signature, state_root FROM checkpoints ORDER BY tree_size",
     )
     .fetch_all(pool)
     .await?;

@@ -8,6 +8,8 @@ import { api } from "../api";
 export interface Checkpoint {
   tree_size: number;
   root: string;
+  /** Absent from checkpoints signed before the state map (text v1). */
+  state_root?: string;
   signed_at: string;
   key_id: string;
   signature: string;
@@ -97,17 +99,23 @@ export async function rootFromPath(leafIndex: number, treeSize: number, leaf: Ui
   return sn === 0 ? r : null;
 }
 
-/** The fields of a checkpoint's signed text (`regulator checkpoint v1`). */
-export function parseSignedText(text: string): { tree_size: number; root: string; signed_at: string; key_id: string } | null {
+/**
+ * The fields of a checkpoint's signed text: `regulator checkpoint v2` (with the state root) or
+ * `v1` (checkpoints signed before the state map).
+ */
+export function parseSignedText(text: string): { tree_size: number; root: string; state_root: string | null; signed_at: string; key_id: string } | null {
   const lines = text.split("\n");
-  if (lines[0] !== "regulator checkpoint v1" || lines[5] !== "" || lines.length !== 6) return null;
+  const v2 = lines[0] === "regulator checkpoint v2";
+  const n = v2 ? 7 : 6;
+  if ((!v2 && lines[0] !== "regulator checkpoint v1") || lines[n - 1] !== "" || lines.length !== n) return null;
   const get = (i: number, name: string) => (lines[i].startsWith(`${name} `) ? lines[i].slice(name.length + 1) : null);
   const size = get(1, "tree_size");
   const root = get(2, "root");
-  const at = get(3, "signed_at");
-  const key = get(4, "key_id");
-  if (!size || !/^\d+$/.test(size) || !root || !at || !key) return null;
-  return { tree_size: Number(size), root, signed_at: at, key_id: key };
+  const state = v2 ? get(3, "state_root") : null;
+  const at = get(v2 ? 4 : 3, "signed_at");
+  const key = get(v2 ? 5 : 4, "key_id");
+  if (!size || !/^\d+$/.test(size) || !root || !at || !key || (v2 && !state)) return null;
+  return { tree_size: Number(size), root, state_root: state, signed_at: at, key_id: key };
 }
 
 export function webCryptoAvailable(): boolean {
@@ -146,7 +154,7 @@ export async function verifyDecision(seq: number, text: string, listedHash: stri
   const { body: checkpoint } = await api<Checkpoint>("GET", "/v1/audit/checkpoints/latest");
   const { body: key } = await api<PublicKey>("GET", "/v1/audit/public-key");
   const signed = parseSignedText(checkpoint.signed_text);
-  if (!step(!!signed, "The checkpoint's signed text is well formed", signed ? checkpoint.signed_text.trimEnd().replace(/\n/g, " · ") : "The signed text is not a `regulator checkpoint v1` text.")) {
+  if (!step(!!signed, "The checkpoint's signed text is well formed", signed ? checkpoint.signed_text.trimEnd().replace(/\n/g, " · ") : "The signed text is not a `regulator checkpoint` v1 or v2 text.")) {
     return done({ checkpoint, key });
   }
   const s = signed!;
@@ -155,7 +163,7 @@ export async function verifyDecision(seq: number, text: string, listedHash: stri
     return done({ checkpoint, key });
   }
   step(
-    s.tree_size === checkpoint.tree_size && s.root === checkpoint.root && s.key_id === checkpoint.key_id,
+    s.tree_size === checkpoint.tree_size && s.root === checkpoint.root && s.state_root === (checkpoint.state_root ?? null) && s.key_id === checkpoint.key_id,
     "The checkpoint's fields are the ones signed",
     `Tree size ${s.tree_size}, root ${s.root}, key ${s.key_id}.`,
   );
