@@ -131,10 +131,7 @@ pub async fn proof(
     ApiQuery(query): ApiQuery<ProofQuery>,
 ) -> Result<Json<TargetProof>, ApiError> {
     may_read_chain(&principal, &chain)?;
-    let key = AssetKey {
-        chain: ChainId::parse(chain).map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
-        asset: AssetId::parse(asset).map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
-    };
+    let key = super::targets::asset_key(&chain, &asset)?;
     let holder = query
         .holder
         .map(HolderAddress::parse)

@@ -43,7 +43,8 @@ pub struct AssetResponse {
     pub asset_class: AssetClass,
 }
 
-fn asset_key(chain: &str, asset: &str) -> Result<AssetKey, ApiError> {
+/// A path's chain and asset, parsed: a 422 problem for either that is not well formed.
+pub(crate) fn asset_key(chain: &str, asset: &str) -> Result<AssetKey, ApiError> {
     Ok(AssetKey {
         chain: ChainId::parse(chain).map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
         asset: AssetId::parse(asset).map_err(|e| ApiError::InvalidRequest(e.to_string()))?,

@@ -37,10 +37,12 @@ const INSERT_ROUND: &str =
                                                     keys, old_values, new_values)
                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
-/// A round's delta as three parallel arrays: keys, old and new value hashes.
-type DeltaColumns<'a> = (Vec<&'a [u8]>, Vec<Option<&'a [u8]>>, Vec<Option<&'a [u8]>>);
-
-fn delta_columns(round: &StateRound) -> DeltaColumns<'_> {
+/// `query` (whose first eight parameters are [`INSERT_ROUND`]'s) with `round` bound to them;
+/// the delta goes as three parallel arrays: keys, old and new value hashes.
+fn bind_round<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    round: &'q StateRound,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let n = round.delta.changes.len();
     let mut keys: Vec<&[u8]> = Vec::with_capacity(n);
     let mut old: Vec<Option<&[u8]>> = Vec::with_capacity(n);
@@ -50,21 +52,20 @@ fn delta_columns(round: &StateRound) -> DeltaColumns<'_> {
         old.push(o.as_ref().map(|h| h.as_slice()));
         new.push(v.as_ref().map(|h| h.as_slice()));
     }
-    (keys, old, new)
-}
-
-/// Writes a round's row (a baseline, outside the sequencer's commits).
-pub async fn insert_round(conn: &mut PgConnection, round: &StateRound) -> Result<(), StorageError> {
-    let (keys, old, new) = delta_columns(round);
-    sqlx::query(INSERT_ROUND)
+    query
         .bind(seq(round.to_seq))
         .bind(seq(round.from_seq))
         .bind(round.prev_root.as_slice())
         .bind(round.new_root.as_slice())
         .bind(round.baseline)
-        .bind(&keys)
-        .bind(&old)
-        .bind(&new)
+        .bind(keys)
+        .bind(old)
+        .bind(new)
+}
+
+/// Writes a round's row (a baseline, outside the sequencer's commits).
+pub async fn insert_round(conn: &mut PgConnection, round: &StateRound) -> Result<(), StorageError> {
+    bind_round(sqlx::query(INSERT_ROUND), round)
         .execute(conn)
         .await?;
     Ok(())
@@ -77,23 +78,13 @@ pub(crate) async fn insert_round_and_announce(
     round: &StateRound,
     to: crate::domain::ledger::Head,
 ) -> Result<(), StorageError> {
-    let (keys, old, new) = delta_columns(round);
     // A data-modifying CTE runs whether or not the query reads it.
-    sqlx::query(&format!(
-        "WITH round AS ({INSERT_ROUND}) SELECT pg_notify($9, $10)"
-    ))
-    .bind(seq(round.to_seq))
-    .bind(seq(round.from_seq))
-    .bind(round.prev_root.as_slice())
-    .bind(round.new_root.as_slice())
-    .bind(round.baseline)
-    .bind(&keys)
-    .bind(&old)
-    .bind(&new)
-    .bind(super::DECISIONS_CHANNEL)
-    .bind(to.seq.to_string())
-    .execute(conn)
-    .await?;
+    let sql = format!("WITH round AS ({INSERT_ROUND}) SELECT pg_notify($9, $10)");
+    bind_round(sqlx::query(&sql), round)
+        .bind(super::DECISIONS_CHANNEL)
+        .bind(to.seq.to_string())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
