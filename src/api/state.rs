@@ -119,7 +119,7 @@ fn proof_of(map: &StateMap<Leaf>, key: &[u8; 32]) -> LeafProof {
     responses(
         (status = 200, body = TargetProof),
         (status = 404, description = "No such checkpoint", body = Problem, content_type = "application/problem+json"),
-        (status = 410, description = "The state at that checkpoint is not kept by this replica", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The state at that checkpoint is not kept by this replica (`state-not-retained`): ask for a later checkpoint", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -243,7 +243,7 @@ pub struct SnapshotChunk {
     responses(
         (status = 200, body = SnapshotChunk),
         (status = 404, description = "No such checkpoint or chunk", body = Problem, content_type = "application/problem+json"),
-        (status = 410, description = "The state at that checkpoint is not kept by this replica", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The state at that checkpoint is not kept by this replica (`state-not-retained`): ask for a later checkpoint", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
