@@ -24,7 +24,7 @@ use crate::decide::decide_group;
 use crate::domain::detect::{detect, Pending};
 use crate::domain::event::{seal_event, EventRequest, LedgerEvent, SealedEvent, VersionRef};
 use crate::domain::ledger::{seal_group, GroupContext, Head, SealedRecord};
-use crate::domain::state_leaves::{Delta, StateTree};
+use crate::domain::state_leaves::{Delta, Overlay, StateTree};
 use crate::domain::{AssetKey, AssetState, Order, RegisteredAsset};
 use crate::hub::Hub;
 use crate::policy::{Compiled, PolicyEngine};
@@ -515,16 +515,19 @@ impl Sequencer {
         }
         let new_states: Vec<(AssetKey, AssetState)> = working.into_iter().collect();
 
-        // The state map follows the records' effects; if the commit fails, this leader stops
-        // and the next builds its map afresh from the tables.
+        // The state map follows the records' effects, written once for the whole round (each
+        // changed path hashed once); if the commit fails, this leader stops and the next
+        // builds its map afresh from the tables.
         let prev_root = leader.tree.root();
         let mut delta = Delta::default();
+        let mut overlay = Overlay::default();
         for s in &records {
             leader
                 .tree
-                .apply(&s.record.target.asset, &s.record.effects, &mut delta)
+                .stage(&mut overlay, &s.record.target.asset, &s.record.effects)
                 .map_err(|e| StorageError::Corrupt(format!("seq {}: {e}", s.record.seq)))?;
         }
+        leader.tree.write(overlay, &mut delta);
         delta.settle();
         let state_round = (!delta.changes.is_empty()).then(|| StateRound {
             from_seq: leader.head.seq + 1,

@@ -28,7 +28,7 @@ use tokio::sync::Mutex;
 use super::signer::CheckpointKey;
 use super::tree;
 use crate::domain::merkle::{leaf_hash, Frontier, Hash};
-use crate::domain::state_leaves::{effects_of, Delta, Leaf, StateTree};
+use crate::domain::state_leaves::{effects_of, Delta, Leaf, Overlay, StateTree};
 use crate::domain::state_map::StateMap;
 use crate::storage::audit::{self as store, Checkpoint};
 use crate::storage::{self, state as state_store, StorageError};
@@ -252,6 +252,8 @@ async fn advance(
     }
     let mut pending = checkpoints.iter().peekable();
     let mut scratch = Delta::default();
+    // A page's effects are hashed into the map at once, and before any checkpoint is compared.
+    let mut overlay = Overlay::default();
     while frontier.size() < upto {
         let limit = PAGE.min(i64::try_from(upto - frontier.size()).unwrap_or(PAGE));
         let records = storage::chain_links(pool, frontier.size(), limit).await?;
@@ -281,17 +283,18 @@ async fn advance(
                 if let Some((asset, effects)) = changes {
                     state
                         .tree
-                        .apply(&asset, &effects, &mut scratch)
+                        .stage(&mut overlay, &asset, &effects)
                         .map_err(|e| {
                             NotaryError::Refused(format!(
                                 "record {seq}'s effects do not replay: {e}"
                             ))
                         })?;
-                    scratch.changes.clear();
                 }
                 state.size = seq;
             }
             while let Some(cp) = pending.next_if(|cp| cp.tree_size == frontier.size()) {
+                state.tree.write(std::mem::take(&mut overlay), &mut scratch);
+                scratch.changes.clear();
                 if cp.root != frontier.root() {
                     return Err(NotaryError::Refused(format!(
                         "the checkpoint of tree size {} names root {}, the records give {}",
@@ -316,6 +319,8 @@ async fn advance(
                 }
             }
         }
+        state.tree.write(std::mem::take(&mut overlay), &mut scratch);
+        scratch.changes.clear();
     }
     Ok(())
 }

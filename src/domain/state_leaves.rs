@@ -9,6 +9,7 @@
 //! A holder's effective state is the asset leaf's holds plus its own (SPEC rules), so a holder
 //! is proven by two proofs. A decision on one holder changes two leaves, never the others.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -336,6 +337,12 @@ impl Delta {
     }
 }
 
+/// Leaves a round of decisions changed, not yet hashed into the map (see [`StateTree::stage`]).
+#[derive(Default)]
+pub struct Overlay {
+    touched: BTreeMap<Hash, LeafValue>,
+}
+
 /// The state map and what replaying needs: where each active hold sits.
 #[derive(Clone, Default)]
 pub struct StateTree {
@@ -389,7 +396,17 @@ impl StateTree {
             .and_then(|(_, v)| v.as_deref())
     }
 
-    fn current(&self, key: &Hash, asset: &AssetKey, holder: Option<&HolderAddress>) -> LeafValue {
+    /// A target's leaf as of the overlay (or the map, or empty).
+    fn current(
+        &self,
+        overlay: &Overlay,
+        key: &Hash,
+        asset: &AssetKey,
+        holder: Option<&HolderAddress>,
+    ) -> LeafValue {
+        if let Some(v) = overlay.touched.get(key) {
+            return v.clone();
+        }
         match self.map.get(key).and_then(|(_, v)| v.as_deref()) {
             Some(v) => v.clone(),
             None => LeafValue {
@@ -410,12 +427,28 @@ impl StateTree {
         effects: &[Effect],
         delta: &mut Delta,
     ) -> Result<(), ReplayError> {
+        let mut overlay = Overlay::default();
+        self.stage(&mut overlay, asset, effects)?;
+        self.write(overlay, delta);
+        Ok(())
+    }
+
+    /// Like [`Self::apply`], into `overlay`: the leaves change there and reach the map only at
+    /// [`Self::write`], so that a round of decisions hashes each changed leaf, and each node
+    /// above them, once. The hold index moves at once; on an error the tree is left half
+    /// applied and must be thrown away (every caller stops).
+    pub fn stage(
+        &mut self,
+        overlay: &mut Overlay,
+        asset: &AssetKey,
+        effects: &[Effect],
+    ) -> Result<(), ReplayError> {
         if effects.is_empty() {
             return Ok(());
         }
         let asset_key = target_key(asset, None);
-        let mut touched: BTreeMap<Hash, LeafValue> = BTreeMap::new();
-        touched.insert(asset_key, self.current(&asset_key, asset, None));
+        let leaf = self.current(overlay, &asset_key, asset, None);
+        overlay.touched.insert(asset_key, leaf);
         for effect in effects {
             match effect {
                 Effect::Place { hold } => {
@@ -425,58 +458,63 @@ impl StateTree {
                     let key = target_key(asset, hold.target.holder.as_ref());
                     if let Some(old) = self.index.insert(hold.order_id, key) {
                         // Placed again (not lifted first): it moves to its new leaf.
-                        let leaf = match touched.remove(&old) {
-                            Some(v) => v,
-                            None => self.current(&old, asset, None),
-                        };
-                        let mut leaf = leaf;
+                        let mut leaf = self.current(overlay, &old, asset, None);
                         leaf.holds.remove(&hold.order_id);
-                        touched.insert(old, leaf);
+                        overlay.touched.insert(old, leaf);
                     }
                     if let Some(FencingToken(t)) = hold.fencing_token {
-                        if let Some(a) = touched.get_mut(&asset_key) {
+                        if let Some(a) = overlay.touched.get_mut(&asset_key) {
                             a.last_fencing_token = a.last_fencing_token.max(t);
                         }
                     }
                     let holder = hold.target.holder.as_ref();
-                    let leaf = touched
-                        .entry(key)
-                        .or_insert_with(|| self.current(&key, asset, holder));
-                    leaf.holds.insert(hold.order_id, Arc::new(hold.clone()));
+                    if !overlay.touched.contains_key(&key) {
+                        let leaf = self.current(overlay, &key, asset, holder);
+                        overlay.touched.insert(key, leaf);
+                    }
+                    if let Some(leaf) = overlay.touched.get_mut(&key) {
+                        leaf.holds.insert(hold.order_id, Arc::new(hold.clone()));
+                    }
                 }
                 Effect::Lift { order_id, .. } => {
                     let key = self
                         .index
                         .remove(order_id)
                         .ok_or(ReplayError::NotActive(*order_id))?;
-                    let leaf = match touched.get_mut(&key) {
-                        Some(v) => v,
-                        None => {
-                            let v = match self.map.get(&key).and_then(|(_, v)| v.as_deref()) {
-                                Some(v) => v.clone(),
+                    let leaf = match overlay.touched.entry(key) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => {
+                            match self.map.get(&key).and_then(|(_, v)| v.as_deref()) {
+                                Some(v) => e.insert(v.clone()),
                                 None => return Err(ReplayError::NotActive(*order_id)),
-                            };
-                            touched.entry(key).or_insert(v)
+                            }
                         }
                     };
                     leaf.holds.remove(order_id);
                 }
             }
         }
-        if let Some(a) = touched.get_mut(&asset_key) {
+        if let Some(a) = overlay.touched.get_mut(&asset_key) {
             a.version += 1;
         }
-        for (key, leaf) in touched {
+        Ok(())
+    }
+
+    /// Writes what `overlay` staged into the map, in one pass, and records it in `delta`.
+    pub fn write(&mut self, overlay: Overlay, delta: &mut Delta) {
+        let mut changes = Vec::with_capacity(overlay.touched.len());
+        for (key, leaf) in overlay.touched {
+            let old = self.map.get(&key).map(|(h, _)| *h);
             if leaf.holder.is_some() && leaf.holds.is_empty() {
-                let old = self.map.remove(&key);
                 delta.record(key, old, None);
+                changes.push((key, None));
             } else {
                 let value_hash = leaf.value_hash();
-                let old = self.map.insert(key, value_hash, Some(Arc::new(leaf)));
                 delta.record(key, old, Some(value_hash));
+                changes.push((key, Some((value_hash, Some(Arc::new(leaf))))));
             }
         }
-        Ok(())
+        self.map.update_many(changes);
     }
 
     /// Sets `key` to a value hash only (or removes it): walking back through recorded deltas.
@@ -558,6 +596,11 @@ mod tests {
         fn replaying_effects_equals_building_from_the_states(ops in ops()) {
             let mut states: BTreeMap<AssetKey, AssetState> = BTreeMap::new();
             let mut tree = StateTree::default();
+            // The same decisions staged in rounds (a write every few) and in one delta.
+            let mut rounds = StateTree::default();
+            let mut overlay = Overlay::default();
+            let mut round_delta = Delta::default();
+            let mut total = Delta::default();
             let mut live: Vec<Hold> = Vec::new();
             for (i, (a, h, lift, pick)) in ops.into_iter().enumerate() {
                 let effects = if lift && !live.is_empty() {
@@ -583,6 +626,14 @@ mod tests {
                 let before = tree.root();
                 let mut walked = tree.clone();
                 tree.apply(&on, &effects, &mut delta).unwrap();
+                for (key, (old, new)) in &delta.changes {
+                    total.record(*key, *old, *new);
+                }
+                rounds.stage(&mut overlay, &on, &effects).unwrap();
+                if i % 5 == 4 {
+                    rounds.write(std::mem::take(&mut overlay), &mut round_delta);
+                    prop_assert_eq!(rounds.root(), tree.root());
+                }
                 // The delta takes the old root to the new one.
                 for (key, (_, new)) in &delta.changes {
                     walked.set_hash(*key, *new);
@@ -594,6 +645,11 @@ mod tests {
                 }
                 prop_assert_eq!(walked.root(), before);
             }
+            rounds.write(overlay, &mut round_delta);
+            prop_assert_eq!(rounds.root(), tree.root());
+            total.settle();
+            round_delta.settle();
+            prop_assert_eq!(round_delta, total);
             let rebuilt = StateTree::from_states(states.iter());
             prop_assert_eq!(rebuilt.root(), tree.root());
             prop_assert_eq!(rebuilt.map().len(), tree.map().len());

@@ -168,6 +168,58 @@ fn build<V>(leaves: &mut [Option<Arc<Leaf<V>>>], depth: usize) -> Option<Node<V>
     }
 }
 
+/// A key's new leaf, or `None`: removed.
+type Change<V> = (Hash, Option<Arc<Leaf<V>>>);
+
+/// The subtree at `depth` after `changes` (sorted by key, each key once, all on this subtree's
+/// path). Only the nodes above a change are rebuilt, each once however many changes lie below
+/// it; `grown` counts leaves added minus leaves removed.
+fn update_at<V>(
+    node: Option<&Node<V>>,
+    depth: usize,
+    changes: &mut [Change<V>],
+    grown: &mut isize,
+) -> Option<Node<V>> {
+    if changes.is_empty() {
+        return node.cloned();
+    }
+    match node {
+        Some(Node::Internal(i)) => {
+            let mid = changes.partition_point(|(k, _)| !bit(k, depth));
+            let (left, right) = changes.split_at_mut(mid);
+            let left = update_at(i.left.as_ref(), depth + 1, left, grown);
+            let right = update_at(i.right.as_ref(), depth + 1, right, grown);
+            canonical(left, right)
+        }
+        // An empty subtree or a lone leaf: what is left in it is that leaf (unless a change
+        // names its key) and the changes' new leaves, built at once.
+        _ => {
+            let mut existing = match node {
+                Some(Node::Leaf(l)) => Some(Arc::clone(l)),
+                _ => None,
+            };
+            let mut leaves: Vec<Option<Arc<Leaf<V>>>> = Vec::with_capacity(changes.len() + 1);
+            for (key, leaf) in changes.iter_mut() {
+                if let Some(e) = existing.take_if(|e| e.key < *key) {
+                    leaves.push(Some(e));
+                }
+                let replaces = existing.take_if(|e| e.key == *key).is_some();
+                match (leaf.take(), replaces) {
+                    (Some(l), true) => leaves.push(Some(l)),
+                    (Some(l), false) => {
+                        *grown += 1;
+                        leaves.push(Some(l));
+                    }
+                    (None, true) => *grown -= 1,
+                    (None, false) => {}
+                }
+            }
+            leaves.extend(existing.map(Some));
+            build(&mut leaves, depth)
+        }
+    }
+}
+
 /// A subtree's hash, the siblings down to it, and its leaves (key, value hash, value).
 pub type Subtree<'a, V> = (Hash, Vec<Hash>, Vec<(&'a Hash, &'a Hash, &'a V)>);
 
@@ -278,6 +330,39 @@ impl<V> StateMap<V> {
             self.len += 1;
         }
         old
+    }
+
+    /// Sets (`Some((value hash, value))`) or removes (`None`) many keys at once. The result is
+    /// the one inserting and removing them one by one would give (of a key given twice, the
+    /// last wins), but each node above the changed leaves is hashed once: a round's changes
+    /// share the upper part of their paths.
+    pub fn update_many(&mut self, changes: impl IntoIterator<Item = (Hash, Option<(Hash, V)>)>) {
+        let mut changes: Vec<Change<V>> = changes
+            .into_iter()
+            .map(|(key, set)| {
+                let leaf = set.map(|(value_hash, value)| {
+                    Arc::new(Leaf {
+                        hash: leaf_hash(&key, &value_hash),
+                        key,
+                        value_hash,
+                        value,
+                    })
+                });
+                (key, leaf)
+            })
+            .collect();
+        // Stable, so that of equal keys the last given is the last kept.
+        changes.sort_by_key(|a| a.0);
+        let mut deduped: Vec<Change<V>> = Vec::with_capacity(changes.len());
+        for change in changes {
+            match deduped.last_mut() {
+                Some(last) if last.0 == change.0 => *last = change,
+                _ => deduped.push(change),
+            }
+        }
+        let mut grown = 0isize;
+        self.root = update_at(self.root.as_ref(), 0, &mut deduped, &mut grown);
+        self.len = self.len.saturating_add_signed(grown);
     }
 
     /// Removes `key`; returns its value hash, if it was there.
@@ -679,6 +764,37 @@ mod tests {
             prop_assert_eq!(rebuilt.len(), kept.len());
             let leaves: Vec<(Hash, Hash)> = rebuilt.leaves().into_iter().map(|(k, v, _)| (*k, *v)).collect();
             prop_assert_eq!(subtree_root(&leaves, 0), rebuilt.root());
+        }
+
+        #[test]
+        fn many_changes_at_once_equal_them_one_by_one(
+            start in proptest::collection::btree_set(0u64..400, 0..120),
+            changes in proptest::collection::vec((0u64..400, any::<bool>(), 0u64..3), 0..120),
+        ) {
+            let start: Vec<u64> = start.into_iter().collect();
+            let mut one_by_one = map_of(&start);
+            let mut at_once = one_by_one.clone();
+            let before = one_by_one.root();
+            for &(k, set, v) in &changes {
+                if set {
+                    one_by_one.insert(key(k), key(k + v * 1_000_000), k);
+                } else {
+                    one_by_one.remove(&key(k));
+                }
+            }
+            let untouched = at_once.clone();
+            at_once.update_many(changes.iter().map(|&(k, set, v)| {
+                (key(k), set.then(|| (key(k + v * 1_000_000), k)))
+            }));
+            prop_assert_eq!(at_once.root(), one_by_one.root());
+            prop_assert_eq!(at_once.len(), one_by_one.len());
+            for &(k, _, _) in &changes {
+                prop_assert_eq!(at_once.get(&key(k)).map(|(h, _)| *h), one_by_one.get(&key(k)).map(|(h, _)| *h));
+                let proof = at_once.prove(&key(k));
+                prop_assert!(proof.verify(&at_once.root(), &key(k)).is_ok());
+            }
+            // The old version is untouched: nodes are shared, never changed.
+            prop_assert_eq!(untouched.root(), before);
         }
 
         #[test]
