@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use rand::Rng;
 
 use regulator::api::state::target_proof;
-use regulator::domain::state_leaves::{Delta, StateTree};
+use regulator::domain::state_leaves::{Delta, Overlay, StateTree};
 use regulator::domain::{
     AssetId, AssetKey, AssetState, ChainId, Effect, Hold, HolderAddress, Instrument, IssuerId,
     OrderId, OrderKind, Priority, Target,
@@ -34,6 +34,9 @@ pub struct BenchStateArgs {
     /// Decisions' effects applied (a FREEZE of a random new holder each).
     #[arg(long, default_value_t = 20_000)]
     updates: usize,
+    /// Decisions per round when they are applied the sequencer's way (staged, written at once).
+    #[arg(long, default_value_t = 1_000)]
+    round: usize,
 }
 
 fn asset(i: usize) -> AssetKey {
@@ -171,6 +174,66 @@ impl BenchStateArgs {
             "one decision's effects applied (2 leaves)",
             " µs",
             &update,
+            1_000.0,
+        );
+
+        // The sequencer's way: a round's decisions staged, then written into the map at once,
+        // against the same decisions applied one by one, each from the same tree.
+        let mut one_by_one = latency.clone();
+        one_by_one.reset();
+        let mut at_once = one_by_one.clone();
+        let round = self.round.max(1);
+        let mut written = 0;
+        while written < self.updates {
+            let n = round.min(self.updates - written);
+            let decisions: Vec<(AssetKey, [Effect; 1])> = (0..n)
+                .map(|j| {
+                    let key = asset(rng.gen_range(0..assets));
+                    let who = holder(holders + 20_000_000 + written + j);
+                    let effects = [Effect::Place {
+                        hold: freeze(&key, who),
+                    }];
+                    (key, effects)
+                })
+                .collect();
+            let mut single = tree.clone();
+            let t = Instant::now();
+            for (key, effects) in &decisions {
+                if let Err(e) = single.apply(key, effects, &mut delta) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            let _ = one_by_one.record(t.elapsed().as_nanos() as u64 / n as u64);
+            delta.changes.clear();
+            let mut staged = tree.clone();
+            let t = Instant::now();
+            let mut overlay = Overlay::default();
+            for (key, effects) in &decisions {
+                if let Err(e) = staged.stage(&mut overlay, key, effects) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            staged.write(overlay, &mut delta);
+            let _ = at_once.record(t.elapsed().as_nanos() as u64 / n as u64);
+            delta.changes.clear();
+            if staged.root() != single.root() {
+                eprintln!("error: a round written at once gives another root than one by one");
+                return ExitCode::from(2);
+            }
+            written += n;
+        }
+        percentiles(
+            &format!("per decision, a round of {round} applied one by one"),
+            " µs",
+            &one_by_one,
+            1_000.0,
+        );
+        percentiles(
+            &format!("per decision, a round of {round} staged and written at once"),
+            " µs",
+            &at_once,
             1_000.0,
         );
         let pass = proof_p99_ms <= 5.0 && size_max <= 1536;

@@ -340,7 +340,13 @@ impl Delta {
 /// Leaves a round of decisions changed, not yet hashed into the map (see [`StateTree::stage`]).
 #[derive(Default)]
 pub struct Overlay {
-    touched: BTreeMap<Hash, LeafValue>,
+    touched: BTreeMap<Hash, Touched>,
+}
+
+/// A leaf as a round left it so far, and its value hash before the round (`None`: absent).
+struct Touched {
+    before: Option<Hash>,
+    leaf: LeafValue,
 }
 
 /// The state map and what replaying needs: where each active hold sits.
@@ -396,27 +402,38 @@ impl StateTree {
             .and_then(|(_, v)| v.as_deref())
     }
 
-    /// A target's leaf as of the overlay (or the map, or empty).
-    fn current(
+    /// A target's leaf in `overlay`, brought there from the map (or made empty) on first touch,
+    /// with its value hash before the round. `None` if `must_exist` and the map lacks it.
+    fn touch<'o>(
         &self,
-        overlay: &Overlay,
-        key: &Hash,
+        overlay: &'o mut Overlay,
+        key: Hash,
         asset: &AssetKey,
         holder: Option<&HolderAddress>,
-    ) -> LeafValue {
-        if let Some(v) = overlay.touched.get(key) {
-            return v.clone();
-        }
-        match self.map.get(key).and_then(|(_, v)| v.as_deref()) {
-            Some(v) => v.clone(),
-            None => LeafValue {
-                asset: asset.clone(),
-                holder: holder.cloned(),
-                holds: BTreeMap::new(),
-                version: 0,
-                last_fencing_token: 0,
-            },
-        }
+        must_exist: bool,
+    ) -> Option<&'o mut LeafValue> {
+        let touched = match overlay.touched.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let found = self.map.get(&key);
+                let leaf = match found.and_then(|(_, v)| v.as_deref()) {
+                    Some(v) => v.clone(),
+                    None if must_exist => return None,
+                    None => LeafValue {
+                        asset: asset.clone(),
+                        holder: holder.cloned(),
+                        holds: BTreeMap::new(),
+                        version: 0,
+                        last_fencing_token: 0,
+                    },
+                };
+                e.insert(Touched {
+                    before: found.map(|(h, _)| *h),
+                    leaf,
+                })
+            }
+        };
+        Some(&mut touched.leaf)
     }
 
     /// Applies one decision's effects on `asset`, as [`AssetState::apply`] does: the holds
@@ -434,9 +451,9 @@ impl StateTree {
     }
 
     /// Like [`Self::apply`], into `overlay`: the leaves change there and reach the map only at
-    /// [`Self::write`], so that a round of decisions hashes each changed leaf, and each node
-    /// above them, once. The hold index moves at once; on an error the tree is left half
-    /// applied and must be thrown away (every caller stops).
+    /// [`Self::write`], so that a round of decisions reads each changed leaf once and hashes
+    /// it, and each node above them, once. The hold index moves at once; on an error the tree
+    /// is left half applied and must be thrown away (every caller stops).
     pub fn stage(
         &mut self,
         overlay: &mut Overlay,
@@ -447,8 +464,7 @@ impl StateTree {
             return Ok(());
         }
         let asset_key = target_key(asset, None);
-        let leaf = self.current(overlay, &asset_key, asset, None);
-        overlay.touched.insert(asset_key, leaf);
+        self.touch(overlay, asset_key, asset, None, false);
         for effect in effects {
             match effect {
                 Effect::Place { hold } => {
@@ -458,21 +474,17 @@ impl StateTree {
                     let key = target_key(asset, hold.target.holder.as_ref());
                     if let Some(old) = self.index.insert(hold.order_id, key) {
                         // Placed again (not lifted first): it moves to its new leaf.
-                        let mut leaf = self.current(overlay, &old, asset, None);
-                        leaf.holds.remove(&hold.order_id);
-                        overlay.touched.insert(old, leaf);
+                        if let Some(leaf) = self.touch(overlay, old, asset, None, false) {
+                            leaf.holds.remove(&hold.order_id);
+                        }
                     }
                     if let Some(FencingToken(t)) = hold.fencing_token {
                         if let Some(a) = overlay.touched.get_mut(&asset_key) {
-                            a.last_fencing_token = a.last_fencing_token.max(t);
+                            a.leaf.last_fencing_token = a.leaf.last_fencing_token.max(t);
                         }
                     }
                     let holder = hold.target.holder.as_ref();
-                    if !overlay.touched.contains_key(&key) {
-                        let leaf = self.current(overlay, &key, asset, holder);
-                        overlay.touched.insert(key, leaf);
-                    }
-                    if let Some(leaf) = overlay.touched.get_mut(&key) {
+                    if let Some(leaf) = self.touch(overlay, key, asset, holder, false) {
                         leaf.holds.insert(hold.order_id, Arc::new(hold.clone()));
                     }
                 }
@@ -481,21 +493,15 @@ impl StateTree {
                         .index
                         .remove(order_id)
                         .ok_or(ReplayError::NotActive(*order_id))?;
-                    let leaf = match overlay.touched.entry(key) {
-                        Entry::Occupied(e) => e.into_mut(),
-                        Entry::Vacant(e) => {
-                            match self.map.get(&key).and_then(|(_, v)| v.as_deref()) {
-                                Some(v) => e.insert(v.clone()),
-                                None => return Err(ReplayError::NotActive(*order_id)),
-                            }
-                        }
-                    };
-                    leaf.holds.remove(order_id);
+                    self.touch(overlay, key, asset, None, true)
+                        .ok_or(ReplayError::NotActive(*order_id))?
+                        .holds
+                        .remove(order_id);
                 }
             }
         }
         if let Some(a) = overlay.touched.get_mut(&asset_key) {
-            a.version += 1;
+            a.leaf.version += 1;
         }
         Ok(())
     }
@@ -503,14 +509,13 @@ impl StateTree {
     /// Writes what `overlay` staged into the map, in one pass, and records it in `delta`.
     pub fn write(&mut self, overlay: Overlay, delta: &mut Delta) {
         let mut changes = Vec::with_capacity(overlay.touched.len());
-        for (key, leaf) in overlay.touched {
-            let old = self.map.get(&key).map(|(h, _)| *h);
+        for (key, Touched { before, leaf }) in overlay.touched {
             if leaf.holder.is_some() && leaf.holds.is_empty() {
-                delta.record(key, old, None);
+                delta.record(key, before, None);
                 changes.push((key, None));
             } else {
                 let value_hash = leaf.value_hash();
-                delta.record(key, old, Some(value_hash));
+                delta.record(key, before, Some(value_hash));
                 changes.push((key, Some((value_hash, Some(Arc::new(leaf))))));
             }
         }
