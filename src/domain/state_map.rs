@@ -51,6 +51,30 @@ struct Leaf<V> {
     value: V,
 }
 
+impl<V> Leaf<V> {
+    fn new(key: Hash, value_hash: Hash, value: V) -> Arc<Self> {
+        Arc::new(Leaf {
+            hash: leaf_hash(&key, &value_hash),
+            key,
+            value_hash,
+            value,
+        })
+    }
+}
+
+/// `items`, sorted by `key` (stably) with only the last of equal keys kept.
+fn sorted_last_wins<T>(mut items: Vec<T>, key: impl Fn(&T) -> Hash) -> Vec<T> {
+    items.sort_by_key(|i| key(i));
+    let mut kept: Vec<T> = Vec::with_capacity(items.len());
+    for item in items {
+        match kept.last_mut() {
+            Some(last) if key(last) == key(&item) => *last = item,
+            _ => kept.push(item),
+        }
+    }
+    kept
+}
+
 struct Internal<V> {
     hash: Hash,
     left: Option<Node<V>>,
@@ -277,26 +301,11 @@ impl<V> StateMap<V> {
     /// A map of `leaves` built at once (faster than inserting them one by one). A key given
     /// twice keeps its last value.
     pub fn from_leaves(leaves: impl IntoIterator<Item = (Hash, Hash, V)>) -> Self {
-        let mut leaves: Vec<Option<Arc<Leaf<V>>>> = leaves
+        let leaves: Vec<Option<Arc<Leaf<V>>>> = leaves
             .into_iter()
-            .map(|(key, value_hash, value)| {
-                Some(Arc::new(Leaf {
-                    hash: leaf_hash(&key, &value_hash),
-                    key,
-                    value_hash,
-                    value,
-                }))
-            })
+            .map(|(key, value_hash, value)| Some(Leaf::new(key, value_hash, value)))
             .collect();
-        // Stable, so that of equal keys the last given is the last kept.
-        leaves.sort_by(|a, b| key_of(a).cmp(key_of(b)));
-        let mut deduped: Vec<Option<Arc<Leaf<V>>>> = Vec::with_capacity(leaves.len());
-        for leaf in leaves {
-            match deduped.last_mut() {
-                Some(last) if key_of(last) == key_of(&leaf) => *last = leaf,
-                _ => deduped.push(leaf),
-            }
-        }
+        let mut deduped = sorted_last_wins(leaves, |l| *key_of(l));
         let len = deduped.len();
         Self {
             root: build(&mut deduped, 0),
@@ -318,12 +327,7 @@ impl<V> StateMap<V> {
 
     /// Sets `key`; returns its previous value hash.
     pub fn insert(&mut self, key: Hash, value_hash: Hash, value: V) -> Option<Hash> {
-        let leaf = Arc::new(Leaf {
-            hash: leaf_hash(&key, &value_hash),
-            key,
-            value_hash,
-            value,
-        });
+        let leaf = Leaf::new(key, value_hash, value);
         let (root, old) = insert_at(self.root.as_ref(), 0, leaf);
         self.root = Some(root);
         if old.is_none() {
@@ -337,29 +341,14 @@ impl<V> StateMap<V> {
     /// last wins), but each node above the changed leaves is hashed once: a round's changes
     /// share the upper part of their paths.
     pub fn update_many(&mut self, changes: impl IntoIterator<Item = (Hash, Option<(Hash, V)>)>) {
-        let mut changes: Vec<Change<V>> = changes
+        let changes: Vec<Change<V>> = changes
             .into_iter()
             .map(|(key, set)| {
-                let leaf = set.map(|(value_hash, value)| {
-                    Arc::new(Leaf {
-                        hash: leaf_hash(&key, &value_hash),
-                        key,
-                        value_hash,
-                        value,
-                    })
-                });
+                let leaf = set.map(|(value_hash, value)| Leaf::new(key, value_hash, value));
                 (key, leaf)
             })
             .collect();
-        // Stable, so that of equal keys the last given is the last kept.
-        changes.sort_by_key(|a| a.0);
-        let mut deduped: Vec<Change<V>> = Vec::with_capacity(changes.len());
-        for change in changes {
-            match deduped.last_mut() {
-                Some(last) if last.0 == change.0 => *last = change,
-                _ => deduped.push(change),
-            }
-        }
+        let mut deduped = sorted_last_wins(changes, |c| c.0);
         let mut grown = 0isize;
         self.root = update_at(self.root.as_ref(), 0, &mut deduped, &mut grown);
         self.len = self.len.saturating_add_signed(grown);
