@@ -21,6 +21,10 @@ pub enum SyncError {
     /// What the server sent does not verify: nothing of it is used.
     #[error("the snapshot does not verify: {0}")]
     Invalid(String),
+    /// The server has no snapshot to give: no checkpoint is signed yet, or the one asked for
+    /// was signed before the state map or is no longer kept (404 or 410).
+    #[error("no snapshot: {0}")]
+    NotAvailable(String),
     #[error("the server: {0}")]
     Http(String),
 }
@@ -155,7 +159,13 @@ async fn get<T: serde::de::DeserializeOwned>(
     let status = response.status();
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();
-        return Err(SyncError::Http(format!("{url}: {status}: {body}")));
+        let what = format!("{url}: {status}: {body}");
+        return Err(match status {
+            reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::GONE => {
+                SyncError::NotAvailable(what)
+            }
+            _ => SyncError::Http(what),
+        });
     }
     response
         .json()
@@ -174,10 +184,25 @@ fn check_chunk(chunk: &SnapshotChunk, key: &VerifyingKey) -> Result<(), SyncErro
 }
 
 /// Syncs `chain` from the server at `base` (e.g. `http://127.0.0.1:8080`) with `token` (a
-/// chain, auditor or admin token): every chunk of the snapshot at the latest checkpoint (or
-/// `tree_size`), each verified on arrival with `key` before the next is asked for, then the
-/// feed after that checkpoint to its current end.
+/// chain, auditor or admin token): the [`snapshot`] at the latest checkpoint (or `tree_size`),
+/// then the feed after that checkpoint to its current end.
 pub async fn sync(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    chain: &ChainId,
+    key: &VerifyingKey,
+    tree_size: Option<u64>,
+) -> Result<Synced, SyncError> {
+    let synced = snapshot(client, base, token, chain, key, tree_size).await?;
+    tail(client, base, token, chain, synced).await
+}
+
+/// The state of `chain` at the latest checkpoint (or `tree_size`): every chunk of its
+/// snapshot, each verified on arrival with `key` before the next is asked for, all at the
+/// first chunk's checkpoint. `seq` is that checkpoint's tree size: the feed after it is what a
+/// reader applies next.
+pub async fn snapshot(
     client: &reqwest::Client,
     base: &str,
     token: &str,
@@ -210,19 +235,17 @@ pub async fn sync(
         next = chunk.next_chunk;
         chunks.push(chunk);
     }
-    finish(client, base, token, chain, key, chunks).await
+    Synced::from_chunks(&chunks, key)
 }
 
-/// The state of the verified `chunks`, then the feed after their checkpoint.
-async fn finish(
+/// `synced`, then the feed after it to its current end.
+async fn tail(
     client: &reqwest::Client,
     base: &str,
     token: &str,
     chain: &ChainId,
-    key: &VerifyingKey,
-    chunks: Vec<SnapshotChunk>,
+    mut synced: Synced,
 ) -> Result<Synced, SyncError> {
-    let mut synced = Synced::from_chunks(&chunks, key)?;
     #[derive(serde::Deserialize)]
     struct Page {
         decisions: Vec<DecisionRecord>,

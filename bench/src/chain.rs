@@ -153,6 +153,8 @@ impl BenchChainArgs {
             engine: EngineConfig {
                 url: base.clone(),
                 token_file: dir.join("chain.jwt"),
+                checkpoint_key_file: None,
+                checkpoint_key: None,
             },
             assets: [(AssetId::parse(ASSET).context("asset")?, suite.token)].into(),
             custody: Default::default(),

@@ -48,6 +48,14 @@ pub struct EngineConfig {
     pub url: String,
     /// A file holding the adapter's bearer token (a `chain` token whose `sub` is the chain).
     pub token_file: PathBuf,
+    /// The engine's checkpoint public key (PEM, as `GET /v1/audit/public-key` gives it, pinned
+    /// out of band). With it, an adapter with no state file starts from a snapshot verified
+    /// against a signed checkpoint instead of reading the whole feed.
+    #[serde(default)]
+    pub checkpoint_key_file: Option<PathBuf>,
+    /// The key of `checkpoint_key_file`, parsed by [`AdapterConfig::load`].
+    #[serde(skip)]
+    pub checkpoint_key: Option<ed25519_dalek::VerifyingKey>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,13 +106,28 @@ impl AdapterConfig {
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
-            &mut config.key_file,
-            &mut config.state_file,
-            &mut config.engine.token_file,
-        ] {
+            Some(&mut config.key_file),
+            Some(&mut config.state_file),
+            Some(&mut config.engine.token_file),
+            config.engine.checkpoint_key_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if let Some(file) = &config.engine.checkpoint_key_file {
+            let pem = std::fs::read_to_string(file)
+                .map_err(|e| format!("engine.checkpoint_key_file {}: {e}", file.display()))?;
+            let key = crate::audit::signer::public_key_from_pem(&pem).map_err(|e| {
+                format!(
+                    "engine.checkpoint_key_file {}: not an Ed25519 public key PEM: {e}",
+                    file.display()
+                )
+            })?;
+            config.engine.checkpoint_key = Some(key);
         }
         for (what, u) in [
             ("rpc_url", &config.rpc_url),
@@ -172,6 +195,13 @@ token_file = "chain.jwt"
         assert_eq!(config.stuck_after_seconds, 30);
         assert_eq!(config.assets.len(), 1);
         assert_eq!(config.anchor, None);
+        assert_eq!(config.engine.checkpoint_key_file, None);
+        let pinned = SAMPLE.replace(
+            "token_file = \"chain.jwt\"",
+            "token_file = \"chain.jwt\"\ncheckpoint_key_file = \"checkpoint.pem\"",
+        );
+        let config: AdapterConfig = toml::from_str(&pinned).unwrap();
+        assert!(config.engine.checkpoint_key_file.is_some());
         let anchored = SAMPLE.replace(
             "state_file = \"state.json\"",
             "state_file = \"state.json\"\nanchor = \"0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512\"",
@@ -181,6 +211,36 @@ token_file = "chain.jwt"
         let tagged = SAMPLE.replace("{ confirmations = 2 }", "{ tag = \"finalized\" }");
         let config: AdapterConfig = toml::from_str(&tagged).unwrap();
         assert_eq!(config.finality.label(), "finalized");
+    }
+
+    /// `load` parses the pinned key, relative to the file, and refuses one that is not a key.
+    #[test]
+    fn a_pinned_checkpoint_key_is_parsed_at_load() {
+        let dir = std::env::temp_dir().join(format!("adapter-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
+        let pem = key.to_public_key_pem(LineEnding::LF).unwrap();
+        std::fs::write(dir.join("checkpoint.pem"), pem).unwrap();
+        let text = SAMPLE.replace(
+            "token_file = \"chain.jwt\"",
+            "token_file = \"chain.jwt\"\ncheckpoint_key_file = \"checkpoint.pem\"",
+        );
+        std::fs::write(dir.join("adapter.toml"), &text).unwrap();
+        let config = AdapterConfig::load(&dir.join("adapter.toml")).unwrap();
+        assert_eq!(config.engine.checkpoint_key, Some(key));
+        assert_eq!(
+            config.engine.checkpoint_key_file,
+            Some(dir.join("checkpoint.pem"))
+        );
+
+        std::fs::write(dir.join("checkpoint.pem"), "not a key").unwrap();
+        let refused = AdapterConfig::load(&dir.join("adapter.toml")).unwrap_err();
+        assert!(
+            refused.contains("not an Ed25519 public key PEM"),
+            "{refused}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -117,6 +117,23 @@ impl Engine {
         decode(response).await
     }
 
+    /// This chain's state at the latest signed checkpoint, from its snapshot, every chunk
+    /// verified with `key` on arrival.
+    pub async fn snapshot(
+        &self,
+        key: &ed25519_dalek::VerifyingKey,
+    ) -> Result<crate::state_sync::Synced, crate::state_sync::SyncError> {
+        crate::state_sync::snapshot(
+            &self.client,
+            &self.base,
+            &self.token,
+            &self.chain,
+            key,
+            None,
+        )
+        .await
+    }
+
     /// This chain's decisions after `after`, waiting up to `wait` seconds for one.
     pub async fn decisions(&self, after: u64, wait: u64) -> Result<FeedPage, ChainError> {
         self.get(

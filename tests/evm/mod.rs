@@ -156,6 +156,8 @@ impl Chain {
             engine: EngineConfig {
                 url: app.base.clone(),
                 token_file,
+                checkpoint_key_file: None,
+                checkpoint_key: None,
             },
             assets: [(AssetId::parse(asset).unwrap(), self.suite.token)].into(),
             custody: [(IssuerId::parse("US-DOJ").unwrap(), self.doj_custody)].into(),

@@ -34,6 +34,7 @@ use super::stages::Stages;
 use super::{ChainError, Connection};
 use crate::domain::observation::Hash32;
 use crate::domain::{AssetId, AssetState, HolderAddress, OrderId};
+use crate::state_sync::{SyncError, Synced};
 
 mod apply;
 mod flights;
@@ -63,18 +64,56 @@ pub struct Durable {
     /// The last block this adapter took as final, by number and hash: if the hash at that
     /// number changes, a final block was reorged and every target is re-read.
     pub last_final: Option<(u64, String)>,
+    /// The signed checkpoint (its tree size) whose verified snapshot this adapter started
+    /// from, when it did: the feed before it was never read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_from: Option<u64>,
 }
 
 impl Durable {
+    /// The state file, or a fresh state when there is none.
     pub fn load(path: &Path) -> Result<Self, ChainError> {
+        Ok(Self::read(path)?.unwrap_or_default())
+    }
+
+    /// The state file; `None` when there is none.
+    pub fn read(path: &Path) -> Result<Option<Self>, ChainError> {
         match std::fs::read_to_string(path) {
             Ok(text) => serde_json::from_str(&text)
+                .map(Some)
                 .map_err(|e| ChainError::Other(format!("state file {}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ChainError::Other(format!(
                 "state file {}: {e}",
                 path.display()
             ))),
+        }
+    }
+
+    /// A first start's state from `synced`, a verified snapshot of this chain: the cursor at
+    /// its checkpoint, and as targets every holder of a configured asset that a hold in force
+    /// there covers. A target whose holds were all lifted before the checkpoint is not among
+    /// them (docs/reconciliation.md, "Starting from a snapshot").
+    pub fn from_snapshot(synced: &Synced, config: &AdapterConfig) -> Self {
+        let mut targets: BTreeMap<AssetId, BTreeSet<HolderAddress>> = BTreeMap::new();
+        for (key, state) in &synced.states {
+            if key.chain != config.chain || config.token_of(&key.asset).is_none() {
+                continue;
+            }
+            for holder in state.holds().filter_map(|h| h.target.holder.as_ref()) {
+                if parse_address(holder).is_ok() {
+                    targets
+                        .entry(key.asset.clone())
+                        .or_default()
+                        .insert(holder.clone());
+                }
+            }
+        }
+        Self {
+            cursor: synced.seq,
+            targets,
+            synced_from: Some(synced.seq),
+            ..Self::default()
         }
     }
 
@@ -198,7 +237,10 @@ impl Adapter {
             .to_owned();
         let engine = Engine::new(&config.engine.url, token, config.chain.clone())?;
         let state_path = config.state_file.clone();
-        let durable = Durable::load(&state_path)?;
+        let durable = match Durable::read(&state_path)? {
+            Some(durable) => durable,
+            None => first_start(&config, &engine, &state_path).await?,
+        };
         let anchor = (config.anchor)
             .map(|contract| super::anchor::Anchorer::new(config.chain.clone(), contract));
         let mut adapter = Self {
@@ -471,6 +513,44 @@ impl Adapter {
         self.config
             .token_of(asset)
             .ok_or_else(|| ChainError::Other(format!("asset {asset} has no token configured")))
+    }
+}
+
+/// The state of an adapter with no state file: from the snapshot at the engine's latest
+/// signed checkpoint when the configuration pins the checkpoint key, saved before anything is
+/// sent; else (or when the engine has no checkpoint with a state root yet) the whole feed.
+/// A snapshot that does not verify stops the start, and no state file is written.
+async fn first_start(
+    config: &AdapterConfig,
+    engine: &Engine,
+    state_path: &Path,
+) -> Result<Durable, ChainError> {
+    let Some(key) = &config.engine.checkpoint_key else {
+        return Ok(Durable::default());
+    };
+    match engine.snapshot(key).await {
+        Ok(synced) => {
+            let durable = Durable::from_snapshot(&synced, config);
+            durable.save(state_path)?;
+            tracing::info!(
+                chain = %config.chain,
+                checkpoint = synced.seq,
+                holders = durable.targets.values().map(BTreeSet::len).sum::<usize>(),
+                "started from the verified snapshot at a signed checkpoint"
+            );
+            Ok(durable)
+        }
+        Err(SyncError::NotAvailable(why)) => {
+            tracing::warn!(chain = %config.chain, %why, "no snapshot to start from; reading the whole feed");
+            Ok(Durable::default())
+        }
+        Err(SyncError::Invalid(why)) => Err(ChainError::Other(format!(
+            "the engine's snapshot does not verify with engine.checkpoint_key_file ({why}); \
+             refusing to start from it (no state file written)"
+        ))),
+        Err(SyncError::Http(why)) => Err(ChainError::Other(format!(
+            "reading the engine's snapshot to start from: {why}"
+        ))),
     }
 }
 
