@@ -373,8 +373,12 @@ fn spawn_sequencer(
             };
             runtime.block_on(async move {
                 tokio::select! {
-                    _ = sequencer.run(shutdown) => {}
+                    // A kill is a crash: seen before anything else, so that the shutdown the
+                    // dropped app signals next is never taken for a step-down (which would
+                    // stand for the lock again before the kill is seen).
+                    biased;
                     _ = killed.wait_for(|k| *k) => {}
+                    _ = sequencer.run(shutdown) => {}
                 }
             });
             let _ = done.send(());

@@ -515,28 +515,28 @@ impl Sequencer {
         }
         let new_states: Vec<(AssetKey, AssetState)> = working.into_iter().collect();
 
-        // The state map follows the records' effects, written once for the whole round (each
-        // changed path hashed once); if the commit fails, this leader stops and the next
-        // builds its map afresh from the tables.
-        let prev_root = leader.tree.root();
-        let mut delta = Delta::default();
-        let mut overlay = Overlay::default();
-        for s in &records {
-            leader
-                .tree
-                .stage(&mut overlay, &s.record.target.asset, &s.record.effects)
-                .map_err(|e| StorageError::Corrupt(format!("seq {}: {e}", s.record.seq)))?;
-        }
-        leader.tree.write(overlay, &mut delta);
-        delta.settle();
-        let state_round = (!delta.changes.is_empty()).then(|| StateRound {
-            from_seq: leader.head.seq + 1,
-            to_seq: head.seq,
-            prev_root,
-            new_root: leader.tree.root(),
-            baseline: false,
-            delta,
+        // The state map follows the records' effects, staged and written once for the whole
+        // round (each changed path hashed once) on a blocking thread, while Postgres takes the
+        // commit's first statements: only the last one needs the new root. The leader lends
+        // its map to that thread; if the commit fails, this leader stops (its map with it) and
+        // the next builds its map afresh from the tables.
+        let records = Arc::new(records);
+        let mut tree = std::mem::take(&mut leader.tree);
+        let effects = Arc::clone(&records);
+        let from_seq = leader.head.seq + 1;
+        let to_seq = head.seq;
+        let mapped = tokio::task::spawn_blocking(move || {
+            let round = state_round(&mut tree, &effects, from_seq, to_seq);
+            (tree, round)
         });
+        let mut returned: Option<StateTree> = None;
+        let state_round = async {
+            let (tree, round) = mapped
+                .await
+                .map_err(|e| StorageError::Corrupt(format!("the state map's round: {e}")))?;
+            returned = Some(tree);
+            round
+        };
 
         let changes = new_states
             .iter()
@@ -547,9 +547,11 @@ impl Sequencer {
             from: leader.head,
             records: &records,
             states: changes,
-            state_round: state_round.as_ref(),
         };
-        leader.head = storage::commit(&mut leader.conn, commit).await?;
+        leader.head = storage::commit(&mut leader.conn, commit, state_round).await?;
+        leader.tree = returned.ok_or_else(|| {
+            StorageError::Corrupt("the state map did not come back from its round".into())
+        })?;
         leader.last_stamp = stamp;
         for (key, state) in new_states {
             leader.states.insert(key, state);
@@ -558,6 +560,33 @@ impl Sequencer {
         self.hub.deliver_local(&records);
         Ok(None)
     }
+}
+
+/// Applies a round's records (seqs `from_seq..=to_seq`) to the state map, staged and written
+/// at once; the round's roots and settled delta, or `None` if no target's state changed.
+fn state_round(
+    tree: &mut StateTree,
+    records: &[SealedRecord],
+    from_seq: u64,
+    to_seq: u64,
+) -> Result<Option<StateRound>, StorageError> {
+    let prev_root = tree.root();
+    let mut delta = Delta::default();
+    let mut overlay = Overlay::default();
+    for s in records {
+        tree.stage(&mut overlay, &s.record.target.asset, &s.record.effects)
+            .map_err(|e| StorageError::Corrupt(format!("seq {}: {e}", s.record.seq)))?;
+    }
+    tree.write(overlay, &mut delta);
+    delta.settle();
+    Ok((!delta.changes.is_empty()).then(|| StateRound {
+        from_seq,
+        to_seq,
+        prev_root,
+        new_root: tree.root(),
+        baseline: false,
+        delta,
+    }))
 }
 
 /// A sequencer that holds the lock: its connection, epoch, view of the head and state cache.

@@ -248,24 +248,7 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), 0).await; // only to register and build a record
     app.register("ethereum", "0xBOND-0", "US", "security").await;
     app.app.stop().await;
-    let text = "{}".to_owned();
-    let sealed = regulator::domain::ledger::SealedRecord {
-        record: serde_json::from_value(json!({
-            "seq": 1, "subject": {"subject": "expiry", "hold": uuid::Uuid::now_v7()},
-            "target": {"chain": "ethereum", "asset": "0xBOND-0"}, "kind": "FREEZE",
-            "issuer": "US-SEC", "outcome": "APPLIED", "reason_code": "expired", "reason": "x",
-            "reason_detail": {"code": "expired"}, "priority": 0, "determining_policies": [],
-            "policy_version": "x",
-            "asset_attributes": {"issuer_jurisdiction": "US", "asset_class": "security"},
-            "order": null, "decided_at": chrono::Utc::now(),
-            "state_before": {"version": 0, "level": "UNLOCKED", "level_number": 0, "frozen": "none", "holds": []},
-            "state_after": {"version": 0, "level": "UNLOCKED", "level_number": 0, "frozen": "none", "holds": []},
-            "effects": [], "prev_hash": "00"
-        }))
-        .unwrap(),
-        hash: regulator::domain::ledger::record_hash(&text),
-        text,
-    };
+    let sealed = expiry_record("x");
     let mut conn = pool.acquire().await.unwrap();
     let refused = storage::commit(
         &mut conn,
@@ -274,8 +257,8 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
             from: old_head,
             records: std::slice::from_ref(&sealed),
             states: Vec::new(),
-            state_round: None,
         },
+        async { Ok(None) },
     )
     .await;
     assert!(
@@ -287,6 +270,84 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(written, 0);
+}
+
+/// A record of seq 1 (an expiry on `ethereum/0xBOND-0` that changes nothing), sealed.
+fn expiry_record(policy_version: &str) -> regulator::domain::ledger::SealedRecord {
+    let text = "{}".to_owned();
+    regulator::domain::ledger::SealedRecord {
+        record: serde_json::from_value(json!({
+            "seq": 1, "subject": {"subject": "expiry", "hold": uuid::Uuid::now_v7()},
+            "target": {"chain": "ethereum", "asset": "0xBOND-0"}, "kind": "FREEZE",
+            "issuer": "US-SEC", "outcome": "APPLIED", "reason_code": "expired", "reason": "x",
+            "reason_detail": {"code": "expired"}, "priority": 0, "determining_policies": [],
+            "policy_version": policy_version,
+            "asset_attributes": {"issuer_jurisdiction": "US", "asset_class": "security"},
+            "order": null, "decided_at": chrono::Utc::now(),
+            "state_before": {"version": 0, "level": "UNLOCKED", "level_number": 0, "frozen": "none", "holds": []},
+            "state_after": {"version": 0, "level": "UNLOCKED", "level_number": 0, "frozen": "none", "holds": []},
+            "effects": [], "prev_hash": "00"
+        }))
+        .unwrap(),
+        hash: regulator::domain::ledger::record_hash(&text),
+        text,
+    }
+}
+
+/// The state map's round is computed while the commit's first statements run, and awaited
+/// before the last: if it fails then (a record the map cannot apply), the commit writes
+/// nothing, although the records were already inserted in its transaction; the head does not
+/// move, and the same records commit once the round succeeds.
+#[sqlx::test]
+async fn a_commit_whose_state_round_fails_writes_nothing(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await; // only to register and build a record
+    app.register("ethereum", "0xBOND-0", "US", "security").await;
+    app.app.stop().await;
+    let mut conn = pool.acquire().await.unwrap().detach();
+    let (epoch, head) = storage::try_lead(&mut conn).await.unwrap().unwrap();
+    let active: String = sqlx::query_scalar("SELECT hash FROM policy_versions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let sealed = expiry_record(&active);
+    let commit = || storage::Commit {
+        epoch,
+        from: head,
+        records: std::slice::from_ref(&sealed),
+        states: Vec::new(),
+    };
+    let failed = storage::commit(&mut conn, commit(), async {
+        Err(storage::StorageError::Corrupt(
+            "seq 1: hold x is lifted but not active".into(),
+        ))
+    })
+    .await;
+    assert!(
+        matches!(&failed, Err(storage::StorageError::Corrupt(why)) if why.contains("not active")),
+        "{failed:?}"
+    );
+    let count = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM decisions")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        count(pool.clone()).await,
+        0,
+        "nothing of the round is written"
+    );
+    let at: i64 = sqlx::query_scalar("SELECT seq FROM ledger_head")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(at as u64, head.seq, "the head did not move");
+
+    let to = storage::commit(&mut conn, commit(), async { Ok(None) })
+        .await
+        .unwrap();
+    assert_eq!(to.seq, 1);
+    assert_eq!(count(pool.clone()).await, 1);
 }
 
 /// The leader dies mid-stream (its tasks aborted, its connections dropped, as in a crash).
@@ -309,8 +370,19 @@ async fn a_killed_leader_is_replaced_with_nothing_lost_or_duplicated(pool: PgPoo
             (standby, during)
         }
     };
+    // Killed once a quarter of the stream is decided, however fast the machine decides: the
+    // rest must be decided by the standby.
     let killer = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        loop {
+            let decided: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            if decided >= 60 + 30 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         first.app.kill();
     };
     let ((standby, during), ()) = tokio::join!(stream, killer);

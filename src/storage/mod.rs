@@ -563,15 +563,23 @@ pub struct Commit<'a> {
     pub from: Head,
     pub records: &'a [SealedRecord],
     pub states: Vec<StateChange<'a>>,
-    /// The round's state roots and delta, if it changed a target's state.
-    pub state_round: Option<&'a state::StateRound>,
 }
 
 /// Commits a group in one transaction, compare-and-setting the ledger head from `commit.from`
 /// to the last record, in `commit.epoch`. Anything else moving the head first makes this fail
 /// with [`StorageError::Deposed`] and write nothing.
-pub async fn commit(conn: &mut PgConnection, commit: Commit<'_>) -> Result<Head, StorageError> {
+///
+/// `state_round` gives the round's state roots and delta (`None` if it changed no target's
+/// state). It is awaited only before the last statement, so the caller may still be computing
+/// it while Postgres takes the others; if it fails, nothing is committed.
+pub async fn commit(
+    conn: &mut PgConnection,
+    commit: Commit<'_>,
+    state_round: impl std::future::Future<Output = Result<Option<state::StateRound>, StorageError>>,
+) -> Result<Head, StorageError> {
     let Some(last) = commit.records.last() else {
+        // No record, so no effect: the round is awaited only to end the caller's computing it.
+        state_round.await?;
         return Ok(commit.from);
     };
     let to = Head {
@@ -686,9 +694,9 @@ pub async fn commit(conn: &mut PgConnection, commit: Commit<'_>) -> Result<Head,
             decided_orders.len()
         )));
     }
-    match commit.state_round {
+    match state_round.await? {
         // One statement for both: a round trip fewer on the sequencer's serial path.
-        Some(round) => state::insert_round_and_announce(&mut tx, round, to).await?,
+        Some(round) => state::insert_round_and_announce(&mut tx, &round, to).await?,
         None => announce_head(&mut tx, to).await?,
     }
     tx.commit().await?;
