@@ -272,6 +272,17 @@ impl Synthetic {
 
     /// A random order as a Cedar request, built by the production request builder.
     pub fn request(&self, rng: &mut SmallRng) -> Request {
+        let (order, asset, hold) = self.input(rng);
+        let input = PolicyInput {
+            order: &order,
+            asset,
+            released: Some(&hold),
+        };
+        request(&input, self.bundle.schema(), &self.entities).unwrap()
+    }
+
+    /// A random order of a random kind on one of the assets, and the hold a RELEASE names.
+    pub fn input(&self, rng: &mut SmallRng) -> (Order, &RegisteredAsset, Hold) {
         let kind = *OrderKind::ALL.choose(rng).unwrap();
         let issuer = match kind {
             OrderKind::Preempt => format!("svc-{}", rng.gen_range(0..SERVICES)),
@@ -331,12 +342,7 @@ impl Synthetic {
             expires_at: None,
             fencing_token: None,
         };
-        let input = PolicyInput {
-            order: &order,
-            asset,
-            released: Some(&hold),
-        };
-        request(&input, self.bundle.schema(), &self.entities).unwrap()
+        (order, asset, hold)
     }
 }
 
