@@ -1,6 +1,5 @@
 //! The lock state of one asset: one hold per order, never a single overwritten status.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -117,11 +116,13 @@ pub enum Frozen {
 
 /// The state of one asset: its active holds, its version and its lease counter.
 ///
-/// Holds are shared (`Arc`): the sequencer copies a state for every group it decides, and an
-/// asset may carry many holds, so a copy should not copy them.
+/// Holds are shared (`Arc`) and kept in one vector sorted by order id: the sequencer copies a
+/// state for every group it decides (and once more to seal a group of several decisions), and
+/// an asset may carry many holds, so a copy is one allocation, not one per tree node, and
+/// copies no hold. Order ids are time-ordered, so a new hold is mostly appended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AssetState {
-    holds: BTreeMap<OrderId, Arc<Hold>>,
+    holds: Vec<Arc<Hold>>,
     /// Bumped once per decision that changes the state; a chain that sees a jump knows it missed one.
     version: u64,
     last_fencing_token: u64,
@@ -134,14 +135,26 @@ impl AssetState {
         version: u64,
         last_fencing_token: u64,
     ) -> Self {
+        let mut holds: Vec<Arc<Hold>> = holds.into_iter().map(Arc::new).collect();
+        // Stable, so that of two holds with one order id the later is kept, as an insert would.
+        holds.sort_by_key(|h| h.order_id);
+        holds.dedup_by(|later, earlier| {
+            let same = later.order_id == earlier.order_id;
+            if same {
+                std::mem::swap(later, earlier);
+            }
+            same
+        });
         Self {
-            holds: holds
-                .into_iter()
-                .map(|h| (h.order_id, Arc::new(h)))
-                .collect(),
+            holds,
             version,
             last_fencing_token,
         }
+    }
+
+    /// Where the hold of `order_id` is, or would be inserted.
+    fn position(&self, order_id: &OrderId) -> Result<usize, usize> {
+        self.holds.binary_search_by(|h| h.order_id.cmp(order_id))
     }
 
     pub fn last_fencing_token(&self) -> u64 {
@@ -150,7 +163,7 @@ impl AssetState {
 
     /// The earliest moment a hold of this asset ends by itself.
     pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
-        self.holds.values().filter_map(|h| h.expires_at).min()
+        self.holds.iter().filter_map(|h| h.expires_at).min()
     }
 
     pub fn version(&self) -> u64 {
@@ -158,11 +171,11 @@ impl AssetState {
     }
 
     pub fn holds(&self) -> impl Iterator<Item = &Hold> {
-        self.holds.values().map(|h| h.as_ref())
+        self.holds.iter().map(|h| h.as_ref())
     }
 
     pub fn hold(&self, order_id: &OrderId) -> Option<&Hold> {
-        self.holds.get(order_id).map(|h| h.as_ref())
+        self.position(order_id).ok().map(|i| self.holds[i].as_ref())
     }
 
     /// The holds that apply to `holder` (asset-wide ones included); `None` asks for the holds that
@@ -171,10 +184,7 @@ impl AssetState {
         &'a self,
         holder: Option<&'a HolderAddress>,
     ) -> impl Iterator<Item = &'a Hold> + 'a {
-        self.holds
-            .values()
-            .map(|h| h.as_ref())
-            .filter(move |h| h.covers(holder))
+        self.holds().filter(move |h| h.covers(holder))
     }
 
     /// The maximum level over the active holds that apply to `holder`.
@@ -230,13 +240,94 @@ impl AssetState {
                     if let Some(FencingToken(t)) = hold.fencing_token {
                         self.last_fencing_token = self.last_fencing_token.max(t);
                     }
-                    self.holds.insert(hold.order_id, Arc::new(hold.clone()));
+                    let placed = Arc::new(hold.clone());
+                    match self.position(&hold.order_id) {
+                        Ok(i) => self.holds[i] = placed,
+                        Err(i) => self.holds.insert(i, placed),
+                    }
                 }
                 Effect::Lift { order_id, .. } => {
-                    self.holds.remove(order_id);
+                    if let Ok(i) = self.position(order_id) {
+                        self.holds.remove(i);
+                    }
                 }
             }
         }
         self.version += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AssetId, AssetKey, ChainId};
+
+    fn hold(order_id: OrderId, issuer: &str) -> Hold {
+        Hold {
+            order_id,
+            issuer: IssuerId::parse(issuer).unwrap(),
+            kind: OrderKind::Freeze,
+            target: Target {
+                asset: AssetKey {
+                    chain: ChainId::parse("ethereum").unwrap(),
+                    asset: AssetId::parse("0xBOND").unwrap(),
+                },
+                holder: None,
+            },
+            amount: None,
+            instrument: Instrument::parse("court_order").unwrap(),
+            priority: Priority::new(0).unwrap(),
+            placed_at: Utc::now(),
+            expires_at: None,
+            fencing_token: None,
+        }
+    }
+
+    /// The holds are kept in order-id order, one per order id (the later of two), as a map
+    /// would keep them; placing replaces, lifting what is not there changes no hold.
+    #[test]
+    fn holds_are_one_per_order_in_order_id_order() {
+        let (a, b, c) = (OrderId::new(), OrderId::new(), OrderId::new());
+        let state = AssetState::from_parts(
+            [
+                hold(c, "US-SEC"),
+                hold(a, "US-SEC"),
+                hold(c, "US-DOJ"),
+                hold(b, "US-SEC"),
+            ],
+            3,
+            0,
+        );
+        let ids: Vec<OrderId> = state.holds().map(|h| h.order_id).collect();
+        let mut sorted = vec![a, b, c];
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        assert_eq!(state.hold(&c).unwrap().issuer.as_str(), "US-DOJ");
+
+        let mut changed = state.clone();
+        changed.apply(&[Effect::Place {
+            hold: hold(a, "US-DOJ"),
+        }]);
+        assert_eq!(changed.holds().count(), 3);
+        assert_eq!(changed.hold(&a).unwrap().issuer.as_str(), "US-DOJ");
+        let absent = OrderId::new();
+        changed.apply(&[
+            Effect::Lift {
+                order_id: b,
+                cause: LiftCause::Expired,
+            },
+            Effect::Lift {
+                order_id: absent,
+                cause: LiftCause::Expired,
+            },
+        ]);
+        assert!(changed.hold(&b).is_none());
+        assert_eq!(changed.holds().count(), 2);
+        assert_eq!(changed.version(), 5);
+        assert_eq!(
+            state.holds().count(),
+            3,
+            "the copy was changed, not the original"
+        );
     }
 }
