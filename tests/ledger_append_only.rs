@@ -77,3 +77,27 @@ async fn a_registered_asset_is_never_removed(pool: PgPool) {
         .unwrap();
     assert_eq!(assets, 1);
 }
+
+/// The record is stored as text (migration 0018), but a record that is not JSON is still
+/// refused by the database, and a refused insert adds nothing to the policy index either.
+#[sqlx::test]
+async fn a_decision_record_that_is_not_json_is_refused(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.app.stop().await;
+    let error = refused(
+        &pool,
+        "INSERT INTO decisions (seq, expired_hold, chain, asset, kind, issuer, outcome,
+                                reason_code, priority, policy_version, target_version,
+                                decided_at, record, hash)
+         SELECT 1, gen_random_uuid(), 'ethereum', '0xBOND', 'FREEZE', 'US-SEC', 'APPLIED',
+                'expired', 0, hash, 0, now(), '{\"determining_policies\": [\"p\"], oops', '\\x00'
+         FROM policy_versions",
+    )
+    .await;
+    assert!(error.contains("json"), "{error}");
+    let indexed: i64 = sqlx::query_scalar("SELECT count(*) FROM decision_policies")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(indexed, 0);
+}

@@ -639,7 +639,7 @@ pub async fn commit(
                                 decided_at, record, hash)
          SELECT seq, order_id, expired_hold, chain, asset, holder, kind, issuer, outcome,
                 reason_code, priority, policy_version, target_version, decided_at,
-                record::json, hash
+                record, hash
          FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::text[],
                      $13::bigint[], $14::timestamptz[], $15::text[], $16::bytea[])
