@@ -287,6 +287,10 @@ impl App {
         for task in &self.tasks {
             task.abort();
         }
+        // A crash tells nobody: the shutdown channel is neither set nor closed. Dropping its
+        // sender would close it, which the sequencer takes for a graceful step-down: it would
+        // release the lock and stand for it again before it sees the kill.
+        std::mem::forget(self.shutdown);
     }
 }
 
@@ -373,9 +377,7 @@ fn spawn_sequencer(
             };
             runtime.block_on(async move {
                 tokio::select! {
-                    // A kill is a crash: seen before anything else, so that the shutdown the
-                    // dropped app signals next is never taken for a step-down (which would
-                    // stand for the lock again before the kill is seen).
+                    // A kill is a crash: seen before anything else the thread would do next.
                     biased;
                     _ = killed.wait_for(|k| *k) => {}
                     _ = sequencer.run(shutdown) => {}
