@@ -66,60 +66,96 @@ fn signed(view: &CheckpointView, key: &VerifyingKey) -> Result<Checkpoint, SyncE
     Ok(cp)
 }
 
+/// A snapshot being put together chunk by chunk, each verified once, as it is added.
+#[derive(Default)]
+struct Assembly {
+    chain: Option<ChainId>,
+    checkpoint: Option<Checkpoint>,
+    /// Chunks added so far, and how many the first said there are.
+    seen: u64,
+    chunks: u64,
+    parts: BTreeMap<AssetKey, (u64, u64, Vec<Hold>)>,
+}
+
+impl Assembly {
+    /// Verifies `chunk` (its checkpoint with `key`, its leaves against the checkpoint's state
+    /// root, its place among the chunks before it) and keeps its leaves.
+    fn add(&mut self, chunk: &SnapshotChunk, key: &VerifyingKey) -> Result<(), SyncError> {
+        let cp = signed(&chunk.checkpoint, key)?;
+        match &self.checkpoint {
+            Some(f) if *f != cp => {
+                return Err(SyncError::Invalid(
+                    "the chunks are of different checkpoints".into(),
+                ))
+            }
+            Some(_) => {}
+            None => {
+                self.checkpoint = Some(cp.clone());
+                self.chunks = chunk.chunks;
+            }
+        }
+        if self.chain.get_or_insert_with(|| chunk.chain.clone()) != &chunk.chain {
+            return Err(SyncError::Invalid(
+                "the chunks are of different chains".into(),
+            ));
+        }
+        let root = cp
+            .state_root
+            .ok_or_else(|| SyncError::Invalid("the checkpoint signs no state root".into()))?;
+        if chunk.chunk != self.seen || chunk.chunks != self.chunks {
+            return Err(SyncError::Invalid(format!(
+                "chunk {} of {} where chunk {} of {} was due",
+                chunk.chunk, chunk.chunks, self.seen, self.chunks
+            )));
+        }
+        for leaf in chunk.verify(&root).map_err(SyncError::Invalid)? {
+            let entry = self.parts.entry(leaf.asset.clone()).or_default();
+            if leaf.holder.is_none() {
+                entry.0 = leaf.version;
+                entry.1 = leaf.last_fencing_token;
+            }
+            entry
+                .2
+                .extend(leaf.holds.values().map(|h| h.as_ref().clone()));
+        }
+        self.seen += 1;
+        Ok(())
+    }
+
+    /// The state, once every chunk the snapshot has was added.
+    fn finish(self) -> Result<Synced, SyncError> {
+        let cp = self
+            .checkpoint
+            .ok_or_else(|| SyncError::Invalid("no chunk".into()))?;
+        if self.seen != self.chunks {
+            return Err(SyncError::Invalid(format!(
+                "{} of the snapshot's {} chunks",
+                self.seen, self.chunks
+            )));
+        }
+        Ok(Synced {
+            chain: self.chain,
+            seq: cp.tree_size,
+            states: self
+                .parts
+                .into_iter()
+                .map(|(asset, (version, token, holds))| {
+                    (asset, AssetState::from_parts(holds, version, token))
+                })
+                .collect(),
+        })
+    }
+}
+
 impl Synced {
     /// The state of the chain in `chunks` (every chunk of one snapshot), each verified against
     /// its checkpoint's state root, and the checkpoint against `key`.
     pub fn from_chunks(chunks: &[SnapshotChunk], key: &VerifyingKey) -> Result<Self, SyncError> {
-        let mut synced = Synced::default();
-        let mut first: Option<Checkpoint> = None;
-        let mut parts: BTreeMap<AssetKey, (u64, u64, Vec<Hold>)> = BTreeMap::new();
-        for (seen, chunk) in chunks.iter().enumerate() {
-            let cp = signed(&chunk.checkpoint, key)?;
-            match &first {
-                Some(f) if *f != cp => {
-                    return Err(SyncError::Invalid(
-                        "the chunks are of different checkpoints".into(),
-                    ))
-                }
-                Some(_) => {}
-                None => first = Some(cp.clone()),
-            }
-            if synced.chain.get_or_insert_with(|| chunk.chain.clone()) != &chunk.chain {
-                return Err(SyncError::Invalid(
-                    "the chunks are of different chains".into(),
-                ));
-            }
-            let root = cp
-                .state_root
-                .ok_or_else(|| SyncError::Invalid("the checkpoint signs no state root".into()))?;
-            if chunk.chunk != seen as u64 || chunk.chunks != chunks.len() as u64 {
-                return Err(SyncError::Invalid(format!(
-                    "chunk {} of {} where chunk {seen} of {} was due",
-                    chunk.chunk,
-                    chunk.chunks,
-                    chunks.len()
-                )));
-            }
-            for leaf in chunk.verify(&root).map_err(SyncError::Invalid)? {
-                let entry = parts.entry(leaf.asset.clone()).or_default();
-                if leaf.holder.is_none() {
-                    entry.0 = leaf.version;
-                    entry.1 = leaf.last_fencing_token;
-                }
-                entry
-                    .2
-                    .extend(leaf.holds.values().map(|h| h.as_ref().clone()));
-            }
+        let mut assembly = Assembly::default();
+        for chunk in chunks {
+            assembly.add(chunk, key)?;
         }
-        let cp = first.ok_or_else(|| SyncError::Invalid("no chunk".into()))?;
-        synced.seq = cp.tree_size;
-        synced.states = parts
-            .into_iter()
-            .map(|(asset, (version, token, holds))| {
-                (asset, AssetState::from_parts(holds, version, token))
-            })
-            .collect();
-        Ok(synced)
+        assembly.finish()
     }
 
     /// Applies the feed's decisions after `self.seq` (in seq order) on this chain's assets.
@@ -173,16 +209,6 @@ async fn get<T: serde::de::DeserializeOwned>(
         .map_err(|e| SyncError::Http(format!("{url}: {e}")))
 }
 
-/// Checks one chunk on arrival: its checkpoint's signature and its leaves against that
-/// checkpoint's state root.
-fn check_chunk(chunk: &SnapshotChunk, key: &VerifyingKey) -> Result<(), SyncError> {
-    let cp = signed(&chunk.checkpoint, key)?;
-    let root = cp
-        .state_root
-        .ok_or_else(|| SyncError::Invalid("the checkpoint signs no state root".into()))?;
-    chunk.verify(&root).map(|_| ()).map_err(SyncError::Invalid)
-}
-
 /// Syncs `chain` from the server at `base` (e.g. `http://127.0.0.1:8080`) with `token` (a
 /// chain, auditor or admin token): the [`snapshot`] at the latest checkpoint (or `tree_size`),
 /// then the feed after that checkpoint to its current end.
@@ -219,11 +245,11 @@ pub async fn snapshot(
         token,
     )
     .await?;
-    check_chunk(&first, key)?;
+    let mut assembly = Assembly::default();
+    assembly.add(&first, key)?;
     // The rest at the first chunk's checkpoint, even if a newer one is signed meanwhile.
     let pinned = first.checkpoint.tree_size;
     let mut next = first.next_chunk;
-    let mut chunks = vec![first];
     while let Some(n) = next {
         let chunk: SnapshotChunk = get(
             client,
@@ -231,11 +257,10 @@ pub async fn snapshot(
             token,
         )
         .await?;
-        check_chunk(&chunk, key)?;
+        assembly.add(&chunk, key)?;
         next = chunk.next_chunk;
-        chunks.push(chunk);
     }
-    Synced::from_chunks(&chunks, key)
+    assembly.finish()
 }
 
 /// `synced`, then the feed after it to its current end.
