@@ -466,6 +466,12 @@ pub fn metrics_handle() -> PrometheusHandle {
                 )
                 .and_then(|b| {
                     b.set_buckets_for_metric(
+                        Matcher::Full("regulator_sequencer_round_seconds".into()),
+                        &latency_buckets,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
                         Matcher::Full("regulator_sequencer_batch_size".into()),
                         &batch_buckets,
                     )

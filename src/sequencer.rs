@@ -383,6 +383,7 @@ impl Sequencer {
 
     /// One round. Returns how long to wait before the next, or `None` to go again at once.
     async fn round(&self, leader: &mut Leader) -> Result<Option<StdDuration>, StorageError> {
+        let started = std::time::Instant::now();
         let work = storage::fetch_work(
             &mut leader.conn,
             self.config.fetch_limit,
@@ -393,6 +394,7 @@ impl Sequencer {
         // of the log is then a seq range). Only the stamp is raised: windows, expiries and
         // waits keep the database's own time.
         let stamp = work.now.max(leader.last_stamp);
+        let fetched = started.elapsed();
         metrics::gauge!("regulator_intake_backlog").set(work.pending.len() as f64);
         metrics::gauge!("regulator_policy_active_version").set(leader.policy.version.version);
         if work.requests {
@@ -548,7 +550,9 @@ impl Sequencer {
             records: &records,
             states: changes,
         };
+        let decided = started.elapsed();
         leader.head = storage::commit(&mut leader.conn, commit, state_round).await?;
+        record_phases(fetched, decided, started.elapsed());
         leader.tree = returned.ok_or_else(|| {
             StorageError::Corrupt("the state map did not come back from its round".into())
         })?;
@@ -614,29 +618,52 @@ struct ActivePolicy {
     engine: Arc<PolicyEngine>,
 }
 
+/// The wall-clock split of a round that committed something: the fetch, the deciding and
+/// sealing (on the sequencer's thread), and the commit (mostly Postgres's time). `decided` and
+/// `done` are measured from the round's start.
+fn record_phases(fetched: StdDuration, decided: StdDuration, done: StdDuration) {
+    let phase = |name: &'static str, d: StdDuration| {
+        metrics::histogram!("regulator_sequencer_round_seconds", "phase" => name)
+            .record(d.as_secs_f64());
+    };
+    phase("fetch", fetched);
+    phase("decide", decided.saturating_sub(fetched));
+    phase("commit", done.saturating_sub(decided));
+}
+
 fn record_metrics(records: &[SealedRecord]) {
     metrics::histogram!("regulator_sequencer_batch_size").record(records.len() as f64);
+    // Counted per (kind, outcome) first: a metric's lookup hashes its labels, and a round holds
+    // thousands of decisions of a few kinds.
+    let mut counts: Vec<(&'static str, &'static str, u64, u64)> = Vec::new();
+    let latency = metrics::histogram!("regulator_decision_latency_seconds");
     for s in records {
         let r = &s.record;
-        metrics::counter!(
-            "regulator_decisions_total",
-            "kind" => r.kind.as_str(),
-            "outcome" => r.outcome.as_str(),
-        )
-        .increment(1);
+        let (kind, outcome) = (r.kind.as_str(), r.outcome.as_str());
+        let at = match counts.iter().position(|c| c.0 == kind && c.1 == outcome) {
+            Some(at) => at,
+            None => {
+                counts.push((kind, outcome, 0, 0));
+                counts.len() - 1
+            }
+        };
+        counts[at].2 += 1;
         // Only order decisions carry an order; expiries have no intake to measure from.
         if let Some(order) = &r.order {
-            metrics::counter!(
-                "regulator_orders_total",
-                "kind" => r.kind.as_str(),
-                "outcome" => r.outcome.as_str(),
-            )
-            .increment(1);
+            counts[at].3 += 1;
             let seconds = (r.decided_at - order.intake_at)
                 .num_microseconds()
                 .unwrap_or(0) as f64
                 / 1e6;
-            metrics::histogram!("regulator_decision_latency_seconds").record(seconds.max(0.0));
+            latency.record(seconds.max(0.0));
+        }
+    }
+    for (kind, outcome, decisions, orders) in counts {
+        metrics::counter!("regulator_decisions_total", "kind" => kind, "outcome" => outcome)
+            .increment(decisions);
+        if orders > 0 {
+            metrics::counter!("regulator_orders_total", "kind" => kind, "outcome" => outcome)
+                .increment(orders);
         }
     }
 }

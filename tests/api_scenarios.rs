@@ -535,6 +535,7 @@ async fn operators_see_health_readiness_request_ids_and_metrics(pool: PgPool) {
         "regulator_orders_total{kind=\"FREEZE\",outcome=\"APPLIED\"} 1",
         "regulator_decision_latency_seconds_bucket",
         "regulator_sequencer_batch_size_count",
+        "regulator_sequencer_round_seconds_bucket{phase=\"commit\"",
         "regulator_intake_backlog",
     ] {
         assert!(metrics.contains(needle), "{needle} in\n{metrics}");

@@ -377,6 +377,8 @@ pub(crate) struct Snapshot {
     /// `regulator_decision_latency_seconds` sum and count (intake to decision, database clock).
     pub(crate) latency_sum: f64,
     pub(crate) latency_count: f64,
+    /// `regulator_sequencer_round_seconds` sums by phase: fetch, decide, commit.
+    pub(crate) round_phases: [f64; 3],
 }
 
 impl Stats {
@@ -465,7 +467,7 @@ impl Stats {
             }
         }
         let metrics = regulator::app::metrics_handle().render();
-        let metric = |name: &str| metric(&metrics, name);
+        let metric_in = |name: &str| metric(&metrics, name);
         Ok(Snapshot {
             at: Some(Instant::now()),
             threads,
@@ -475,10 +477,16 @@ impl Stats {
             wal_bytes,
             wal_sync,
             wal_write,
-            seq_records: metric("regulator_sequencer_batch_size_sum"),
-            seq_rounds: metric("regulator_sequencer_batch_size_count"),
-            latency_sum: metric("regulator_decision_latency_seconds_sum"),
-            latency_count: metric("regulator_decision_latency_seconds_count"),
+            seq_records: metric_in("regulator_sequencer_batch_size_sum"),
+            seq_rounds: metric_in("regulator_sequencer_batch_size_count"),
+            latency_sum: metric_in("regulator_decision_latency_seconds_sum"),
+            latency_count: metric_in("regulator_decision_latency_seconds_count"),
+            round_phases: ["fetch", "decide", "commit"].map(|phase| {
+                metric(
+                    &metrics,
+                    &format!("regulator_sequencer_round_seconds_sum{{phase=\"{phase}\"}}"),
+                )
+            }),
         })
     }
 }

@@ -717,6 +717,17 @@ fn report(
         rounds / secs,
         if lat_n > 0.0 { lat_s / lat_n * 1e3 } else { 0.0 }
     );
+    let phases: Vec<f64> = (0..3)
+        .map(|i| after.round_phases[i] - before.round_phases[i])
+        .collect();
+    let busy: f64 = phases.iter().sum();
+    println!(
+        "  sequencer rounds       {:.0}% of the time busy; per round: fetch {:.1} ms, decide and seal {:.1} ms, commit {:.1} ms",
+        busy / secs * 100.0,
+        phases[0] / rounds.max(1.0) * 1e3,
+        phases[1] / rounds.max(1.0) * 1e3,
+        phases[2] / rounds.max(1.0) * 1e3,
+    );
     let commits = after.xact_commit - before.xact_commit;
     let wal_syncs = after.wal_sync - before.wal_sync;
     let wal_records = after.wal_records - before.wal_records;
