@@ -12,7 +12,7 @@
 //! subscription changes) are settled first in a round of their own, so every decision after an
 //! activation's seq uses the version it activated, on whichever replica leads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -25,7 +25,7 @@ use crate::domain::detect::{detect, Pending};
 use crate::domain::event::{seal_event, EventRequest, LedgerEvent, SealedEvent, VersionRef};
 use crate::domain::ledger::{seal_group, GroupContext, Head, SealedRecord};
 use crate::domain::state_leaves::{Delta, Overlay, StateTree};
-use crate::domain::{AssetKey, AssetState, Order, RegisteredAsset};
+use crate::domain::{AssetKey, AssetState, Order, OrderId, RegisteredAsset};
 use crate::hub::Hub;
 use crate::policy::{Compiled, PolicyEngine};
 use crate::storage::policy::Settled;
@@ -36,6 +36,8 @@ use crate::domain::event::ENGINE_ACTOR;
 
 /// The default [`SequencerConfig::lease_ttl`].
 pub const DEFAULT_LEASE_TTL: StdDuration = StdDuration::from_secs(5);
+/// The default [`SequencerConfig::pipeline_from`].
+pub const DEFAULT_PIPELINE_FROM: usize = 500;
 /// Most event requests settled per round.
 const REQUESTS_PER_ROUND: i64 = 100;
 
@@ -50,6 +52,10 @@ pub struct SequencerConfig {
     /// How long a leader's lease lasts unrenewed: a standby deposes a leader that has not
     /// renewed it for this long (by the database's clock). It must exceed the longest round.
     pub lease_ttl: StdDuration,
+    /// A round that fetched at least this many orders is committed while the next is fetched
+    /// and decided: a backlog that large fills the next round too. Smaller rounds run one
+    /// after the other, where the overlap would cost a fetch beside every commit for little.
+    pub pipeline_from: usize,
 }
 
 impl Default for SequencerConfig {
@@ -59,6 +65,7 @@ impl Default for SequencerConfig {
             fetch_limit: 5_000,
             poll: StdDuration::from_millis(250),
             lease_ttl: DEFAULT_LEASE_TTL,
+            pipeline_from: DEFAULT_PIPELINE_FROM,
         }
     }
 }
@@ -187,9 +194,20 @@ impl Sequencer {
             state_root = %hex::encode(tree.root()),
             "sequencer decides with the active policy version"
         );
+        // The reader fetches the next round while one commits. Without it (no connection to be
+        // had) rounds run one after the other: leading must not depend on a second connection.
+        let reader = match PgConnection::connect_with(&self.pool.connect_options()).await {
+            Ok(reader) => Some(reader),
+            Err(error) => {
+                tracing::warn!(%error, "no reader connection: rounds will not overlap");
+                None
+            }
+        };
         Ok(Some(Leader {
             tree,
             conn,
+            reader,
+            next: None,
             renewed: tokio::time::Instant::now(),
             epoch,
             head,
@@ -381,33 +399,133 @@ impl Sequencer {
         }
     }
 
-    /// One round. Returns how long to wait before the next, or `None` to go again at once.
+    /// One round: commits one decided round (the one decided while the last committed, or one
+    /// fetched and decided now). Returns how long to wait before the next, or `None` to go
+    /// again at once.
+    ///
+    /// A round of at least [`SequencerConfig::pipeline_from`] fetched orders is committed on
+    /// the lock's connection while the next is fetched (on the reader connection, leaving out
+    /// the orders being committed) and decided on a blocking thread, against the states this
+    /// round leaves and chained to its last record. If the commit fails, the next round is
+    /// dropped with it: it was never written, and the leader steps down.
     async fn round(&self, leader: &mut Leader) -> Result<Option<StdDuration>, StorageError> {
+        let decided = match leader.next.take() {
+            Some(decided) => decided,
+            None => {
+                let prepared = self
+                    .prepare(
+                        &mut leader.conn,
+                        &mut leader.states,
+                        &leader.policy,
+                        leader.head,
+                        leader.last_stamp,
+                        &HashSet::new(),
+                        false,
+                    )
+                    .await?;
+                match prepared {
+                    Prepared::Idle(wait) => return Ok(Some(wait)),
+                    Prepared::Requests { stamp } => {
+                        // Settled before any order of this fetch is decided: an order decided
+                        // after an activation's seq is decided by the version it activated.
+                        self.settle_requests(leader, stamp).await?;
+                        leader.last_stamp = stamp;
+                        return Ok(None);
+                    }
+                    Prepared::Decided(decided) => decided,
+                }
+            }
+        };
+        leader.last_stamp = decided.stamp;
+        let overlap = decided.fetched >= self.config.pipeline_from && leader.reader.is_some();
+        let Leader {
+            conn,
+            reader,
+            states,
+            tree,
+            policy,
+            epoch,
+            head,
+            next,
+            ..
+        } = leader;
         let started = std::time::Instant::now();
-        let work = storage::fetch_work(
-            &mut leader.conn,
-            self.config.fetch_limit,
+        let committing = commit_decided(conn, tree, *epoch, *head, &decided);
+        let (committed, prepared) = match reader.as_mut().filter(|_| overlap) {
+            Some(reader) => {
+                let in_flight: HashSet<OrderId> = decided
+                    .records
+                    .iter()
+                    .filter_map(|s| s.record.order.as_ref().map(|o| o.id))
+                    .collect();
+                let preparing = self.prepare(
+                    reader,
+                    states,
+                    policy,
+                    decided.head,
+                    decided.stamp,
+                    &in_flight,
+                    true,
+                );
+                let (committed, prepared) = tokio::join!(committing, preparing);
+                (committed, Some(prepared))
+            }
+            None => (committing.await, None),
+        };
+        if matches!(prepared, Some(Ok(Prepared::Decided(_)))) {
+            metrics::counter!("regulator_sequencer_overlapped_rounds_total").increment(1);
+        }
+        // A failed commit takes the round decided beside it along: both are dropped.
+        *head = committed?;
+        record_phases(decided.fetch_time, decided.decide_time, started.elapsed());
+        record_metrics(&decided.records);
+        self.hub.deliver_local(&decided.records);
+        match prepared.transpose()? {
+            Some(Prepared::Decided(following)) => *next = Some(following),
+            // Nothing ready, or event requests first: the next round fetches again, on the
+            // lock's connection, once nothing is in flight.
+            Some(Prepared::Idle(_) | Prepared::Requests { .. }) | None => {}
+        }
+        Ok(None)
+    }
+
+    /// Fetches on `conn` what there is to decide (leaving out `in_flight`, the orders of a
+    /// round being committed) and decides and seals it, chained to `from`: on a blocking thread
+    /// if `off_thread` (a commit is in flight on this thread's runtime), else here. `states`
+    /// is the leader's cache; it holds the states the round leaves when this returns.
+    #[allow(clippy::too_many_arguments)]
+    async fn prepare(
+        &self,
+        conn: &mut PgConnection,
+        states: &mut HashMap<AssetKey, AssetState>,
+        policy: &ActivePolicy,
+        from: Head,
+        last_stamp: DateTime<Utc>,
+        in_flight: &HashSet<OrderId>,
+        off_thread: bool,
+    ) -> Result<Prepared, StorageError> {
+        let started = std::time::Instant::now();
+        let mut work = storage::fetch_work(
+            &mut *conn,
+            self.config.fetch_limit + in_flight.len() as i64,
             self.config.window > Duration::zero(),
         )
         .await?;
         // The ledger's time never goes back, even if the database's clock does (a time range
         // of the log is then a seq range). Only the stamp is raised: windows, expiries and
         // waits keep the database's own time.
-        let stamp = work.now.max(leader.last_stamp);
-        let fetched = started.elapsed();
-        metrics::gauge!("regulator_intake_backlog").set(work.pending.len() as f64);
-        metrics::gauge!("regulator_policy_active_version").set(leader.policy.version.version);
+        let stamp = work.now.max(last_stamp);
         if work.requests {
-            // Settled before any order of this fetch is decided: an order decided after an
-            // activation's seq is decided by the version it activated.
-            self.settle_requests(leader, stamp).await?;
-            leader.last_stamp = stamp;
-            return Ok(None);
+            return Ok(Prepared::Requests { stamp });
         }
         let horizon = work
             .truncated
             .then(|| work.pending.last().map(|p| p.order.intake_at))
             .flatten();
+        work.pending.retain(|p| !in_flight.contains(&p.order.id));
+        metrics::gauge!("regulator_intake_backlog").set(work.pending.len() as f64);
+        metrics::gauge!("regulator_policy_active_version").set(policy.version.version);
+        let fetched = work.pending.len();
 
         let earliest = work
             .pending
@@ -436,7 +554,8 @@ impl Sequencer {
             if let Some((key, opened)) = earliest {
                 let closes_at = opened + self.config.window;
                 if work.now >= closes_at {
-                    let window = storage::fetch_window(&mut leader.conn, &key, closes_at).await?;
+                    let mut window = storage::fetch_window(&mut *conn, &key, closes_at).await?;
+                    window.retain(|p| !in_flight.contains(&p.order.id));
                     if let Some(first) = window.first() {
                         assets.insert(key.clone(), first.asset.clone());
                     }
@@ -465,40 +584,150 @@ impl Sequencer {
                     .min(self.config.poll),
                 None => self.config.poll,
             };
-            return Ok(Some(wait));
+            return Ok(Prepared::Idle(wait));
         }
 
+        // Every asset a round in flight changed is in the cache (it was loaded to be decided),
+        // so what is loaded here was committed.
         let missing: Vec<AssetKey> = groups
             .iter()
             .map(|(k, _)| k.clone())
-            .filter(|k| !leader.states.contains_key(k))
+            .filter(|k| !states.contains_key(k))
             .collect();
         if !missing.is_empty() {
-            let loaded = storage::load_states(&mut leader.conn, &missing).await?;
-            leader.states.extend(loaded);
+            let loaded = storage::load_states(&mut *conn, &missing).await?;
+            states.extend(loaded);
         }
+        let fetch_time = started.elapsed();
 
-        let policy_version = leader.policy.version.hash.clone();
-        let engine = Arc::clone(&leader.policy.engine);
-        let mut head = leader.head;
-        let mut records: Vec<SealedRecord> = Vec::new();
-        // States after this round's groups so far; an asset may have several groups (windows)
-        // in one round, each meeting the state the previous one left.
-        let mut working: HashMap<AssetKey, AssetState> = HashMap::new();
+        let taken: HashMap<AssetKey, AssetState> = groups
+            .iter()
+            .filter_map(|(k, _)| states.remove_entry(k))
+            .collect();
+        let input = RoundInput {
+            groups,
+            assets,
+            states: taken,
+            engine: Arc::clone(&policy.engine),
+            policy_version: policy.version.hash.clone(),
+            from,
+            now: work.now,
+            stamp,
+        };
+        let output = if off_thread {
+            tokio::task::spawn_blocking(move || decide_round(input))
+                .await
+                .map_err(|e| StorageError::Corrupt(format!("deciding a round: {e}")))?
+        } else {
+            decide_round(input)
+        };
+        // The states go back to the cache even if sealing failed: the error stops this leader,
+        // and its cache with it.
+        states.extend(output.states);
+        let (records, head) = output.sealed?;
+        let changes = output
+            .changed
+            .iter()
+            .filter_map(|key| {
+                states.get(key).map(|after| StateRow {
+                    key: key.clone(),
+                    version: after.version(),
+                    last_fencing_token: after.last_fencing_token(),
+                    next_expiry: after.next_expiry(),
+                })
+            })
+            .collect();
+        Ok(Prepared::Decided(Decided {
+            records: Arc::new(records),
+            changes,
+            head,
+            stamp,
+            fetched,
+            fetch_time,
+            decide_time: started.elapsed().saturating_sub(fetch_time),
+        }))
+    }
+}
+
+/// What [`Sequencer::prepare`] found.
+enum Prepared {
+    /// Nothing is ready: wait this long, or until woken.
+    Idle(StdDuration),
+    /// Event requests are queued: they are settled before any order is decided.
+    Requests {
+        stamp: DateTime<Utc>,
+    },
+    Decided(Decided),
+}
+
+/// A round decided and sealed, not yet committed.
+struct Decided {
+    records: Arc<Vec<SealedRecord>>,
+    /// The assets whose state the round changed, as it leaves them.
+    changes: Vec<StateRow>,
+    /// The head after the round's last record.
+    head: Head,
+    stamp: DateTime<Utc>,
+    /// Orders fetched for it: a round this large says a backlog is waiting.
+    fetched: usize,
+    fetch_time: StdDuration,
+    decide_time: StdDuration,
+}
+
+/// An asset's row in `asset_state` after a round.
+struct StateRow {
+    key: AssetKey,
+    version: u64,
+    last_fencing_token: u64,
+    next_expiry: Option<DateTime<Utc>>,
+}
+
+/// Everything deciding a round needs, owned, so that it can run on another thread.
+struct RoundInput {
+    groups: Vec<(AssetKey, Vec<Order>)>,
+    assets: HashMap<AssetKey, RegisteredAsset>,
+    /// The states of the groups' assets, as the round meets them.
+    states: HashMap<AssetKey, AssetState>,
+    engine: Arc<PolicyEngine>,
+    policy_version: String,
+    from: Head,
+    now: DateTime<Utc>,
+    stamp: DateTime<Utc>,
+}
+
+struct RoundOutput {
+    /// The states of the groups' assets, as the round leaves them.
+    states: HashMap<AssetKey, AssetState>,
+    /// The assets whose version moved.
+    changed: Vec<AssetKey>,
+    /// The sealed records and the head after the last.
+    sealed: Result<(Vec<SealedRecord>, Head), StorageError>,
+}
+
+/// Decides each group against the state the previous groups on its asset left (an asset may
+/// have several windows in one round), and seals the decisions in order from `input.from`.
+fn decide_round(input: RoundInput) -> RoundOutput {
+    let RoundInput {
+        groups,
+        assets,
+        mut states,
+        engine,
+        policy_version,
+        from,
+        now,
+        stamp,
+    } = input;
+    let mut changed: Vec<AssetKey> = Vec::new();
+    let mut head = from;
+    let mut records: Vec<SealedRecord> = Vec::new();
+    let decide = || -> Result<(), StorageError> {
         for (key, orders) in groups {
             let missing = || StorageError::Corrupt(format!("no state or attributes for {key}"));
             let asset = assets.get(&key).ok_or_else(missing)?;
-            let before = match working.get(&key) {
-                Some(state) => state,
-                None => leader.states.get(&key).ok_or_else(missing)?,
-            };
-            let resolution = match decide_group(&engine, asset, before, orders.clone(), work.now) {
-                Ok(r) => r,
-                Err(error) => {
-                    // Only duplicate order ids can cause this; the primary key forbids them.
-                    return Err(StorageError::Corrupt(format!("group on {key}: {error}")));
-                }
-            };
+            let before = states.get(&key).ok_or_else(missing)?;
+            let resolution = decide_group(&engine, asset, before, orders.clone(), now)
+                // Only duplicate order ids can cause this; the primary key forbids them.
+                .map_err(|error| StorageError::Corrupt(format!("group on {key}: {error}")))?;
             let ctx = GroupContext {
                 asset,
                 before,
@@ -512,58 +741,68 @@ impl Sequencer {
             records.extend(sealed);
             // The version moves exactly when a decision changes the state.
             if resolution.state.version() != before.version() {
-                working.insert(key, resolution.state);
+                if !changed.contains(&key) {
+                    changed.push(key.clone());
+                }
+                states.insert(key, resolution.state);
             }
         }
-        let new_states: Vec<(AssetKey, AssetState)> = working.into_iter().collect();
-
-        // The state map follows the records' effects, staged and written once for the whole
-        // round (each changed path hashed once) on a blocking thread, while Postgres takes the
-        // commit's first statements: only the last one needs the new root. The leader lends
-        // its map to that thread; if the commit fails, this leader stops (its map with it) and
-        // the next builds its map afresh from the tables.
-        let records = Arc::new(records);
-        let mut tree = std::mem::take(&mut leader.tree);
-        let effects = Arc::clone(&records);
-        let from_seq = leader.head.seq + 1;
-        let to_seq = head.seq;
-        let mapped = tokio::task::spawn_blocking(move || {
-            let round = state_round(&mut tree, &effects, from_seq, to_seq);
-            (tree, round)
-        });
-        let mut returned: Option<StateTree> = None;
-        let state_round = async {
-            let (tree, round) = mapped
-                .await
-                .map_err(|e| StorageError::Corrupt(format!("the state map's round: {e}")))?;
-            returned = Some(tree);
-            round
-        };
-
-        let changes = new_states
-            .iter()
-            .map(|(key, after)| storage::StateChange { key, after })
-            .collect();
-        let commit = storage::Commit {
-            epoch: leader.epoch,
-            from: leader.head,
-            records: &records,
-            states: changes,
-        };
-        let decided = started.elapsed();
-        leader.head = storage::commit(&mut leader.conn, commit, state_round).await?;
-        record_phases(fetched, decided, started.elapsed());
-        leader.tree = returned.ok_or_else(|| {
-            StorageError::Corrupt("the state map did not come back from its round".into())
-        })?;
-        leader.last_stamp = stamp;
-        for (key, state) in new_states {
-            leader.states.insert(key, state);
-        }
-        record_metrics(&records);
-        self.hub.deliver_local(&records);
-        Ok(None)
+        Ok(())
+    };
+    let result = decide();
+    RoundOutput {
+        states,
+        changed,
+        sealed: result.map(|()| (records, head)),
     }
+}
+
+/// Commits `decided` on the lock's connection, from `from` in `epoch`. The state map's round
+/// runs on a blocking thread meanwhile (the map is lent to it and comes back with its result);
+/// only the commit's last statement waits for it. If the commit fails, the map is lost with
+/// the leader that stops.
+async fn commit_decided(
+    conn: &mut PgConnection,
+    tree: &mut StateTree,
+    epoch: i64,
+    from: Head,
+    decided: &Decided,
+) -> Result<Head, StorageError> {
+    let mut lent = std::mem::take(tree);
+    let effects = Arc::clone(&decided.records);
+    let (from_seq, to_seq) = (from.seq + 1, decided.head.seq);
+    let mapped = tokio::task::spawn_blocking(move || {
+        let round = state_round(&mut lent, &effects, from_seq, to_seq);
+        (lent, round)
+    });
+    let mut returned: Option<StateTree> = None;
+    let state_round = async {
+        let (tree, round) = mapped
+            .await
+            .map_err(|e| StorageError::Corrupt(format!("the state map's round: {e}")))?;
+        returned = Some(tree);
+        round
+    };
+    let commit = storage::Commit {
+        epoch,
+        from,
+        records: &decided.records,
+        states: decided
+            .changes
+            .iter()
+            .map(|c| storage::StateChange {
+                key: &c.key,
+                version: c.version,
+                last_fencing_token: c.last_fencing_token,
+                next_expiry: c.next_expiry,
+            })
+            .collect(),
+    };
+    let head = storage::commit(conn, commit, state_round).await?;
+    *tree = returned.ok_or_else(|| {
+        StorageError::Corrupt("the state map did not come back from its round".into())
+    })?;
+    Ok(head)
 }
 
 /// Applies a round's records (seqs `from_seq..=to_seq`) to the state map, staged and written
@@ -595,8 +834,13 @@ fn state_round(
 
 /// A sequencer that holds the lock: its connection, epoch, view of the head and state cache.
 struct Leader {
-    /// Holds the advisory lock; every sequencer statement runs on it.
+    /// Holds the advisory lock; every write, and every read while nothing is in flight, runs
+    /// on it.
     conn: PgConnection,
+    /// Reads the next round while a commit is in flight on `conn`.
+    reader: Option<PgConnection>,
+    /// The next round, decided while the last committed.
+    next: Option<Decided>,
     /// When the lease was last renewed.
     renewed: tokio::time::Instant,
     epoch: i64,
@@ -619,16 +863,13 @@ struct ActivePolicy {
 }
 
 /// The wall-clock split of a round that committed something: the fetch, the deciding and
-/// sealing (on the sequencer's thread), and the commit (mostly Postgres's time). `decided` and
-/// `done` are measured from the round's start.
-fn record_phases(fetched: StdDuration, decided: StdDuration, done: StdDuration) {
-    let phase = |name: &'static str, d: StdDuration| {
+/// sealing, and the commit (mostly Postgres's time). When rounds overlap, a round's fetch and
+/// deciding ran during the previous one's commit, so the phases add up to more than the time.
+fn record_phases(fetch: StdDuration, decide: StdDuration, commit: StdDuration) {
+    for (name, d) in [("fetch", fetch), ("decide", decide), ("commit", commit)] {
         metrics::histogram!("regulator_sequencer_round_seconds", "phase" => name)
             .record(d.as_secs_f64());
-    };
-    phase("fetch", fetched);
-    phase("decide", decided.saturating_sub(fetched));
-    phase("commit", done.saturating_sub(decided));
+    }
 }
 
 fn record_metrics(records: &[SealedRecord]) {

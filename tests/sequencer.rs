@@ -543,3 +543,141 @@ async fn no_order_stamped_inside_a_window_is_left_out_of_its_group(pool: PgPool)
     );
     app.app.stop().await;
 }
+
+/// Rounds overlap under a backlog: round N+1 is fetched and decided while round N commits.
+/// Here round N's commit fails (a trigger refuses it, once, after N+1 had time to be decided):
+/// N+1 was chained to N's records and decided against the states N leaves, so it must be
+/// dropped with it. The leader steps down, stands again, and every order is decided exactly
+/// once, the log gapless, the chain unbroken, the state tables equal to a replay.
+#[sqlx::test]
+async fn a_commit_that_fails_while_the_next_round_was_decided_drops_both(pool: PgPool) {
+    use regulator::domain::{
+        AssetClass, AssetId, ChainId, HolderAddress, Instruction, Instrument, IssuerId,
+        JurisdictionCode, LegalBasis, OrderId, RegisteredAsset, Target,
+    };
+    use regulator::storage::{NewOrder, OrderBody};
+    use std::sync::Arc;
+
+    let metrics = regulator::app::metrics_handle();
+    let keys: Vec<AssetKey> = (0..3)
+        .map(|i| AssetKey {
+            chain: ChainId::parse("ethereum").unwrap(),
+            asset: AssetId::parse(format!("0xBOND-{i}")).unwrap(),
+        })
+        .collect();
+    for key in &keys {
+        storage::upsert_asset(
+            &pool,
+            &RegisteredAsset {
+                key: key.clone(),
+                issuer_jurisdiction: JurisdictionCode::parse("US").unwrap(),
+                asset_class: AssetClass::parse("security").unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // The first commit that records the poisoned holder waits (so that the next round is
+    // decided meanwhile) and then fails; a sequence counts the tries, outside the rollback.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE poison_tries;
+         CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.holder = '0xPOISON' AND nextval('poison_tries') = 1 THEN
+                 PERFORM pg_sleep(0.5);
+                 RAISE EXCEPTION 'the commit of this round fails';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON decisions
+             FOR EACH ROW EXECUTE FUNCTION poison();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Five intake statements of ten orders: five arrival times, a backlog of several rounds.
+    for batch in 0..5 {
+        let orders: Vec<NewOrder> = (0..10)
+            .map(|i| {
+                let holder = if batch == 0 && i == 0 {
+                    "0xPOISON".to_owned()
+                } else {
+                    format!("0xH{batch}-{i}")
+                };
+                NewOrder {
+                    id: OrderId::new(),
+                    issuer: IssuerId::parse("US-SEC").unwrap(),
+                    idempotency_key: format!("backlog-{batch}-{i}"),
+                    request_hash: [0; 32],
+                    target: Target {
+                        asset: keys[i % keys.len()].clone(),
+                        holder: Some(HolderAddress::parse(holder).unwrap()),
+                    },
+                    body: OrderBody {
+                        legal_basis: LegalBasis {
+                            instrument: Instrument::parse("court_order").unwrap(),
+                            reference: "SEC v. Many".into(),
+                        },
+                        instruction: Instruction::Freeze { amount: None },
+                    },
+                }
+            })
+            .collect();
+        storage::intake(&pool, &orders).await.unwrap();
+    }
+
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    regulator::app::import_policies(&pool, &policies)
+        .await
+        .unwrap();
+    let sequencer = regulator::sequencer::Sequencer::new(
+        pool.clone(),
+        Arc::new(regulator::hub::Hub::new(0)),
+        regulator::sequencer::SequencerConfig {
+            window: chrono::Duration::zero(),
+            // A fetch sees one arrival time whole and part of the next: one batch a round.
+            fetch_limit: 15,
+            poll: Duration::from_millis(50),
+            pipeline_from: 1,
+            ..Default::default()
+        },
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(sequencer.run(stopped));
+    wait_until_decided(&pool, 50).await;
+    stop.send_replace(true);
+    running.await.unwrap();
+
+    let tries: i64 = sqlx::query_scalar("SELECT last_value FROM poison_tries")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tries, 2, "the poisoned round failed once, then committed");
+    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM ledger_head")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        epoch, 2,
+        "the leader stepped down after the failed commit and led again"
+    );
+    let rendered = metrics.render();
+    let overlapped: f64 = rendered
+        .lines()
+        .find_map(|l| l.strip_prefix("regulator_sequencer_overlapped_rounds_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(overlapped >= 2.0, "rounds overlapped: {overlapped}");
+
+    let records = assert_ledger_sound(&pool).await;
+    assert_eq!(records.len(), 50, "every order decided exactly once");
+    assert!(records.iter().all(|r| r.outcome.as_str() == "APPLIED"));
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.target.holder.as_ref().map(|h| h.as_str()) == Some("0xPOISON"))
+            .count(),
+        1
+    );
+}

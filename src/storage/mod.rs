@@ -552,9 +552,12 @@ pub(crate) fn assemble_states(
 
 /// A changed asset and its state after the round; the holds to write come from the records'
 /// effects.
+/// An asset's `asset_state` row after a commit (its holds are written from the effects).
 pub struct StateChange<'a> {
     pub key: &'a AssetKey,
-    pub after: &'a AssetState,
+    pub version: u64,
+    pub last_fencing_token: u64,
+    pub next_expiry: Option<DateTime<Utc>>,
 }
 
 /// One group commit: the sealed records in sequence order and the assets whose state changed.
@@ -754,9 +757,9 @@ async fn write_states(
     for c in changes {
         chains.push(c.key.chain.as_str());
         assets.push(c.key.asset.as_str());
-        versions.push(c.after.version() as i64);
-        tokens.push(c.after.last_fencing_token() as i64);
-        expiries.push(c.after.next_expiry());
+        versions.push(c.version as i64);
+        tokens.push(c.last_fencing_token as i64);
+        expiries.push(c.next_expiry);
     }
     let mut placed: HashMap<OrderId, &crate::domain::Hold> = HashMap::new();
     let mut lifted: Vec<Uuid> = Vec::new();
