@@ -586,6 +586,72 @@ async fn batch_judges_each_item_on_its_own(pool: PgPool) {
     assert_eq!(before.iter().find(|(t, _)| t == "orders").unwrap().1, 0);
 }
 
+/// `?detail=summary`: each decided item says what was decided (seq, outcome, reason code)
+/// without its record, which the order's own URL still serves whole; a refused item still has
+/// its problem. An unknown `detail` is refused before anything is written.
+#[sqlx::test]
+async fn a_batch_answer_can_summarise_its_decisions(pool: PgPool) {
+    let (app, before) = setup(&pool).await;
+    let refused = app
+        .client
+        .post(app.url("/v1/orders/batch?detail=brief"))
+        .bearer_auth(sec(&app))
+        .header(CONTENT_TYPE, "application/json")
+        .body(json!({"orders": [batch_item("k-0", service::sec_freeze())]}).to_string());
+    let detail = assert_problem(&send(refused).await, 422, "invalid-request");
+    assert!(detail.contains("detail"), "{detail}");
+    assert_nothing_written(&pool, &before).await;
+
+    let mut bad = service::sec_freeze();
+    bad["instruction"]["duration_days"] = json!(30);
+    let body = json!({"orders": [
+        batch_item("k-good", service::sec_freeze()),
+        batch_item("k-bad", bad),
+    ]});
+    let summarised = app
+        .client
+        .post(app.url("/v1/orders/batch?detail=summary"))
+        .bearer_auth(sec(&app))
+        .header(CONTENT_TYPE, "application/json")
+        .body(body.to_string());
+    let (status, _, response) = send(summarised).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    let good = &response["results"][0];
+    assert_eq!(good["status"], 201, "{response}");
+    assert!(good.get("decision").is_none(), "no record: {response}");
+    let summary = &good["decision_summary"];
+    assert_eq!(summary["outcome"], "APPLIED", "{response}");
+    assert_eq!(summary["reason_code"], "applied", "{response}");
+    let seq = summary["seq"].as_u64().expect("seq");
+    let bad = &response["results"][1];
+    assert_eq!(bad["status"], 422, "{response}");
+    assert!(bad.get("decision_summary").is_none(), "{response}");
+    assert_problem_doc(&bad["problem"], 422, "invalid-request");
+
+    // The whole record is the one the summary points at.
+    let order_id = good["order_id"].as_str().expect("order_id");
+    let read = app
+        .client
+        .get(app.url(&format!("/v1/orders/{order_id}")))
+        .bearer_auth(sec(&app));
+    let (status, _, order) = send(read).await;
+    assert_eq!(status, StatusCode::OK, "{order}");
+    assert_eq!(order["decision"]["seq"], seq, "{order}");
+    assert_eq!(order["decision"]["outcome"], "APPLIED", "{order}");
+
+    // Without `detail`, and with `detail=full`, items carry the record as before.
+    let full = app
+        .client
+        .post(app.url("/v1/orders/batch?detail=full"))
+        .bearer_auth(sec(&app))
+        .header(CONTENT_TYPE, "application/json")
+        .body(json!({"orders": [batch_item("k-full", service::sec_freeze())]}).to_string());
+    let (status, _, response) = send(full).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    assert_eq!(response["results"][0]["decision"]["outcome"], "APPLIED");
+    assert!(response["results"][0].get("decision_summary").is_none());
+}
+
 #[sqlx::test]
 async fn batch_malformed_and_wrong_shape_are_refused(pool: PgPool) {
     let (app, before) = setup(&pool).await;

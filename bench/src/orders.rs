@@ -20,7 +20,8 @@
 //!      2,000, not measured), then `--orders` measured ones (default 50,000);
 //!    - `batch`: `--batch-concurrency` senders (default 4) of `POST /v1/orders/batch` with
 //!      `--batch-size` items each (default 1,000), `--batch-warmup` orders first (default
-//!      8,000), then `--batch-orders` measured ones (default 200,000);
+//!      8,000), then `--batch-orders` measured ones (default 200,000), asking for answers
+//!      with `?detail=summary` (`--batch-detail full` for every record);
 //!    - `--mode both` (the default) runs `single`, then `batch`.
 //!
 //!    Every order is a FREEZE on a target of its own — `{chain, asset: 0xBENCH-<n % assets>,
@@ -67,6 +68,12 @@ use crate::harness::{
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BatchDetail {
+    Summary,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     Single,
     Batch,
@@ -109,6 +116,11 @@ pub struct BenchArgs {
     /// Batch mode: measured orders.
     #[arg(long, default_value_t = 200_000)]
     batch_orders: u64,
+    /// Batch mode: how much of each decision the answers carry (`?detail=`): `summary` (seq,
+    /// outcome, reason code), what a portal sending a sanctions list needs back, or `full`
+    /// (every record, about 1.5 KB each).
+    #[arg(long, value_enum, default_value_t = BatchDetail::Summary)]
+    batch_detail: BatchDetail,
     /// Batch mode: orders sent before measuring.
     #[arg(long, default_value_t = 8_000)]
     batch_warmup: u64,
@@ -193,7 +205,10 @@ impl BenchArgs {
         let ctx = Arc::new(Ctx {
             client,
             orders_url: format!("{base}/v1/orders"),
-            batch_url: format!("{base}/v1/orders/batch"),
+            batch_url: match self.batch_detail {
+                BatchDetail::Summary => format!("{base}/v1/orders/batch?detail=summary"),
+                BatchDetail::Full => format!("{base}/v1/orders/batch?detail=full"),
+            },
             token,
             assets: self.assets,
             histogram: Histogram::new_with_bounds(1, 600_000_000, 3)
@@ -261,8 +276,13 @@ impl BenchArgs {
             )
             .await;
             let after = stats.snapshot().await?;
-            let title =
-                format!("batch: POST /v1/orders/batch, {size} orders per batch, {conc} senders");
+            let detail = match self.batch_detail {
+                BatchDetail::Summary => "summary",
+                BatchDetail::Full => "full",
+            };
+            let title = format!(
+                "batch: POST /v1/orders/batch?detail={detail}, {size} orders per batch, {conc} senders"
+            );
             batch_rate = Some(report(
                 &title,
                 &tally,
@@ -412,7 +432,10 @@ struct BatchReply {
 #[derive(Debug, Deserialize)]
 struct BatchItemReply {
     status: u16,
+    /// With `detail=full`.
     decision: Option<Decision>,
+    /// With `detail=summary`.
+    decision_summary: Option<Decision>,
     problem: Option<serde_json::Value>,
 }
 
@@ -553,7 +576,7 @@ async fn batch(ctx: &Ctx, first: u64, count: u64, tally: &mut Tally) {
             }
             for item in reply.results {
                 let problem = item.problem;
-                tally.item(item.status, item.decision, || {
+                tally.item(item.status, item.decision.or(item.decision_summary), || {
                     format!("{}: {}", item.status, problem.unwrap_or_default())
                 });
             }

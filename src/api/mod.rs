@@ -339,7 +339,7 @@ pub fn router(state: AppState, http: &edge::HttpConfig) -> Router {
         ops::healthz, ops::readyz, ops::metrics,
         console::index, console::file, sign_in::config, sign_in::sign_in,
     ),
-    components(schemas(crate::auth::Role, audit::ExportFormat)),
+    components(schemas(crate::auth::Role, audit::ExportFormat, orders::Detail)),
     modifiers(&BearerAuth, &EdgeResponses, &OperationIds, &IdPatterns),
     tags(
         (name = "orders", description = "Submit orders and read their decisions"),

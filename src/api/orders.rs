@@ -14,10 +14,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use super::extract::{canonical_json, idempotency_key, json_body, parse_idempotency_key, require};
+use super::extract::{
+    canonical_json, idempotency_key, json_body, parse_idempotency_key, require, ApiQuery,
+};
 use super::problem::{ApiError, Problem};
 use super::AppState;
 use crate::auth::{Principal, Role};
+use crate::domain::resolve::Outcome;
 use crate::domain::{Instruction, IssuerId, LegalBasis, Order, OrderId, OrderKind, Target};
 use crate::hub::{RecordText, Waiter};
 use crate::storage::{self, Intake, NewOrder, OrderBody};
@@ -276,11 +279,52 @@ pub struct BatchResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<OrderStatus>)]
     pub order_status: Option<OrderStatus>,
+    /// The decision record exactly as committed (with `detail=full`, the default).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<crate::domain::ledger::DecisionRecord>)]
     pub decision: Option<Box<RawValue>>,
+    /// What the decision was, without its record (with `detail=summary`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_summary: Option<DecisionSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<Problem>,
+}
+
+/// A decision in a few fields: its place in the log and its outcome. The whole record is at
+/// `GET /v1/orders/{order_id}` (and in the audit log, by `seq`).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DecisionSummary {
+    pub seq: u64,
+    #[schema(value_type = String, example = "APPLIED")]
+    pub outcome: Outcome,
+    pub reason_code: String,
+}
+
+/// How much of each decision a batch answer carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Detail {
+    /// Each decided item carries its whole decision record (about 1.5 KB), as a single
+    /// submission does.
+    #[default]
+    Full,
+    /// Each decided item carries `decision_summary` instead: a batch of 1,000 answers in
+    /// about 150 KB rather than 1.6 MB.
+    Summary,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct BatchQuery {
+    /// `full` (the default) or `summary`.
+    pub detail: Option<Detail>,
+}
+
+/// The summary fields of a record's text; the rest is skipped, not built.
+fn summary(text: &str) -> Result<DecisionSummary, ApiError> {
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::Internal(storage::StorageError::Corrupt(e.to_string())))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -304,21 +348,24 @@ enum Slot {
 /// configured bound; an item still pending has status 202.
 #[utoipa::path(
     post, path = "/v1/orders/batch", tag = "orders",
+    params(BatchQuery),
     request_body = BatchRequest,
     responses(
         (status = 200, description = "Per-item results, in input order", body = BatchResponse),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not a batch, or more than 1,000 items", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a batch, more than 1,000 items, or an unknown `detail`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
 pub async fn batch(
     State(state): State<AppState>,
     principal: Principal,
+    ApiQuery(query): ApiQuery<BatchQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BatchResponse>, ApiError> {
+    let detail = query.detail.unwrap_or_default();
     let request: BatchRequest = json_body(body, BATCH_BODY_LIMIT)?;
     if request.orders.len() > MAX_BATCH {
         return Err(ApiError::BatchTooLarge {
@@ -464,7 +511,14 @@ pub async fn batch(
                     } else {
                         OrderStatus::Pending
                     }),
-                    decision: decision.map(|d| raw(&d)).transpose()?,
+                    decision: match detail {
+                        Detail::Full => decision.as_deref().map(raw).transpose()?,
+                        Detail::Summary => None,
+                    },
+                    decision_summary: match detail {
+                        Detail::Full => None,
+                        Detail::Summary => decision.as_deref().map(summary).transpose()?,
+                    },
                     problem: None,
                 })
             }
@@ -476,6 +530,7 @@ pub async fn batch(
                     order_id: None,
                     order_status: None,
                     decision: None,
+                    decision_summary: None,
                     problem: Some(problem),
                 })
             }
