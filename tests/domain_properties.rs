@@ -242,6 +242,34 @@ proptest! {
         }
     }
 
+    /// A target's coverage (what each record states before and after its decision) is, in one
+    /// pass, what the holds covering it give one by one: the maximum level, the covering holds in
+    /// order-id order, and the frozen amount (everything if a freezing hold has no amount, else
+    /// the sum of the freezing holds' amounts).
+    #[test]
+    fn a_targets_coverage_is_what_its_covering_holds_add_up_to(history in history()) {
+        let state = run(&history).final_state;
+        for scope in holder_scopes() {
+            let covering: Vec<&Hold> = state.holds().filter(|h| h.covers(scope.as_ref())).collect();
+            let coverage = state.coverage(scope.as_ref());
+            prop_assert_eq!(
+                coverage.level,
+                covering.iter().map(|h| h.level()).max().unwrap_or(LockLevel::Unlocked)
+            );
+            prop_assert_eq!(&coverage.holds, &covering.iter().map(|h| h.order_id).collect::<Vec<_>>());
+            let freezing: Vec<&&Hold> =
+                covering.iter().filter(|h| h.level() >= LockLevel::PreemptiveLocked).collect();
+            let expected = if freezing.iter().any(|h| h.amount.is_none()) {
+                Frozen::All
+            } else if freezing.is_empty() {
+                Frozen::Nothing
+            } else {
+                Frozen::Partial(freezing.iter().filter_map(|h| h.amount).fold(0u128, |s, a| s.saturating_add(a.units())))
+            };
+            prop_assert_eq!(coverage.frozen, expected);
+        }
+    }
+
     /// SPEC §2: an applied RELEASE removes exactly the hold it names and nothing else.
     #[test]
     fn a_release_removes_only_the_hold_it_names(history in history(), pick in any::<usize>(), issuer in 0..ISSUERS.len()) {

@@ -77,17 +77,17 @@ pub struct TargetState {
 
 impl TargetState {
     pub fn of(state: &AssetState, holder: Option<&HolderAddress>) -> Self {
-        let level = state.effective_level(holder);
+        let coverage = state.coverage(holder);
         Self {
             version: state.version(),
-            level,
-            level_number: level.number(),
-            frozen: match state.frozen(holder) {
+            level: coverage.level,
+            level_number: coverage.level.number(),
+            frozen: match coverage.frozen {
                 Frozen::Nothing => "none".into(),
                 Frozen::All => "all".into(),
                 Frozen::Partial(units) => units.to_string(),
             },
-            holds: state.holds_covering(holder).map(|h| h.order_id).collect(),
+            holds: coverage.holds,
         }
     }
 }

@@ -28,4 +28,4 @@ pub use resolve::{
     resolve, Candidate, ConflictGroup, Decision, GroupError, Outcome, Reason, Resolution, Subject,
     Verdict,
 };
-pub use state::{AssetState, Effect, FencingToken, Frozen, Hold, LiftCause};
+pub use state::{AssetState, Coverage, Effect, FencingToken, Frozen, Hold, LiftCause};

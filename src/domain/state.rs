@@ -114,6 +114,16 @@ pub enum Frozen {
     All,
 }
 
+/// What the holds covering one holder add up to ([`AssetState::coverage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    /// The maximum level over them.
+    pub level: LockLevel,
+    pub frozen: Frozen,
+    /// Their order ids, in order.
+    pub holds: Vec<OrderId>,
+}
+
 /// The state of one asset: its active holds, its version and its lease counter.
 ///
 /// Holds are shared (`Arc`) and kept in one vector sorted by order id: the sequencer copies a
@@ -189,33 +199,46 @@ impl AssetState {
 
     /// The maximum level over the active holds that apply to `holder`.
     pub fn effective_level(&self, holder: Option<&HolderAddress>) -> LockLevel {
-        self.holds_covering(holder)
-            .map(Hold::level)
-            .max()
-            .unwrap_or_default()
+        self.coverage(holder).level
     }
 
     /// What is frozen for `holder`: holds at a blocking level (SUSPEND and above) and preemptive
     /// leases freeze; MONITOR only flags. Any such hold without an amount freezes everything.
     pub fn frozen(&self, holder: Option<&HolderAddress>) -> Frozen {
-        let mut sum: u128 = 0;
-        let mut any = false;
-        for hold in self
-            .holds_covering(holder)
-            .filter(|h| h.level() >= LockLevel::PreemptiveLocked)
-        {
-            match hold.amount {
-                None => return Frozen::All,
-                Some(a) => {
-                    any = true;
-                    sum = sum.saturating_add(a.units());
+        self.coverage(holder).frozen
+    }
+
+    /// The level, the frozen amount and the holds (by order id) that apply to `holder`, in one
+    /// pass over the asset's holds: every record states all three for its target, before and
+    /// after its decision, and an asset may carry thousands of holds.
+    pub fn coverage(&self, holder: Option<&HolderAddress>) -> Coverage {
+        let mut level = LockLevel::default();
+        let mut holds = Vec::new();
+        let (mut sum, mut partial, mut all) = (0u128, false, false);
+        for hold in self.holds_covering(holder) {
+            level = level.max(hold.level());
+            holds.push(hold.order_id);
+            if hold.level() >= LockLevel::PreemptiveLocked {
+                match hold.amount {
+                    None => all = true,
+                    Some(a) => {
+                        partial = true;
+                        sum = sum.saturating_add(a.units());
+                    }
                 }
             }
         }
-        if any {
+        let frozen = if all {
+            Frozen::All
+        } else if partial {
             Frozen::Partial(sum)
         } else {
             Frozen::Nothing
+        };
+        Coverage {
+            level,
+            frozen,
+            holds,
         }
     }
 
