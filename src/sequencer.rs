@@ -505,10 +505,12 @@ impl Sequencer {
         off_thread: bool,
     ) -> Result<Prepared, StorageError> {
         let started = std::time::Instant::now();
-        let mut work = storage::fetch_work(
+        let leave_out: Vec<uuid::Uuid> = in_flight.iter().map(|id| id.as_uuid()).collect();
+        let work = storage::fetch_work(
             &mut *conn,
-            self.config.fetch_limit + in_flight.len() as i64,
+            self.config.fetch_limit,
             self.config.window > Duration::zero(),
+            &leave_out,
         )
         .await?;
         // The ledger's time never goes back, even if the database's clock does (a time range
@@ -522,7 +524,6 @@ impl Sequencer {
             .truncated
             .then(|| work.pending.last().map(|p| p.order.intake_at))
             .flatten();
-        work.pending.retain(|p| !in_flight.contains(&p.order.id));
         metrics::gauge!("regulator_intake_backlog").set(work.pending.len() as f64);
         metrics::gauge!("regulator_policy_active_version").set(policy.version.version);
         let fetched = work.pending.len();

@@ -393,14 +393,17 @@ pub struct Work {
     pub requests: bool,
 }
 
-/// Fetches what there is to decide. With `settle_intake`, first waits for every intake
-/// transaction in flight to commit, so that every order stamped at or before the returned `now`
-/// is visible: a window that has closed by `now` is then complete. (With a window of 0 only
-/// orders of one statement group together, and they commit together, so it is not needed.)
+/// Fetches what there is to decide, leaving out `in_flight` (the orders of a round being
+/// committed, still in the queue until it lands). With `settle_intake`, first waits for every
+/// intake transaction in flight to commit, so that every order stamped at or before the
+/// returned `now` is visible: a window that has closed by `now` is then complete. (With a
+/// window of 0 only orders of one statement group together, and they commit together, so it is
+/// not needed.)
 pub async fn fetch_work(
     conn: &mut PgConnection,
     limit: i64,
     settle_intake: bool,
+    in_flight: &[Uuid],
 ) -> Result<Work, StorageError> {
     const CLOCK: &str = "SELECT clock_timestamp(),
                 (SELECT min(next_expiry) FROM asset_state WHERE next_expiry > clock_timestamp()),
@@ -421,12 +424,25 @@ pub async fn fetch_work(
     let next_expiry: Option<DateTime<Utc>> = clock.get(1);
     let requests: bool = clock.get(2);
 
-    let rows = sqlx::query(pending_orders_sql!(
-        "ORDER BY q.intake_at, q.order_id LIMIT $1"
-    ))
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = if in_flight.is_empty() {
+        sqlx::query(pending_orders_sql!(
+            "ORDER BY q.intake_at, q.order_id LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?
+    } else {
+        // Planned with its values each time (an unnamed statement): Postgres then looks the
+        // ids up in a hash table; a cached generic plan compares each row with every id.
+        sqlx::query(pending_orders_sql!(
+            "WHERE q.order_id <> ALL($2) ORDER BY q.intake_at, q.order_id LIMIT $1"
+        ))
+        .bind(limit)
+        .bind(in_flight)
+        .persistent(false)
+        .fetch_all(&mut *conn)
+        .await?
+    };
     let truncated = rows.len() as i64 >= limit;
     let pending = pending_orders(&rows)?;
 
