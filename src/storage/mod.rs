@@ -778,8 +778,11 @@ async fn write_states(
         expiries.push(c.next_expiry);
     }
     let mut placed: HashMap<OrderId, &crate::domain::Hold> = HashMap::new();
-    let mut lifted: Vec<Uuid> = Vec::new();
+    // A decision's effects are all on its own asset (the state map refuses any other), so a
+    // lifted hold is found by that asset and its order id: the table's key.
+    let mut lifted: (Vec<&str>, Vec<&str>, Vec<Uuid>) = Default::default();
     for record in records {
+        let asset = &record.record.target.asset;
         for effect in &record.record.effects {
             match effect {
                 crate::domain::Effect::Place { hold } => {
@@ -787,7 +790,9 @@ async fn write_states(
                 }
                 crate::domain::Effect::Lift { order_id, .. } => {
                     if placed.remove(order_id).is_none() {
-                        lifted.push(order_id.as_uuid());
+                        lifted.0.push(asset.chain.as_str());
+                        lifted.1.push(asset.asset.as_str());
+                        lifted.2.push(order_id.as_uuid());
                     }
                 }
             }
@@ -801,7 +806,7 @@ async fn write_states(
         placed_ids.push(id.as_uuid());
         placed_chains.push(hold.target.asset.chain.as_str());
         placed_assets.push(hold.target.asset.asset.as_str());
-        placed_holds.push(sqlx::types::Json(hold));
+        placed_holds.push(serde_json::to_string(hold).map_err(corrupt)?);
     }
     sqlx::query(
         "INSERT INTO asset_state (chain, asset, version, last_fencing_token, next_expiry)
@@ -818,16 +823,32 @@ async fn write_states(
     .bind(&expiries)
     .execute(&mut **tx)
     .await?;
-    if !lifted.is_empty() {
-        sqlx::query("DELETE FROM holds WHERE order_id = ANY($1)")
-            .bind(&lifted)
-            .execute(&mut **tx)
-            .await?;
+    if !lifted.2.is_empty() {
+        let removed = sqlx::query(
+            "DELETE FROM holds h
+             USING UNNEST($1::text[], $2::text[], $3::uuid[]) AS l(chain, asset, order_id)
+             WHERE h.chain = l.chain AND h.asset = l.asset AND h.order_id = l.order_id",
+        )
+        .bind(&lifted.0)
+        .bind(&lifted.1)
+        .bind(&lifted.2)
+        .execute(&mut **tx)
+        .await?;
+        // A lifted hold is active, so its row is there: one left behind would outlive its lift.
+        if removed.rows_affected() != lifted.2.len() as u64 {
+            return Err(StorageError::Corrupt(format!(
+                "{} of the {} lifted holds were in the holds table",
+                removed.rows_affected(),
+                lifted.2.len()
+            )));
+        }
     }
     if !placed_ids.is_empty() {
         sqlx::query(
             "INSERT INTO holds (order_id, chain, asset, hold)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[])",
+             SELECT order_id, chain, asset, hold::json
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
+               AS p(order_id, chain, asset, hold)",
         )
         .bind(&placed_ids)
         .bind(&placed_chains)

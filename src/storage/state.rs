@@ -202,13 +202,15 @@ pub async fn replace_states(
         .execute(&mut *tx)
         .await?;
         for hold in state.holds() {
-            sqlx::query("INSERT INTO holds (order_id, chain, asset, hold) VALUES ($1, $2, $3, $4)")
-                .bind(hold.order_id.as_uuid())
-                .bind(key.chain.as_str())
-                .bind(key.asset.as_str())
-                .bind(sqlx::types::Json(hold))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO holds (order_id, chain, asset, hold) VALUES ($1, $2, $3, $4::json)",
+            )
+            .bind(hold.order_id.as_uuid())
+            .bind(key.chain.as_str())
+            .bind(key.asset.as_str())
+            .bind(serde_json::to_string(hold).map_err(corrupt)?)
+            .execute(&mut *tx)
+            .await?;
         }
     }
     tx.commit().await?;
