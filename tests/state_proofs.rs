@@ -396,3 +396,54 @@ async fn a_tampered_holds_row_stops_the_leader_until_a_rebuild(pool: PgPool) {
         .await;
     assert_eq!(target["state"]["frozen"], "all", "{target}");
 }
+
+/// A holds row dropped behind a leading replica's back: the replica's cache still has the hold,
+/// so it decides the release that lifts it, but the commit finds no row to delete and writes
+/// nothing (a row left behind, or a lift of nothing, would break "the state tables equal a
+/// replay"). The leader steps down and, on the tables that no longer give the signed roots,
+/// does not lead again: the release waits, undecided, for a rebuild.
+#[sqlx::test]
+async fn a_release_whose_holds_row_is_gone_is_not_committed(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    app.register(BOND.0, BOND.1, "US", "security").await;
+    app.freeze_holders(0..2).await;
+    publish(&app).await;
+    let frozen: String = sqlx::query_scalar(
+        "SELECT order_id::text FROM orders WHERE holder = '0xH1' AND kind = 'FREEZE'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let head = regulator::storage::ledger_head(&pool).await.unwrap();
+    let dropped = sqlx::query("DELETE FROM holds WHERE hold->'target'->>'holder' = '0xH1'")
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(dropped, 1);
+
+    let mut release = order(
+        BOND.0,
+        BOND.1,
+        "court_order",
+        "SEC v. Acme",
+        serde_json::json!({"kind": "RELEASE", "releases": frozen}),
+    );
+    release["target"]["holder"] = serde_json::json!("0xH1");
+    let (status, answer) = app
+        .submit(&app.regulator("US-SEC"), "release-h1", &release)
+        .await;
+    assert_eq!(status, 202, "not decided: {answer}");
+    let after = regulator::storage::ledger_head(&pool).await.unwrap();
+    assert_eq!(after, head, "nothing was committed");
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM intake_queue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 1, "the release waits in the queue");
+    assert!(
+        !app.leading().await,
+        "the leader stepped down and stays down"
+    );
+    app.app.stop().await;
+}
