@@ -25,7 +25,7 @@ use crate::domain::detect::{detect, Pending};
 use crate::domain::event::{seal_event, EventRequest, LedgerEvent, SealedEvent, VersionRef};
 use crate::domain::ledger::{seal_group, GroupContext, Head, SealedRecord};
 use crate::domain::state_leaves::{Delta, Overlay, StateTree};
-use crate::domain::{AssetKey, AssetState, Order, OrderId, RegisteredAsset};
+use crate::domain::{AssetKey, AssetState, Order, RegisteredAsset};
 use crate::hub::Hub;
 use crate::policy::{Compiled, PolicyEngine};
 use crate::storage::policy::Settled;
@@ -419,7 +419,7 @@ impl Sequencer {
                         &leader.policy,
                         leader.head,
                         leader.last_stamp,
-                        &HashSet::new(),
+                        &[],
                         false,
                     )
                     .await?;
@@ -453,10 +453,10 @@ impl Sequencer {
         let committing = commit_decided(conn, tree, *epoch, *head, &decided);
         let (committed, prepared) = match reader.as_mut().filter(|_| overlap) {
             Some(reader) => {
-                let in_flight: HashSet<OrderId> = decided
+                let in_flight: Vec<uuid::Uuid> = decided
                     .records
                     .iter()
-                    .filter_map(|s| s.record.order.as_ref().map(|o| o.id))
+                    .filter_map(|s| s.record.order.as_ref().map(|o| o.id.as_uuid()))
                     .collect();
                 let preparing = self.prepare(
                     reader,
@@ -501,16 +501,15 @@ impl Sequencer {
         policy: &ActivePolicy,
         from: Head,
         last_stamp: DateTime<Utc>,
-        in_flight: &HashSet<OrderId>,
+        in_flight: &[uuid::Uuid],
         off_thread: bool,
     ) -> Result<Prepared, StorageError> {
         let started = std::time::Instant::now();
-        let leave_out: Vec<uuid::Uuid> = in_flight.iter().map(|id| id.as_uuid()).collect();
         let work = storage::fetch_work(
             &mut *conn,
             self.config.fetch_limit,
             self.config.window > Duration::zero(),
-            &leave_out,
+            in_flight,
         )
         .await?;
         // The ledger's time never goes back, even if the database's clock does (a time range
@@ -556,7 +555,9 @@ impl Sequencer {
                 let closes_at = opened + self.config.window;
                 if work.now >= closes_at {
                     let mut window = storage::fetch_window(&mut *conn, &key, closes_at).await?;
-                    window.retain(|p| !in_flight.contains(&p.order.id));
+                    // Rare (a burst past the fetch limit in one window): left out here.
+                    let in_flight: HashSet<&uuid::Uuid> = in_flight.iter().collect();
+                    window.retain(|p| !in_flight.contains(&p.order.id.as_uuid()));
                     if let Some(first) = window.first() {
                         assets.insert(key.clone(), first.asset.clone());
                     }
@@ -628,13 +629,14 @@ impl Sequencer {
         let (records, head) = output.sealed?;
         let changes = output
             .changed
-            .iter()
+            .into_iter()
             .filter_map(|key| {
-                states.get(key).map(|after| StateRow {
-                    key: key.clone(),
+                let after = states.get(&key)?;
+                Some(storage::StateChange {
                     version: after.version(),
                     last_fencing_token: after.last_fencing_token(),
                     next_expiry: after.next_expiry(),
+                    key,
                 })
             })
             .collect();
@@ -665,7 +667,7 @@ enum Prepared {
 struct Decided {
     records: Arc<Vec<SealedRecord>>,
     /// The assets whose state the round changed, as it leaves them.
-    changes: Vec<StateRow>,
+    changes: Vec<storage::StateChange>,
     /// The head after the round's last record.
     head: Head,
     stamp: DateTime<Utc>,
@@ -673,14 +675,6 @@ struct Decided {
     fetched: usize,
     fetch_time: StdDuration,
     decide_time: StdDuration,
-}
-
-/// An asset's row in `asset_state` after a round.
-struct StateRow {
-    key: AssetKey,
-    version: u64,
-    last_fencing_token: u64,
-    next_expiry: Option<DateTime<Utc>>,
 }
 
 /// Everything deciding a round needs, owned, so that it can run on another thread.
@@ -700,7 +694,7 @@ struct RoundOutput {
     /// The states of the groups' assets, as the round leaves them.
     states: HashMap<AssetKey, AssetState>,
     /// The assets whose version moved.
-    changed: Vec<AssetKey>,
+    changed: HashSet<AssetKey>,
     /// The sealed records and the head after the last.
     sealed: Result<(Vec<SealedRecord>, Head), StorageError>,
 }
@@ -718,7 +712,7 @@ fn decide_round(input: RoundInput) -> RoundOutput {
         now,
         stamp,
     } = input;
-    let mut changed: Vec<AssetKey> = Vec::new();
+    let mut changed: HashSet<AssetKey> = HashSet::new();
     let mut head = from;
     let mut records: Vec<SealedRecord> = Vec::new();
     let decide = || -> Result<(), StorageError> {
@@ -742,9 +736,7 @@ fn decide_round(input: RoundInput) -> RoundOutput {
             records.extend(sealed);
             // The version moves exactly when a decision changes the state.
             if resolution.state.version() != before.version() {
-                if !changed.contains(&key) {
-                    changed.push(key.clone());
-                }
+                changed.insert(key.clone());
                 states.insert(key, resolution.state);
             }
         }
@@ -788,16 +780,7 @@ async fn commit_decided(
         epoch,
         from,
         records: &decided.records,
-        states: decided
-            .changes
-            .iter()
-            .map(|c| storage::StateChange {
-                key: &c.key,
-                version: c.version,
-                last_fencing_token: c.last_fencing_token,
-                next_expiry: c.next_expiry,
-            })
-            .collect(),
+        states: &decided.changes,
     };
     let head = storage::commit(conn, commit, state_round).await?;
     *tree = returned.ok_or_else(|| {

@@ -105,8 +105,18 @@ fn post_order(app: &TestApp, token: &str, key: Option<&str>, body: &Value) -> Re
 }
 
 fn post_batch(app: &TestApp, token: &str, body: impl Into<String>) -> RequestBuilder {
+    post_batch_to(app, "/v1/orders/batch", token, body)
+}
+
+/// Like [`post_batch`], to `path` (the batch endpoint with a query).
+fn post_batch_to(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    body: impl Into<String>,
+) -> RequestBuilder {
     app.client
-        .post(app.url("/v1/orders/batch"))
+        .post(app.url(path))
         .bearer_auth(token)
         .header(CONTENT_TYPE, "application/json")
         .body(body.into())
@@ -592,12 +602,12 @@ async fn batch_judges_each_item_on_its_own(pool: PgPool) {
 #[sqlx::test]
 async fn a_batch_answer_can_summarise_its_decisions(pool: PgPool) {
     let (app, before) = setup(&pool).await;
-    let refused = app
-        .client
-        .post(app.url("/v1/orders/batch?detail=brief"))
-        .bearer_auth(sec(&app))
-        .header(CONTENT_TYPE, "application/json")
-        .body(json!({"orders": [batch_item("k-0", service::sec_freeze())]}).to_string());
+    let refused = post_batch_to(
+        &app,
+        "/v1/orders/batch?detail=brief",
+        &sec(&app),
+        json!({"orders": [batch_item("k-0", service::sec_freeze())]}).to_string(),
+    );
     let detail = assert_problem(&send(refused).await, 422, "invalid-request");
     assert!(detail.contains("detail"), "{detail}");
     assert_nothing_written(&pool, &before).await;
@@ -608,12 +618,12 @@ async fn a_batch_answer_can_summarise_its_decisions(pool: PgPool) {
         batch_item("k-good", service::sec_freeze()),
         batch_item("k-bad", bad),
     ]});
-    let summarised = app
-        .client
-        .post(app.url("/v1/orders/batch?detail=summary"))
-        .bearer_auth(sec(&app))
-        .header(CONTENT_TYPE, "application/json")
-        .body(body.to_string());
+    let summarised = post_batch_to(
+        &app,
+        "/v1/orders/batch?detail=summary",
+        &sec(&app),
+        body.to_string(),
+    );
     let (status, _, response) = send(summarised).await;
     assert_eq!(status, StatusCode::OK, "{response}");
     let good = &response["results"][0];
@@ -640,12 +650,12 @@ async fn a_batch_answer_can_summarise_its_decisions(pool: PgPool) {
     assert_eq!(order["decision"]["outcome"], "APPLIED", "{order}");
 
     // Without `detail`, and with `detail=full`, items carry the record as before.
-    let full = app
-        .client
-        .post(app.url("/v1/orders/batch?detail=full"))
-        .bearer_auth(sec(&app))
-        .header(CONTENT_TYPE, "application/json")
-        .body(json!({"orders": [batch_item("k-full", service::sec_freeze())]}).to_string());
+    let full = post_batch_to(
+        &app,
+        "/v1/orders/batch?detail=full",
+        &sec(&app),
+        json!({"orders": [batch_item("k-full", service::sec_freeze())]}).to_string(),
+    );
     let (status, _, response) = send(full).await;
     assert_eq!(status, StatusCode::OK, "{response}");
     assert_eq!(response["results"][0]["decision"]["outcome"], "APPLIED");

@@ -186,6 +186,74 @@ async fn wait_until_decided(pool: &PgPool, orders: usize) {
     panic!("not every order was decided within 10 s");
 }
 
+/// Registers bond `n` in storage directly (no service running); its key.
+async fn register_bond_in(pool: &PgPool, n: usize) -> AssetKey {
+    use regulator::domain::{AssetClass, AssetId, ChainId, JurisdictionCode, RegisteredAsset};
+    let key = AssetKey {
+        chain: ChainId::parse("ethereum").unwrap(),
+        asset: AssetId::parse(format!("0xBOND-{n}")).unwrap(),
+    };
+    storage::upsert_asset(
+        pool,
+        &RegisteredAsset {
+            key: key.clone(),
+            issuer_jurisdiction: JurisdictionCode::parse("US").unwrap(),
+            asset_class: AssetClass::parse("security").unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    key
+}
+
+/// An SEC court-ordered freeze of `holder` on `key`, ready for [`storage::intake`].
+fn freeze_order(key: &AssetKey, holder: &str, idempotency_key: String) -> storage::NewOrder {
+    use regulator::domain::{
+        HolderAddress, Instruction, Instrument, IssuerId, LegalBasis, OrderId, Target,
+    };
+    storage::NewOrder {
+        id: OrderId::new(),
+        issuer: IssuerId::parse("US-SEC").unwrap(),
+        idempotency_key,
+        request_hash: [0; 32],
+        target: Target {
+            asset: key.clone(),
+            holder: Some(HolderAddress::parse(holder).unwrap()),
+        },
+        body: storage::OrderBody {
+            legal_basis: LegalBasis {
+                instrument: Instrument::parse("court_order").unwrap(),
+                reference: "SEC v. Many".into(),
+            },
+            instruction: Instruction::Freeze { amount: None },
+        },
+    }
+}
+
+/// Runs a bare sequencer (no HTTP service) with `config` on the policies of `policies/` until
+/// `orders` orders are decided, then stops it.
+async fn sequence_until_decided(
+    pool: &PgPool,
+    config: regulator::sequencer::SequencerConfig,
+    orders: usize,
+) {
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    regulator::app::import_policies(pool, &policies)
+        .await
+        .unwrap();
+    let sequencer = regulator::sequencer::Sequencer::new(
+        pool.clone(),
+        std::sync::Arc::new(regulator::hub::Hub::new(0)),
+        config,
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(sequencer.run(stopped));
+    wait_until_decided(pool, orders).await;
+    stop.send_replace(true);
+    running.await.unwrap();
+}
+
 /// Two replicas on one database: both take orders, exactly one sequences them, and the log is
 /// one gapless, unbroken chain.
 #[sqlx::test]
@@ -256,7 +324,7 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
             epoch: old_epoch,
             from: old_head,
             records: std::slice::from_ref(&sealed),
-            states: Vec::new(),
+            states: &[],
         },
         async { Ok(None) },
     )
@@ -314,7 +382,7 @@ async fn a_commit_whose_state_round_fails_writes_nothing(pool: PgPool) {
         epoch,
         from: head,
         records: std::slice::from_ref(&sealed),
-        states: Vec::new(),
+        states: &[],
     };
     let failed = storage::commit(&mut conn, commit(), async {
         Err(storage::StorageError::Corrupt(
@@ -410,68 +478,22 @@ async fn a_killed_leader_is_replaced_with_nothing_lost_or_duplicated(pool: PgPoo
 /// fetch that would return the same rows.
 #[sqlx::test]
 async fn a_window_larger_than_the_fetch_limit_is_decided_whole(pool: PgPool) {
-    use regulator::domain::{
-        AssetClass, AssetId, ChainId, HolderAddress, Instruction, Instrument, IssuerId,
-        JurisdictionCode, LegalBasis, OrderId, RegisteredAsset, Target,
-    };
-    use regulator::storage::{NewOrder, OrderBody};
-    use std::sync::Arc;
-
-    let key = AssetKey {
-        chain: ChainId::parse("ethereum").unwrap(),
-        asset: AssetId::parse("0xBOND-0").unwrap(),
-    };
-    storage::upsert_asset(
-        &pool,
-        &RegisteredAsset {
-            key: key.clone(),
-            issuer_jurisdiction: JurisdictionCode::parse("US").unwrap(),
-            asset_class: AssetClass::parse("security").unwrap(),
-        },
-    )
-    .await
-    .unwrap();
-    let burst: Vec<NewOrder> = (0..30)
-        .map(|i| NewOrder {
-            id: OrderId::new(),
-            issuer: IssuerId::parse("US-SEC").unwrap(),
-            idempotency_key: format!("burst-{i}"),
-            request_hash: [0; 32],
-            target: Target {
-                asset: key.clone(),
-                holder: Some(HolderAddress::parse(format!("0xH{i}")).unwrap()),
-            },
-            body: OrderBody {
-                legal_basis: LegalBasis {
-                    instrument: Instrument::parse("court_order").unwrap(),
-                    reference: "SEC v. Many".into(),
-                },
-                instruction: Instruction::Freeze { amount: None },
-            },
-        })
+    let key = register_bond_in(&pool, 0).await;
+    let burst: Vec<storage::NewOrder> = (0..30)
+        .map(|i| freeze_order(&key, &format!("0xH{i}"), format!("burst-{i}")))
         .collect();
     storage::intake(&pool, &burst).await.unwrap();
-
-    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    regulator::app::import_policies(&pool, &policies)
-        .await
-        .unwrap();
-    let sequencer = regulator::sequencer::Sequencer::new(
-        pool.clone(),
-        Arc::new(regulator::hub::Hub::new(0)),
+    sequence_until_decided(
+        &pool,
         regulator::sequencer::SequencerConfig {
             window: chrono::Duration::milliseconds(200),
             fetch_limit: 10,
             poll: Duration::from_millis(50),
             ..Default::default()
         },
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(sequencer.run(stopped));
-    wait_until_decided(&pool, 30).await;
-    stop.send_replace(true);
-    running.await.unwrap();
+        30,
+    )
+    .await;
 
     let records = assert_ledger_sound(&pool).await;
     assert_eq!(records.len(), 30);
@@ -551,31 +573,10 @@ async fn no_order_stamped_inside_a_window_is_left_out_of_its_group(pool: PgPool)
 /// once, the log gapless, the chain unbroken, the state tables equal to a replay.
 #[sqlx::test]
 async fn a_commit_that_fails_while_the_next_round_was_decided_drops_both(pool: PgPool) {
-    use regulator::domain::{
-        AssetClass, AssetId, ChainId, HolderAddress, Instruction, Instrument, IssuerId,
-        JurisdictionCode, LegalBasis, OrderId, RegisteredAsset, Target,
-    };
-    use regulator::storage::{NewOrder, OrderBody};
-    use std::sync::Arc;
-
     let metrics = regulator::app::metrics_handle();
-    let keys: Vec<AssetKey> = (0..3)
-        .map(|i| AssetKey {
-            chain: ChainId::parse("ethereum").unwrap(),
-            asset: AssetId::parse(format!("0xBOND-{i}")).unwrap(),
-        })
-        .collect();
-    for key in &keys {
-        storage::upsert_asset(
-            &pool,
-            &RegisteredAsset {
-                key: key.clone(),
-                issuer_jurisdiction: JurisdictionCode::parse("US").unwrap(),
-                asset_class: AssetClass::parse("security").unwrap(),
-            },
-        )
-        .await
-        .unwrap();
+    let mut keys = Vec::new();
+    for n in 0..3 {
+        keys.push(register_bond_in(&pool, n).await);
     }
     // The first commit that records the poisoned holder waits (so that the next round is
     // decided meanwhile) and then fails; a sequence counts the tries, outside the rollback.
@@ -597,42 +598,24 @@ async fn a_commit_that_fails_while_the_next_round_was_decided_drops_both(pool: P
     .unwrap();
     // Five intake statements of ten orders: five arrival times, a backlog of several rounds.
     for batch in 0..5 {
-        let orders: Vec<NewOrder> = (0..10)
+        let orders: Vec<storage::NewOrder> = (0..10)
             .map(|i| {
                 let holder = if batch == 0 && i == 0 {
                     "0xPOISON".to_owned()
                 } else {
                     format!("0xH{batch}-{i}")
                 };
-                NewOrder {
-                    id: OrderId::new(),
-                    issuer: IssuerId::parse("US-SEC").unwrap(),
-                    idempotency_key: format!("backlog-{batch}-{i}"),
-                    request_hash: [0; 32],
-                    target: Target {
-                        asset: keys[i % keys.len()].clone(),
-                        holder: Some(HolderAddress::parse(holder).unwrap()),
-                    },
-                    body: OrderBody {
-                        legal_basis: LegalBasis {
-                            instrument: Instrument::parse("court_order").unwrap(),
-                            reference: "SEC v. Many".into(),
-                        },
-                        instruction: Instruction::Freeze { amount: None },
-                    },
-                }
+                freeze_order(
+                    &keys[i % keys.len()],
+                    &holder,
+                    format!("backlog-{batch}-{i}"),
+                )
             })
             .collect();
         storage::intake(&pool, &orders).await.unwrap();
     }
-
-    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    regulator::app::import_policies(&pool, &policies)
-        .await
-        .unwrap();
-    let sequencer = regulator::sequencer::Sequencer::new(
-        pool.clone(),
-        Arc::new(regulator::hub::Hub::new(0)),
+    sequence_until_decided(
+        &pool,
         regulator::sequencer::SequencerConfig {
             window: chrono::Duration::zero(),
             // A fetch sees one arrival time whole and part of the next: one batch a round.
@@ -641,13 +624,9 @@ async fn a_commit_that_fails_while_the_next_round_was_decided_drops_both(pool: P
             pipeline_from: 1,
             ..Default::default()
         },
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(sequencer.run(stopped));
-    wait_until_decided(&pool, 50).await;
-    stop.send_replace(true);
-    running.await.unwrap();
+        50,
+    )
+    .await;
 
     let tries: i64 = sqlx::query_scalar("SELECT last_value FROM poison_tries")
         .fetch_one(&pool)

@@ -28,6 +28,17 @@ async fn publish(app: &TestApp) -> Value {
     cp
 }
 
+/// Deletes `holder`'s rows from `holds` behind the service's back, as an insider could; how
+/// many went.
+async fn drop_holds_of(pool: &PgPool, holder: &str) -> u64 {
+    sqlx::query("DELETE FROM holds WHERE hold->'target'->>'holder' = $1")
+        .bind(holder)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected()
+}
+
 fn unhex(s: &str) -> Hash {
     hex::decode(s).unwrap().try_into().unwrap()
 }
@@ -333,12 +344,7 @@ async fn a_tampered_holds_row_stops_the_leader_until_a_rebuild(pool: PgPool) {
     app.app.stop().await;
 
     // An insider drops one holder's freeze from the state tables.
-    let dropped = sqlx::query("DELETE FROM holds WHERE hold->'target'->>'holder' = '0xH1'")
-        .execute(&pool)
-        .await
-        .unwrap()
-        .rows_affected();
-    assert_eq!(dropped, 1);
+    assert_eq!(drop_holds_of(&pool, "0xH1").await, 1);
 
     // A replica taking the lead checks the tables against the roots, and refuses.
     let mut conn = pool.acquire().await.unwrap();
@@ -415,12 +421,7 @@ async fn a_release_whose_holds_row_is_gone_is_not_committed(pool: PgPool) {
     .await
     .unwrap();
     let head = regulator::storage::ledger_head(&pool).await.unwrap();
-    let dropped = sqlx::query("DELETE FROM holds WHERE hold->'target'->>'holder' = '0xH1'")
-        .execute(&pool)
-        .await
-        .unwrap()
-        .rows_affected();
-    assert_eq!(dropped, 1);
+    assert_eq!(drop_holds_of(&pool, "0xH1").await, 1);
 
     let mut release = order(
         BOND.0,

@@ -502,6 +502,11 @@ pub async fn batch(
                     (Some(_), false) => StatusCode::OK,
                 };
                 let decided = decision.is_some();
+                let (decision, decision_summary) = match (detail, decision.as_deref()) {
+                    (_, None) => (None, None),
+                    (Detail::Full, Some(text)) => (Some(raw(text)?), None),
+                    (Detail::Summary, Some(text)) => (None, Some(summary(text)?)),
+                };
                 Ok(BatchResult {
                     index,
                     status: status.as_u16(),
@@ -511,14 +516,8 @@ pub async fn batch(
                     } else {
                         OrderStatus::Pending
                     }),
-                    decision: match detail {
-                        Detail::Full => decision.as_deref().map(raw).transpose()?,
-                        Detail::Summary => None,
-                    },
-                    decision_summary: match detail {
-                        Detail::Full => None,
-                        Detail::Summary => decision.as_deref().map(summary).transpose()?,
-                    },
+                    decision,
+                    decision_summary,
                     problem: None,
                 })
             }

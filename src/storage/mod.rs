@@ -443,6 +443,7 @@ pub async fn fetch_work(
         .fetch_all(&mut *conn)
         .await?
     };
+
     let truncated = rows.len() as i64 >= limit;
     let pending = pending_orders(&rows)?;
 
@@ -566,11 +567,10 @@ pub(crate) fn assemble_states(
     Ok(())
 }
 
-/// A changed asset and its state after the round; the holds to write come from the records'
-/// effects.
 /// An asset's `asset_state` row after a commit (its holds are written from the effects).
-pub struct StateChange<'a> {
-    pub key: &'a AssetKey,
+#[derive(Debug, Clone)]
+pub struct StateChange {
+    pub key: AssetKey,
     pub version: u64,
     pub last_fencing_token: u64,
     pub next_expiry: Option<DateTime<Utc>>,
@@ -581,7 +581,7 @@ pub struct Commit<'a> {
     pub epoch: i64,
     pub from: Head,
     pub records: &'a [SealedRecord],
-    pub states: Vec<StateChange<'a>>,
+    pub states: &'a [StateChange],
 }
 
 /// Commits a group in one transaction, compare-and-setting the ledger head from `commit.from`
@@ -685,7 +685,7 @@ pub async fn commit(
     .await?;
 
     if !commit.states.is_empty() {
-        write_states(&mut tx, &commit.states, commit.records).await?;
+        write_states(&mut tx, commit.states, commit.records).await?;
     }
 
     // By the arrival index's key: the queue has no index of its own on order_id.
@@ -762,7 +762,7 @@ pub(crate) async fn announce_head(tx: &mut PgConnection, to: Head) -> Result<(),
 /// and lifted (a hold placed and lifted in the same round is never written).
 async fn write_states(
     tx: &mut sqlx::Transaction<'_, Postgres>,
-    changes: &[StateChange<'_>],
+    changes: &[StateChange],
     records: &[SealedRecord],
 ) -> Result<(), StorageError> {
     let mut chains = Vec::new();
