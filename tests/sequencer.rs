@@ -418,6 +418,67 @@ async fn a_commit_whose_state_round_fails_writes_nothing(pool: PgPool) {
     assert_eq!(count(pool.clone()).await, 1);
 }
 
+/// A commit whose decided order is not in the intake queue (never queued, or already taken
+/// out by another writer) is refused whole: nothing of its transaction is written.
+#[sqlx::test]
+async fn a_commit_of_an_order_missing_from_the_queue_writes_nothing(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    app.register("ethereum", "0xBOND-0", "US", "security").await;
+    let (status, _) = app
+        .submit(&app.regulator("US-SEC"), "first", &freeze(0, 1))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    app.app.stop().await;
+
+    // The decided record again, one seq on, for an order that was never queued.
+    let decided = storage::ledger_head(&pool).await.unwrap();
+    let text: String = sqlx::query_scalar("SELECT record FROM decisions WHERE seq = $1")
+        .bind(decided.seq as i64)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut record: Value = serde_json::from_str(&text).unwrap();
+    let unqueued = uuid::Uuid::now_v7();
+    record["seq"] = json!(decided.seq + 1);
+    record["subject"]["order_id"] = json!(unqueued);
+    record["order"]["id"] = json!(unqueued);
+    let text = record.to_string();
+    let sealed = regulator::domain::ledger::SealedRecord {
+        record: serde_json::from_value(record).unwrap(),
+        hash: regulator::domain::ledger::record_hash(&text),
+        text,
+    };
+    let mut conn = pool.acquire().await.unwrap().detach();
+    let (epoch, head) = storage::try_lead(&mut conn).await.unwrap().unwrap();
+    assert_eq!(head, decided);
+    let refused = storage::commit(
+        &mut conn,
+        storage::Commit {
+            epoch,
+            from: head,
+            records: std::slice::from_ref(&sealed),
+            states: &[],
+        },
+        async { Ok(None) },
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(storage::StorageError::Corrupt(why))
+            if why.contains("0 of the 1 decided orders were in the intake queue")),
+        "{refused:?}"
+    );
+    let decisions: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(decisions, 1, "the refused record is not written");
+    let at: i64 = sqlx::query_scalar("SELECT seq FROM ledger_head")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(at as u64, decided.seq, "the head did not move");
+}
+
 /// The leader dies mid-stream (its tasks aborted, its connections dropped, as in a crash).
 /// The standby takes over; every order gets exactly one decision and the log stays gapless.
 #[sqlx::test]
