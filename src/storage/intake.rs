@@ -133,7 +133,7 @@ async fn intake_distinct(pool: &PgPool, orders: &[&NewOrder]) -> Result<Vec<Inta
         assets.push(o.target.asset.asset.as_str().to_owned());
         holders.push(o.target.holder.as_ref().map(|h| h.as_str().to_owned()));
         kinds.push(o.body.instruction.kind().as_str().to_owned());
-        bodies.push(sqlx::types::Json(&o.body));
+        bodies.push(serde_json::to_string(&o.body).map_err(corrupt)?);
         releases.push(released(o).map(|r| r.as_uuid()));
     }
     let rows = sqlx::query(
@@ -141,7 +141,7 @@ async fn intake_distinct(pool: &PgPool, orders: &[&NewOrder]) -> Result<Vec<Inta
          stamp AS (SELECT clock_timestamp() AS t FROM gate),
          input AS (
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[],
-                                  $6::text[], $7::text[], $8::text[], $9::jsonb[], $11::uuid[])
+                                  $6::text[], $7::text[], $8::text[], $9::text[], $11::uuid[])
                  AS i(order_id, issuer, idempotency_key, request_hash, chain, asset, holder, kind,
                       body, releases)
          ),
@@ -149,7 +149,7 @@ async fn intake_distinct(pool: &PgPool, orders: &[&NewOrder]) -> Result<Vec<Inta
              INSERT INTO orders (order_id, issuer, idempotency_key, request_hash, chain, asset,
                                  holder, kind, intake_at, body)
              SELECT i.order_id, i.issuer, i.idempotency_key, i.request_hash, i.chain, i.asset,
-                    i.holder, i.kind, stamp.t, i.body
+                    i.holder, i.kind, stamp.t, i.body::json
              FROM input i CROSS JOIN stamp
              WHERE EXISTS (SELECT 1 FROM assets a WHERE a.chain = i.chain AND a.asset = i.asset)
                -- A release must name an order on its own target that placed a hold.

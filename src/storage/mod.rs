@@ -473,7 +473,9 @@ pub async fn fetch_work(
 }
 
 /// Every pending order on `key` stamped at or before `closes_at`: one whole conflict window,
-/// whatever the fetch limit.
+/// whatever the fetch limit. Read along the arrival index, keeping `key`'s: the queue holds
+/// only undecided orders, and this runs only for a burst past the fetch limit inside one
+/// window, so it has no index of its own to pay for on every intake.
 pub async fn fetch_window(
     conn: &mut PgConnection,
     key: &AssetKey,
