@@ -135,7 +135,12 @@ async fn a_frozen_leader_is_deposed_and_nothing_is_lost_or_doubled() {
         .unwrap();
 
     let a = start(&dir, &url, "a");
-    assert_eq!(ready(&client, &a).await["sequencer_leading"], true);
+    // Ready is not yet leading: the first replica takes the lock a moment after it serves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready(&client, &a).await["sequencer_leading"] != true {
+        assert!(Instant::now() < deadline, "the first replica never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let b = start(&dir, &url, "b");
     assert_eq!(ready(&client, &b).await["sequencer_leading"], false);
     let secret = dir.join("dev-secret");
