@@ -9,8 +9,7 @@
 //!
 //! Key bit `d` (most significant bit of byte 0 first) chooses the side at depth `d`: 0 left.
 //! The tree is canonical: its root depends only on the set of (key, value hash), never on the
-//! order they were inserted in. Nodes are shared (`Arc`), so a clone is a cheap version; an
-//! update changes in place only the nodes no other version shares, and copies the rest.
+//! order they were inserted in. Nodes are shared (`Arc`), so a clone is a cheap version.
 
 use std::sync::Arc;
 
@@ -199,46 +198,28 @@ type Change<V> = (Hash, Option<Arc<Leaf<V>>>);
 /// The subtree at `depth` after `changes` (sorted by key, each key once, all on this subtree's
 /// path). Only the nodes above a change are rebuilt, each once however many changes lie below
 /// it; `grown` counts leaves added minus leaves removed.
-///
-/// A node no other version shares (the sequencer's map is never cloned) is rebuilt in place:
-/// a round then neither allocates the path above each changed leaf nor frees the old one. A
-/// shared node is copied, so every other version stays as it was.
 fn update_at<V>(
-    node: Option<Node<V>>,
+    node: Option<&Node<V>>,
     depth: usize,
     changes: &mut [Change<V>],
     grown: &mut isize,
 ) -> Option<Node<V>> {
     if changes.is_empty() {
-        return node;
+        return node.cloned();
     }
     match node {
-        Some(Node::Internal(mut shared)) => {
+        Some(Node::Internal(i)) => {
             let mid = changes.partition_point(|(k, _)| !bit(k, depth));
             let (left, right) = changes.split_at_mut(mid);
-            let Some(own) = Arc::get_mut(&mut shared) else {
-                let left = update_at(shared.left.clone(), depth + 1, left, grown);
-                let right = update_at(shared.right.clone(), depth + 1, right, grown);
-                return canonical(left, right);
-            };
-            let left = update_at(own.left.take(), depth + 1, left, grown);
-            let right = update_at(own.right.take(), depth + 1, right, grown);
-            match (left, right) {
-                (None, None) => None,
-                (Some(Node::Leaf(l)), None) | (None, Some(Node::Leaf(l))) => Some(Node::Leaf(l)),
-                (left, right) => {
-                    own.hash = node_hash(&hash_of(&left), &hash_of(&right));
-                    own.left = left;
-                    own.right = right;
-                    Some(Node::Internal(shared))
-                }
-            }
+            let left = update_at(i.left.as_ref(), depth + 1, left, grown);
+            let right = update_at(i.right.as_ref(), depth + 1, right, grown);
+            canonical(left, right)
         }
         // An empty subtree or a lone leaf: what is left in it is that leaf (unless a change
         // names its key) and the changes' new leaves, built at once.
-        node => {
+        _ => {
             let mut existing = match node {
-                Some(Node::Leaf(l)) => Some(l),
+                Some(Node::Leaf(l)) => Some(Arc::clone(l)),
                 _ => None,
             };
             let mut leaves: Vec<Option<Arc<Leaf<V>>>> = Vec::with_capacity(changes.len() + 1);
@@ -369,7 +350,7 @@ impl<V> StateMap<V> {
             .collect();
         let mut deduped = sorted_last_wins(changes, |c| c.0);
         let mut grown = 0isize;
-        self.root = update_at(self.root.take(), 0, &mut deduped, &mut grown);
+        self.root = update_at(self.root.as_ref(), 0, &mut deduped, &mut grown);
         self.len = self.len.saturating_add_signed(grown);
     }
 
@@ -801,52 +782,8 @@ mod tests {
                 let proof = at_once.prove(&key(k));
                 prop_assert!(proof.verify(&at_once.root(), &key(k)).is_ok());
             }
-            // The old version is untouched: the nodes it shares are copied, never changed.
+            // The old version is untouched: nodes are shared, never changed.
             prop_assert_eq!(untouched.root(), before);
-        }
-
-        /// Updates of a map that shares some nodes with an older version and owns others (it
-        /// was updated once since the clone): what it owns changes in place, what it shares is
-        /// copied, and both come out as building them from scratch gives.
-        #[test]
-        fn updates_in_place_leave_every_shared_version_as_it_was(
-            start in proptest::collection::btree_set(0u64..400, 0..120),
-            first in proptest::collection::vec((0u64..400, any::<bool>()), 0..60),
-            second in proptest::collection::vec((0u64..400, any::<bool>()), 0..60),
-        ) {
-            let start: Vec<u64> = start.into_iter().collect();
-            let older = map_of(&start);
-            let older_root = older.root();
-            let older_leaves: Vec<(Hash, Hash)> =
-                older.leaves().into_iter().map(|(k, h, _)| (*k, *h)).collect();
-            let apply = |map: &mut StateMap<u64>, changes: &[(u64, bool)], salt: u64| {
-                map.update_many(changes.iter().map(|&(k, set)| {
-                    (key(k), set.then(|| (key(k + salt), k)))
-                }));
-            };
-            let mut newer = older.clone();
-            apply(&mut newer, &first, 2_000_000);
-            apply(&mut newer, &second, 3_000_000);
-            // The same two rounds on a map of its own.
-            let mut alone = map_of(&start);
-            apply(&mut alone, &first, 2_000_000);
-            apply(&mut alone, &second, 3_000_000);
-            let mut expected: std::collections::BTreeMap<u64, u64> =
-                start.iter().map(|&k| (k, k + 1_000_000)).collect();
-            for (changes, salt) in [(&first, 2_000_000u64), (&second, 3_000_000u64)] {
-                for &(k, set) in changes.iter() {
-                    if set { expected.insert(k, k + salt); } else { expected.remove(&k); }
-                }
-            }
-            let rebuilt = StateMap::from_leaves(expected.iter().map(|(&k, &v)| (key(k), key(v), k)));
-            prop_assert_eq!(newer.root(), rebuilt.root());
-            prop_assert_eq!(alone.root(), rebuilt.root());
-            prop_assert_eq!(newer.len(), rebuilt.len());
-            prop_assert_eq!(alone.len(), rebuilt.len());
-            prop_assert_eq!(older.root(), older_root);
-            let still: Vec<(Hash, Hash)> =
-                older.leaves().into_iter().map(|(k, h, _)| (*k, *h)).collect();
-            prop_assert_eq!(still, older_leaves);
         }
 
         #[test]
