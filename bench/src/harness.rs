@@ -379,6 +379,51 @@ pub(crate) struct Snapshot {
     pub(crate) latency_count: f64,
     /// `regulator_sequencer_round_seconds` sums by phase: fetch, decide, commit.
     pub(crate) round_phases: [f64; 3],
+    /// The whole machine's CPU time (`/proc/stat`), if readable.
+    pub(crate) machine: Option<MachineCpu>,
+}
+
+/// The machine's CPU time in clock ticks, summed over its cores: all of it, the idle part
+/// (with I/O wait), and the part its host gave to other guests ("steal"). On a shared virtual
+/// machine the last says whether a run was slowed from outside.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct MachineCpu {
+    pub(crate) total: f64,
+    pub(crate) idle: f64,
+    pub(crate) steal: f64,
+}
+
+impl MachineCpu {
+    /// The first line of `/proc/stat`: user nice system idle iowait irq softirq steal (guest
+    /// time is already in user).
+    fn read() -> Option<Self> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = text.lines().next()?.strip_prefix("cpu ")?;
+        let fields: Vec<f64> = line
+            .split_whitespace()
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = fields[..] else {
+            return None;
+        };
+        Some(Self {
+            total: user + nice + system + idle + iowait + irq + softirq + steal,
+            idle: idle + iowait,
+            steal,
+        })
+    }
+
+    /// Idle and stolen shares of the time between `self` and `later`, in percent.
+    pub(crate) fn shares_until(&self, later: &Self) -> Option<(f64, f64)> {
+        let total = later.total - self.total;
+        (total > 0.0).then(|| {
+            (
+                (later.idle - self.idle) / total * 100.0,
+                (later.steal - self.steal) / total * 100.0,
+            )
+        })
+    }
 }
 
 impl Stats {
@@ -487,6 +532,7 @@ impl Stats {
                     &format!("regulator_sequencer_round_seconds_sum{{phase=\"{phase}\"}}"),
                 )
             }),
+            machine: MachineCpu::read(),
         })
     }
 }

@@ -723,6 +723,15 @@ fn report(
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if let Some((idle, stolen)) = before
+        .machine
+        .zip(after.machine)
+        .and_then(|(b, a)| b.shares_until(&a))
+    {
+        println!(
+            "  machine                of its CPU time over the same window: idle {idle:.0}%, taken by the host (steal) {stolen:.0}%"
+        );
+    }
     let decided = t.decided.max(1) as f64;
     println!(
         "  cpu per decision       service {:.1} µs  load generator {:.1} µs  postgres {:.1} µs",
