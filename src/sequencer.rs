@@ -21,7 +21,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{watch, Notify};
 
 use crate::domain::detect::{detect, Pending};
-use crate::domain::event::{seal_event, EventRequest, LedgerEvent, SealedEvent, VersionRef};
+use crate::domain::event::{
+    seal_event, EventRequest, LedgerEvent, SealedEvent, VersionRef, ENGINE_ACTOR,
+};
 use crate::domain::ledger::Head;
 use crate::domain::state_leaves::StateTree;
 use crate::domain::{AssetKey, AssetState, Order, RegisteredAsset};
@@ -34,8 +36,6 @@ mod round;
 use round::{
     commit_decided, decide_round, record_metrics, record_phases, Decided, Prepared, RoundInput,
 };
-
-use crate::domain::event::ENGINE_ACTOR;
 
 /// The default [`SequencerConfig::lease_ttl`].
 pub const DEFAULT_LEASE_TTL: StdDuration = StdDuration::from_secs(5);

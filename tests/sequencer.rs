@@ -51,6 +51,11 @@ async fn log(pool: &PgPool) -> Vec<(u64, String, [u8; 32])> {
         .collect()
 }
 
+/// One `bigint` a query returns (a count, a seq, an epoch).
+async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
 /// The ledger's invariants: seqs 1..=n without a gap, the chain unbroken, the head at the last
 /// record, each order decided at most once, and the state tables equal to a replay.
 async fn assert_ledger_sound(pool: &PgPool) -> Vec<DecisionRecord> {
@@ -173,11 +178,11 @@ async fn submit_many_with_status(
 
 async fn wait_until_decided(pool: &PgPool, orders: usize) {
     for _ in 0..200 {
-        let decided: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM decisions WHERE order_id IS NOT NULL")
-                .fetch_one(pool)
-                .await
-                .unwrap();
+        let decided = scalar(
+            pool,
+            "SELECT count(*) FROM decisions WHERE order_id IS NOT NULL",
+        )
+        .await;
         if decided as usize >= orders {
             return;
         }
@@ -281,10 +286,7 @@ async fn two_sequencers_on_one_database_never_both_write(pool: PgPool) {
     for id in ids_a.iter().chain(&ids_b) {
         assert!(decided.contains(id), "order {id} has a decision");
     }
-    let epochs: i64 = sqlx::query_scalar("SELECT epoch FROM ledger_head")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let epochs = scalar(&pool, "SELECT epoch FROM ledger_head").await;
     assert_eq!(epochs, 1, "leadership never changed hands");
     a.app.stop().await;
     b.app.stop().await;
@@ -318,26 +320,29 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
     app.app.stop().await;
     let sealed = expiry_record("x");
     let mut conn = pool.acquire().await.unwrap();
-    let refused = storage::commit(
-        &mut conn,
-        storage::Commit {
-            epoch: old_epoch,
-            from: old_head,
-            records: std::slice::from_ref(&sealed),
-            states: &[],
-        },
-        async { Ok(None) },
-    )
-    .await;
+    let refused = commit_alone(&mut conn, old_epoch, old_head, &sealed).await;
     assert!(
         matches!(refused, Err(storage::StorageError::Deposed { .. })),
         "{refused:?}"
     );
-    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let written = scalar(&pool, "SELECT count(*) FROM decisions").await;
     assert_eq!(written, 0);
+}
+
+/// Commits `sealed` alone, changing no state row and with no state map round.
+async fn commit_alone(
+    conn: &mut sqlx::PgConnection,
+    epoch: i64,
+    from: Head,
+    sealed: &regulator::domain::ledger::SealedRecord,
+) -> Result<Head, storage::StorageError> {
+    let commit = storage::Commit {
+        epoch,
+        from,
+        records: std::slice::from_ref(sealed),
+        states: &[],
+    };
+    storage::commit(conn, commit, async { Ok(None) }).await
 }
 
 /// A record of seq 1 (an expiry on `ethereum/0xBOND-0` that changes nothing), sealed.
@@ -394,28 +399,19 @@ async fn a_commit_whose_state_round_fails_writes_nothing(pool: PgPool) {
         matches!(&failed, Err(storage::StorageError::Corrupt(why)) if why.contains("not active")),
         "{failed:?}"
     );
-    let count = |pool: PgPool| async move {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM decisions")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
     assert_eq!(
-        count(pool.clone()).await,
+        scalar(&pool, "SELECT count(*) FROM decisions").await,
         0,
         "nothing of the round is written"
     );
-    let at: i64 = sqlx::query_scalar("SELECT seq FROM ledger_head")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let at = scalar(&pool, "SELECT seq FROM ledger_head").await;
     assert_eq!(at as u64, head.seq, "the head did not move");
 
     let to = storage::commit(&mut conn, commit(), async { Ok(None) })
         .await
         .unwrap();
     assert_eq!(to.seq, 1);
-    assert_eq!(count(pool.clone()).await, 1);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM decisions").await, 1);
 }
 
 /// A commit whose decided order is not in the intake queue (never queued, or already taken
@@ -451,31 +447,15 @@ async fn a_commit_of_an_order_missing_from_the_queue_writes_nothing(pool: PgPool
     let mut conn = pool.acquire().await.unwrap().detach();
     let (epoch, head) = storage::try_lead(&mut conn).await.unwrap().unwrap();
     assert_eq!(head, decided);
-    let refused = storage::commit(
-        &mut conn,
-        storage::Commit {
-            epoch,
-            from: head,
-            records: std::slice::from_ref(&sealed),
-            states: &[],
-        },
-        async { Ok(None) },
-    )
-    .await;
+    let refused = commit_alone(&mut conn, epoch, head, &sealed).await;
     assert!(
         matches!(&refused, Err(storage::StorageError::Corrupt(why))
             if why.contains("0 of the 1 decided orders were in the intake queue")),
         "{refused:?}"
     );
-    let decisions: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let decisions = scalar(&pool, "SELECT count(*) FROM decisions").await;
     assert_eq!(decisions, 1, "the refused record is not written");
-    let at: i64 = sqlx::query_scalar("SELECT seq FROM ledger_head")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let at = scalar(&pool, "SELECT seq FROM ledger_head").await;
     assert_eq!(at as u64, decided.seq, "the head did not move");
 }
 
@@ -503,10 +483,7 @@ async fn a_killed_leader_is_replaced_with_nothing_lost_or_duplicated(pool: PgPoo
     // rest must be decided by the standby.
     let killer = async {
         loop {
-            let decided: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+            let decided = scalar(&pool, "SELECT count(*) FROM decisions").await;
             if decided >= 60 + 30 {
                 break;
             }
@@ -526,10 +503,7 @@ async fn a_killed_leader_is_replaced_with_nothing_lost_or_duplicated(pool: PgPoo
     for id in before.iter().chain(&during) {
         assert!(decided.contains_key(id), "order {id} lost");
     }
-    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM ledger_head")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let epoch = scalar(&pool, "SELECT epoch FROM ledger_head").await;
     assert_eq!(epoch, 2, "one change of leader");
     standby.app.stop().await;
 }
@@ -689,15 +663,9 @@ async fn a_commit_that_fails_while_the_next_round_was_decided_drops_both(pool: P
     )
     .await;
 
-    let tries: i64 = sqlx::query_scalar("SELECT last_value FROM poison_tries")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let tries = scalar(&pool, "SELECT last_value FROM poison_tries").await;
     assert_eq!(tries, 2, "the poisoned round failed once, then committed");
-    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM ledger_head")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let epoch = scalar(&pool, "SELECT epoch FROM ledger_head").await;
     assert_eq!(
         epoch, 2,
         "the leader stepped down after the failed commit and led again"

@@ -20,6 +20,15 @@ use sqlx::PgPool;
 
 use service::{order, TestApp, BOND};
 
+/// A service with the bond registered, holders `0..holders` frozen, and a checkpoint signed.
+async fn bond_with_signed_holders(pool: &PgPool, holders: usize) -> TestApp {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    app.register(BOND.0, BOND.1, "US", "security").await;
+    app.freeze_holders(0..holders).await;
+    publish(&app).await;
+    app
+}
+
 async fn publish(app: &TestApp) -> Value {
     let (status, cp) = app
         .post(&app.auditor(), "/v1/audit/checkpoints", json!({}))
@@ -337,10 +346,7 @@ async fn a_snapshot_verifies_chunk_by_chunk(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_tampered_holds_row_stops_the_leader_until_a_rebuild(pool: PgPool) {
-    let app = TestApp::spawn_with(pool.clone(), 0).await;
-    app.register(BOND.0, BOND.1, "US", "security").await;
-    app.freeze_holders(0..3).await;
-    publish(&app).await;
+    let app = bond_with_signed_holders(&pool, 3).await;
     app.app.stop().await;
 
     // An insider drops one holder's freeze from the state tables.
@@ -410,10 +416,7 @@ async fn a_tampered_holds_row_stops_the_leader_until_a_rebuild(pool: PgPool) {
 /// does not lead again: the release waits, undecided, for a rebuild.
 #[sqlx::test]
 async fn a_release_whose_holds_row_is_gone_is_not_committed(pool: PgPool) {
-    let app = TestApp::spawn_with(pool.clone(), 0).await;
-    app.register(BOND.0, BOND.1, "US", "security").await;
-    app.freeze_holders(0..2).await;
-    publish(&app).await;
+    let app = bond_with_signed_holders(&pool, 2).await;
     let frozen: String = sqlx::query_scalar(
         "SELECT order_id::text FROM orders WHERE holder = '0xH1' AND kind = 'FREEZE'",
     )

@@ -150,13 +150,11 @@ pub async fn commit(
     .await?;
     // An entry left behind would be decided again: nothing is committed unless every decided
     // order left the queue.
-    if dequeued.rows_affected() != decided_orders.len() as u64 {
-        return Err(StorageError::Corrupt(format!(
-            "{} of the {} decided orders were in the intake queue",
-            dequeued.rows_affected(),
-            decided_orders.len()
-        )));
-    }
+    all_rows(
+        dequeued.rows_affected(),
+        decided_orders.len(),
+        "decided orders were in the intake queue",
+    )?;
     match state_round.await? {
         // One statement for both: a round trip fewer on the sequencer's serial path.
         Some(round) => state::insert_round_and_announce(&mut tx, &round, to).await?,
@@ -164,6 +162,17 @@ pub async fn commit(
     }
     tx.commit().await?;
     Ok(to)
+}
+
+/// Refuses the commit unless a statement touched all `wanted` rows: "`done` of the `wanted`
+/// `what`".
+fn all_rows(done: u64, wanted: usize, what: &str) -> Result<(), StorageError> {
+    if done == wanted as u64 {
+        return Ok(());
+    }
+    Err(StorageError::Corrupt(format!(
+        "{done} of the {wanted} {what}"
+    )))
 }
 
 /// The compare-and-set every write to the log begins with: the head moves from `from` to `to`
@@ -279,13 +288,11 @@ async fn write_states(
         .execute(&mut **tx)
         .await?;
         // A lifted hold is active, so its row is there: one left behind would outlive its lift.
-        if removed.rows_affected() != lifted.2.len() as u64 {
-            return Err(StorageError::Corrupt(format!(
-                "{} of the {} lifted holds were in the holds table",
-                removed.rows_affected(),
-                lifted.2.len()
-            )));
-        }
+        all_rows(
+            removed.rows_affected(),
+            lifted.2.len(),
+            "lifted holds were in the holds table",
+        )?;
     }
     if !placed_ids.is_empty() {
         sqlx::query(
