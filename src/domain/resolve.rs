@@ -320,7 +320,7 @@ pub fn resolve(state: &AssetState, group: &ConflictGroup, now: DateTime<Utc>) ->
 
 fn expire_due(state: &mut AssetState, now: DateTime<Utc>) -> Vec<Decision> {
     let mut due: Vec<(DateTime<Utc>, OrderId, Priority)> = state
-        .holds()
+        .expiring()
         .filter_map(|h| match h.expires_at {
             Some(at) if at <= now => Some((at, h.order_id, h.priority)),
             _ => None,
@@ -567,8 +567,8 @@ fn release(order: &Order, hold: &Hold) -> Result<Vec<Effect>, Reason> {
 fn check_custody(state: &AssetState, candidate: &Candidate) -> Result<(), Reason> {
     let order = &candidate.order;
     let strongest_rival = state
-        .holds()
-        .filter(|h| h.kind.takes_custody() && h.issuer != order.issuer)
+        .holds_of_kind(OrderKind::takes_custody)
+        .filter(|h| h.issuer != order.issuer)
         .filter(|h| h.target.overlaps(&order.target))
         .max_by_key(|h| (h.priority, Reverse(h.order_id)));
     match strongest_rival {
@@ -589,8 +589,7 @@ fn check_custody(state: &AssetState, candidate: &Candidate) -> Result<(), Reason
 fn place(state: &AssetState, hold: Hold) -> Vec<Effect> {
     let revoked: Vec<Effect> = if hold.level() >= LockLevel::BLOCKING {
         state
-            .holds()
-            .filter(|h| h.kind == OrderKind::Preempt)
+            .holds_of_kind(|k| k == OrderKind::Preempt)
             .filter(|h| h.target.overlaps(&hold.target))
             .map(|lease| Effect::Lift {
                 order_id: lease.order_id,

@@ -130,12 +130,51 @@ pub struct Coverage {
 /// state for every group it decides (and once more to seal a group of several decisions), and
 /// an asset may carry many holds, so a copy is one allocation, not one per tree node, and
 /// copies no hold. Order ids are time-ordered, so a new hold is mostly appended.
+///
+/// Beside them, in the same order, each hold's [`Tag`]: every decision scans the asset's holds
+/// several times (the target's coverage before and after, due expiries, leases to revoke), and
+/// a sanctioned token may carry thousands of holds, each its own allocation. The scans read the
+/// tags, one contiguous array, and follow a pointer only for the holds that may match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AssetState {
     holds: Vec<Arc<Hold>>,
+    /// `tags[i]` is `Tag::of(&holds[i])`.
+    tags: Vec<Tag>,
     /// Bumped once per decision that changes the state; a chain that sees a jump knows it missed one.
     version: u64,
     last_fencing_token: u64,
+}
+
+/// What the scans over an asset's holds ask first, kept inline. A tag only narrows a scan: a
+/// hold whose tag matches is then checked in full, so a hash collision costs a comparison,
+/// never a wrong answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tag {
+    /// [`holder_tag`] of the hold's holder; [`ASSET_WIDE`] for an asset-wide hold.
+    holder: u64,
+    kind: OrderKind,
+    expires: bool,
+}
+
+/// The tag of an asset-wide hold; no holder's tag is ever 0.
+const ASSET_WIDE: u64 = 0;
+
+/// A hash of a holder address, never [`ASSET_WIDE`]. Only compared within this process.
+fn holder_tag(holder: &HolderAddress) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    holder.as_str().hash(&mut hasher);
+    hasher.finish().max(1)
+}
+
+impl Tag {
+    fn of(hold: &Hold) -> Self {
+        Self {
+            holder: hold.target.holder.as_ref().map_or(ASSET_WIDE, holder_tag),
+            kind: hold.kind,
+            expires: hold.expires_at.is_some(),
+        }
+    }
 }
 
 impl AssetState {
@@ -155,11 +194,22 @@ impl AssetState {
             }
             same
         });
+        let tags = holds.iter().map(|h| Tag::of(h)).collect();
         Self {
             holds,
+            tags,
             version,
             last_fencing_token,
         }
+    }
+
+    /// The holds whose tags pass `keep`, in order.
+    fn tagged(&self, keep: impl Fn(&Tag) -> bool) -> impl Iterator<Item = &Hold> {
+        self.tags
+            .iter()
+            .zip(&self.holds)
+            .filter(move |(tag, _)| keep(tag))
+            .map(|(_, hold)| hold.as_ref())
     }
 
     /// Where the hold of `order_id` is, or would be inserted.
@@ -173,7 +223,17 @@ impl AssetState {
 
     /// The earliest moment a hold of this asset ends by itself.
     pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
-        self.holds.iter().filter_map(|h| h.expires_at).min()
+        self.expiring().filter_map(|h| h.expires_at).min()
+    }
+
+    /// The holds that end by themselves (they have an expiry), in order.
+    pub fn expiring(&self) -> impl Iterator<Item = &Hold> {
+        self.tagged(|t| t.expires)
+    }
+
+    /// The holds of the kinds `kinds` accepts, in order.
+    pub fn holds_of_kind(&self, kinds: impl Fn(OrderKind) -> bool) -> impl Iterator<Item = &Hold> {
+        self.tagged(move |t| kinds(t.kind))
     }
 
     pub fn version(&self) -> u64 {
@@ -194,7 +254,9 @@ impl AssetState {
         &'a self,
         holder: Option<&'a HolderAddress>,
     ) -> impl Iterator<Item = &'a Hold> + 'a {
-        self.holds().filter(move |h| h.covers(holder))
+        let wanted = holder.map(holder_tag);
+        self.tagged(move |t| t.holder == ASSET_WIDE || Some(t.holder) == wanted)
+            .filter(move |h| h.covers(holder))
     }
 
     /// The maximum level over the active holds that apply to `holder`.
@@ -244,7 +306,11 @@ impl AssetState {
 
     /// Holds that overlap `target` (see [`Target::overlaps`]).
     pub fn overlapping<'a>(&'a self, target: &'a Target) -> impl Iterator<Item = &'a Hold> + 'a {
-        self.holds().filter(move |h| h.target.overlaps(target))
+        // A target with a holder overlaps the asset-wide holds and that holder's; one without
+        // overlaps every hold.
+        let wanted = target.holder.as_ref().map(holder_tag);
+        self.tagged(move |t| wanted.is_none() || t.holder == ASSET_WIDE || Some(t.holder) == wanted)
+            .filter(move |h| h.target.overlaps(target))
     }
 
     /// The next fencing token a lease would get.
@@ -263,15 +329,22 @@ impl AssetState {
                     if let Some(FencingToken(t)) = hold.fencing_token {
                         self.last_fencing_token = self.last_fencing_token.max(t);
                     }
-                    let placed = Arc::new(hold.clone());
+                    let (placed, tag) = (Arc::new(hold.clone()), Tag::of(hold));
                     match self.position(&hold.order_id) {
-                        Ok(i) => self.holds[i] = placed,
-                        Err(i) => self.holds.insert(i, placed),
+                        Ok(i) => {
+                            self.holds[i] = placed;
+                            self.tags[i] = tag;
+                        }
+                        Err(i) => {
+                            self.holds.insert(i, placed);
+                            self.tags.insert(i, tag);
+                        }
                     }
                 }
                 Effect::Lift { order_id, .. } => {
                     if let Ok(i) = self.position(order_id) {
                         self.holds.remove(i);
+                        self.tags.remove(i);
                     }
                 }
             }
