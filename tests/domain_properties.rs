@@ -388,3 +388,111 @@ proptest! {
         }
     }
 }
+
+/// A hold of order `n` on holder `holder` (`None`: asset-wide), of `kind`, expiring if `expires`.
+fn plain_hold(n: u8, holder: Option<usize>, kind: OrderKind, expires: bool) -> Hold {
+    Hold {
+        order_id: OrderId::from_uuid(Uuid::from_u128(u128::from(n) + 1)),
+        issuer: IssuerId::parse(ISSUERS[usize::from(n) % ISSUERS.len()]).unwrap(),
+        kind,
+        target: Target {
+            asset: asset(),
+            holder: holder.map(|h| HolderAddress::parse(HOLDERS[h]).unwrap()),
+        },
+        amount: None,
+        instrument: Instrument::parse("court_order").unwrap(),
+        priority: Priority::new(500).unwrap(),
+        placed_at: t0(),
+        expires_at: expires.then(|| t0() + Duration::minutes(i64::from(n))),
+        fencing_token: None,
+    }
+}
+
+/// One step on a state: place (or place again) the hold of order `n`, or lift it.
+fn step() -> impl Strategy<Value = (u8, Option<Option<usize>>, OrderKind, bool)> {
+    (
+        0u8..80,
+        prop::option::weighted(0.7, prop::option::of(0..HOLDERS.len())),
+        prop::sample::select(OrderKind::ALL.to_vec()),
+        any::<bool>(),
+    )
+}
+
+fn effect_of((n, place, kind, expires): (u8, Option<Option<usize>>, OrderKind, bool)) -> Effect {
+    match place {
+        Some(holder) => Effect::Place {
+            hold: plain_hold(n, holder, kind, expires),
+        },
+        None => Effect::Lift {
+            order_id: OrderId::from_uuid(Uuid::from_u128(u128::from(n) + 1)),
+            cause: LiftCause::Expired,
+        },
+    }
+}
+
+/// What a state must hold after `effects`: a map by order id, as the SPEC's hold set is.
+fn model(
+    mut holds: std::collections::BTreeMap<OrderId, Hold>,
+    effects: &[Effect],
+) -> std::collections::BTreeMap<OrderId, Hold> {
+    for effect in effects {
+        match effect {
+            Effect::Place { hold } => {
+                holds.insert(hold.order_id, hold.clone());
+            }
+            Effect::Lift { order_id, .. } => {
+                holds.remove(order_id);
+            }
+        }
+    }
+    holds
+}
+
+fn assert_holds(
+    state: &AssetState,
+    expected: &std::collections::BTreeMap<OrderId, Hold>,
+) -> Result<(), TestCaseError> {
+    let holds: Vec<&Hold> = state.holds().collect();
+    prop_assert_eq!(holds, expected.values().collect::<Vec<_>>());
+    for n in 0u8..80 {
+        let id = OrderId::from_uuid(Uuid::from_u128(u128::from(n) + 1));
+        prop_assert_eq!(state.hold(&id), expected.get(&id));
+    }
+    let rebuilt = AssetState::from_parts(expected.values().cloned(), state.version(), 0);
+    prop_assert_eq!(&rebuilt, state);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A state is a shared base and the changes since (folded in past a bound): whatever the
+    /// steps, and however copies share a base while both change, each copy holds exactly what a
+    /// map by order id would, in order-id order, and equals a state rebuilt from those holds.
+    #[test]
+    fn a_state_and_its_copies_hold_what_their_own_steps_gave(
+        first in prop::collection::vec(step(), 0..150),
+        left in prop::collection::vec(step(), 0..100),
+        right in prop::collection::vec(step(), 0..100),
+    ) {
+        let first: Vec<Effect> = first.into_iter().map(effect_of).collect();
+        let mut state = AssetState::default();
+        for effect in &first {
+            state.apply(std::slice::from_ref(effect));
+        }
+        let shared = model(Default::default(), &first);
+        assert_holds(&state, &shared)?;
+
+        let mut copy = state.clone();
+        let left: Vec<Effect> = left.into_iter().map(effect_of).collect();
+        let right: Vec<Effect> = right.into_iter().map(effect_of).collect();
+        for effect in &left {
+            state.apply(std::slice::from_ref(effect));
+        }
+        for effect in &right {
+            copy.apply(std::slice::from_ref(effect));
+        }
+        assert_holds(&state, &model(shared.clone(), &left))?;
+        assert_holds(&copy, &model(shared, &right))?;
+    }
+}

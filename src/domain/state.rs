@@ -126,30 +126,45 @@ pub struct Coverage {
 
 /// The state of one asset: its active holds, its version and its lease counter.
 ///
-/// Holds are shared (`Arc`) and kept in one vector sorted by order id: the sequencer copies a
-/// state for every group it decides (and once more to seal a group of several decisions), and
-/// an asset may carry many holds, so a copy is one allocation, not one per tree node, and
-/// copies no hold. Order ids are time-ordered, so a new hold is mostly appended.
+/// The sequencer copies a state for every group it decides (and once more to seal a group of
+/// several decisions), and a sanctioned token may carry thousands of holds, each its own
+/// allocation. So a state is a shared base, the holds as of its last compaction, sorted by
+/// order id, plus the few changes since: a copy shares the base and copies only the changes,
+/// and touches no hold. The changes fold into the base once they pass [`FOLD_AT`], in place
+/// when no other copy shares it.
 ///
-/// Beside them, in the same order, each hold's [`Tag`]: every decision scans the asset's holds
-/// several times (the target's coverage before and after, due expiries, leases to revoke), and
-/// a sanctioned token may carry thousands of holds, each its own allocation. The scans read the
-/// tags, one contiguous array, and follow a pointer only for the holds that may match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Every hold has a [`Tag`] beside it: each decision scans the holds several times (the
+/// target's coverage before and after, due expiries, leases to revoke), and the scans read the
+/// tags, which lie in one array, following a pointer only for the holds that may match.
+#[derive(Debug, Clone, Default)]
 pub struct AssetState {
-    holds: Vec<Arc<Hold>>,
-    /// `tags[i]` is `Tag::of(&holds[i])`.
-    tags: Vec<Tag>,
+    base: Arc<Base>,
+    /// Holds placed since the base, sorted by order id (a later placing replaces).
+    placed: Vec<(Tag, Arc<Hold>)>,
+    /// Base holds lifted or replaced since, sorted.
+    hidden: Vec<OrderId>,
     /// Bumped once per decision that changes the state; a chain that sees a jump knows it missed one.
     version: u64,
     last_fencing_token: u64,
 }
+
+/// The holds of a state as of its last compaction, sorted by order id, one per order id, with
+/// `tags[i]` the tag of `holds[i]`.
+#[derive(Debug, Clone, Default)]
+struct Base {
+    holds: Vec<Arc<Hold>>,
+    tags: Vec<Tag>,
+}
+
+/// How many changes a state carries beside its base before they fold into it.
+const FOLD_AT: usize = 32;
 
 /// What the scans over an asset's holds ask first, kept inline. A tag only narrows a scan: a
 /// hold whose tag matches is then checked in full, so a hash collision costs a comparison,
 /// never a wrong answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tag {
+    id: OrderId,
     /// [`holder_tag`] of the hold's holder; [`ASSET_WIDE`] for an asset-wide hold.
     holder: u64,
     kind: OrderKind,
@@ -170,12 +185,25 @@ fn holder_tag(holder: &HolderAddress) -> u64 {
 impl Tag {
     fn of(hold: &Hold) -> Self {
         Self {
+            id: hold.order_id,
             holder: hold.target.holder.as_ref().map_or(ASSET_WIDE, holder_tag),
             kind: hold.kind,
             expires: hold.expires_at.is_some(),
         }
     }
 }
+
+/// Two states are equal when their holds, version and lease counter are, however they are
+/// split between base and changes.
+impl PartialEq for AssetState {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+            && self.last_fencing_token == other.last_fencing_token
+            && self.holds().eq(other.holds())
+    }
+}
+
+impl Eq for AssetState {}
 
 impl AssetState {
     /// Rebuilds a state from its stored parts.
@@ -196,25 +224,38 @@ impl AssetState {
         });
         let tags = holds.iter().map(|h| Tag::of(h)).collect();
         Self {
-            holds,
-            tags,
+            base: Arc::new(Base { holds, tags }),
+            placed: Vec::new(),
+            hidden: Vec::new(),
             version,
             last_fencing_token,
         }
     }
 
-    /// The holds whose tags pass `keep`, in order.
-    fn tagged(&self, keep: impl Fn(&Tag) -> bool) -> impl Iterator<Item = &Hold> {
-        self.tags
+    /// The holds whose tags pass `keep`, in order-id order: the base's that are not hidden and
+    /// the placed ones, merged.
+    fn tagged<'a>(
+        &'a self,
+        keep: impl Fn(&Tag) -> bool + 'a,
+    ) -> impl Iterator<Item = &'a Hold> + 'a {
+        let keep = Arc::new(keep);
+        let keep_placed = Arc::clone(&keep);
+        let base = self
+            .base
+            .tags
             .iter()
-            .zip(&self.holds)
-            .filter(move |(tag, _)| keep(tag))
-            .map(|(_, hold)| hold.as_ref())
-    }
-
-    /// Where the hold of `order_id` is, or would be inserted.
-    fn position(&self, order_id: &OrderId) -> Result<usize, usize> {
-        self.holds.binary_search_by(|h| h.order_id.cmp(order_id))
+            .zip(&self.base.holds)
+            .filter(move |(tag, _)| keep(tag) && self.hidden.binary_search(&tag.id).is_err());
+        let placed = self
+            .placed
+            .iter()
+            .filter(move |(tag, _)| keep_placed(tag))
+            .map(|(tag, hold)| (tag, hold));
+        Merged {
+            base: base.peekable(),
+            placed: placed.peekable(),
+        }
+        .map(|hold| hold.as_ref())
     }
 
     pub fn last_fencing_token(&self) -> u64 {
@@ -232,7 +273,10 @@ impl AssetState {
     }
 
     /// The holds of the kinds `kinds` accepts, in order.
-    pub fn holds_of_kind(&self, kinds: impl Fn(OrderKind) -> bool) -> impl Iterator<Item = &Hold> {
+    pub fn holds_of_kind<'a>(
+        &'a self,
+        kinds: impl Fn(OrderKind) -> bool + 'a,
+    ) -> impl Iterator<Item = &'a Hold> + 'a {
         self.tagged(move |t| kinds(t.kind))
     }
 
@@ -241,11 +285,22 @@ impl AssetState {
     }
 
     pub fn holds(&self) -> impl Iterator<Item = &Hold> {
-        self.holds.iter().map(|h| h.as_ref())
+        self.tagged(|_| true)
     }
 
     pub fn hold(&self, order_id: &OrderId) -> Option<&Hold> {
-        self.position(order_id).ok().map(|i| self.holds[i].as_ref())
+        if let Ok(i) = self.placed.binary_search_by(|(t, _)| t.id.cmp(order_id)) {
+            return Some(self.placed[i].1.as_ref());
+        }
+        if self.hidden.binary_search(order_id).is_ok() {
+            return None;
+        }
+        let i = self
+            .base
+            .tags
+            .binary_search_by(|t| t.id.cmp(order_id))
+            .ok()?;
+        Some(self.base.holds[i].as_ref())
     }
 
     /// The holds that apply to `holder` (asset-wide ones included); `None` asks for the holds that
@@ -318,6 +373,20 @@ impl AssetState {
         FencingToken(self.last_fencing_token + 1)
     }
 
+    /// Hides the base's hold of `order_id`, if it has one.
+    fn hide(&mut self, order_id: OrderId) {
+        if self
+            .base
+            .tags
+            .binary_search_by(|t| t.id.cmp(&order_id))
+            .is_ok()
+        {
+            if let Err(i) = self.hidden.binary_search(&order_id) {
+                self.hidden.insert(i, order_id);
+            }
+        }
+    }
+
     /// Applies one decision's effects. Empty effects leave the version unchanged.
     pub fn apply(&mut self, effects: &[Effect]) {
         if effects.is_empty() {
@@ -329,27 +398,83 @@ impl AssetState {
                     if let Some(FencingToken(t)) = hold.fencing_token {
                         self.last_fencing_token = self.last_fencing_token.max(t);
                     }
-                    let (placed, tag) = (Arc::new(hold.clone()), Tag::of(hold));
-                    match self.position(&hold.order_id) {
-                        Ok(i) => {
-                            self.holds[i] = placed;
-                            self.tags[i] = tag;
-                        }
-                        Err(i) => {
-                            self.holds.insert(i, placed);
-                            self.tags.insert(i, tag);
-                        }
+                    self.hide(hold.order_id);
+                    let placed = (Tag::of(hold), Arc::new(hold.clone()));
+                    match self
+                        .placed
+                        .binary_search_by(|(t, _)| t.id.cmp(&hold.order_id))
+                    {
+                        Ok(i) => self.placed[i] = placed,
+                        Err(i) => self.placed.insert(i, placed),
                     }
                 }
                 Effect::Lift { order_id, .. } => {
-                    if let Ok(i) = self.position(order_id) {
-                        self.holds.remove(i);
-                        self.tags.remove(i);
+                    if let Ok(i) = self.placed.binary_search_by(|(t, _)| t.id.cmp(order_id)) {
+                        self.placed.remove(i);
                     }
+                    self.hide(*order_id);
                 }
             }
         }
         self.version += 1;
+        if self.placed.len() + self.hidden.len() > FOLD_AT {
+            self.fold();
+        }
+    }
+
+    /// Folds the changes into the base: in place if no other copy shares it, else into a new
+    /// one (the only time a copy costs a pass over every hold).
+    fn fold(&mut self) {
+        let placed = std::mem::take(&mut self.placed);
+        let hidden = std::mem::take(&mut self.hidden);
+        let base = Arc::make_mut(&mut self.base);
+        let old = std::mem::take(base);
+        let n = old.holds.len().saturating_sub(hidden.len()) + placed.len();
+        let (mut holds, mut tags) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut placed = placed.into_iter().peekable();
+        for (tag, hold) in old.tags.into_iter().zip(old.holds) {
+            while let Some((t, h)) = placed.next_if(|(t, _)| t.id < tag.id) {
+                tags.push(t);
+                holds.push(h);
+            }
+            if hidden.binary_search(&tag.id).is_err() {
+                tags.push(tag);
+                holds.push(hold);
+            }
+        }
+        for (t, h) in placed {
+            tags.push(t);
+            holds.push(h);
+        }
+        *base = Base { holds, tags };
+    }
+}
+
+/// Two order-id-sorted runs of tagged holds merged into one; an order id is never in both.
+struct Merged<A: Iterator, B: Iterator> {
+    base: std::iter::Peekable<A>,
+    placed: std::iter::Peekable<B>,
+}
+
+impl<'a, A, B> Iterator for Merged<A, B>
+where
+    A: Iterator<Item = (&'a Tag, &'a Arc<Hold>)>,
+    B: Iterator<Item = (&'a Tag, &'a Arc<Hold>)>,
+{
+    type Item = &'a Arc<Hold>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let take_base = match (self.base.peek(), self.placed.peek()) {
+            (Some((b, _)), Some((p, _))) => b.id < p.id,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let next = if take_base {
+            self.base.next()
+        } else {
+            self.placed.next()
+        };
+        next.map(|(_, hold)| hold)
     }
 }
 
