@@ -238,24 +238,25 @@ impl AssetState {
         &'a self,
         keep: impl Fn(&Tag) -> bool + 'a,
     ) -> impl Iterator<Item = &'a Hold> + 'a {
-        let keep = Arc::new(keep);
-        let keep_placed = Arc::clone(&keep);
-        let base = self
-            .base
-            .tags
-            .iter()
-            .zip(&self.base.holds)
-            .filter(move |(tag, _)| keep(tag) && self.hidden.binary_search(&tag.id).is_err());
-        let placed = self
-            .placed
-            .iter()
-            .filter(move |(tag, _)| keep_placed(tag))
-            .map(|(tag, hold)| (tag, hold));
         Merged {
-            base: base.peekable(),
-            placed: placed.peekable(),
+            base: self.base.tags.iter().zip(&self.base.holds).peekable(),
+            placed: self.placed.iter().map(|(tag, hold)| (tag, hold)).peekable(),
         }
-        .map(|hold| hold.as_ref())
+        // The tag first: the hidden list is searched only for base holds the scan wants.
+        .filter(move |(tag, _, from_base)| {
+            keep(tag) && !(*from_base && self.hidden.binary_search(&tag.id).is_ok())
+        })
+        .map(|(_, hold, _)| hold.as_ref())
+    }
+
+    /// Where the hold of `order_id` is among the placed ones, or would be inserted.
+    fn placed_at(&self, order_id: &OrderId) -> Result<usize, usize> {
+        self.placed.binary_search_by(|(t, _)| t.id.cmp(order_id))
+    }
+
+    /// Where the hold of `order_id` is in the base, if there.
+    fn in_base(&self, order_id: &OrderId) -> Option<usize> {
+        self.base.tags.binary_search_by(|t| t.id.cmp(order_id)).ok()
     }
 
     pub fn last_fencing_token(&self) -> u64 {
@@ -289,18 +290,13 @@ impl AssetState {
     }
 
     pub fn hold(&self, order_id: &OrderId) -> Option<&Hold> {
-        if let Ok(i) = self.placed.binary_search_by(|(t, _)| t.id.cmp(order_id)) {
+        if let Ok(i) = self.placed_at(order_id) {
             return Some(self.placed[i].1.as_ref());
         }
         if self.hidden.binary_search(order_id).is_ok() {
             return None;
         }
-        let i = self
-            .base
-            .tags
-            .binary_search_by(|t| t.id.cmp(order_id))
-            .ok()?;
-        Some(self.base.holds[i].as_ref())
+        self.in_base(order_id).map(|i| self.base.holds[i].as_ref())
     }
 
     /// The holds that apply to `holder` (asset-wide ones included); `None` asks for the holds that
@@ -375,12 +371,7 @@ impl AssetState {
 
     /// Hides the base's hold of `order_id`, if it has one.
     fn hide(&mut self, order_id: OrderId) {
-        if self
-            .base
-            .tags
-            .binary_search_by(|t| t.id.cmp(&order_id))
-            .is_ok()
-        {
+        if self.in_base(&order_id).is_some() {
             if let Err(i) = self.hidden.binary_search(&order_id) {
                 self.hidden.insert(i, order_id);
             }
@@ -400,16 +391,13 @@ impl AssetState {
                     }
                     self.hide(hold.order_id);
                     let placed = (Tag::of(hold), Arc::new(hold.clone()));
-                    match self
-                        .placed
-                        .binary_search_by(|(t, _)| t.id.cmp(&hold.order_id))
-                    {
+                    match self.placed_at(&hold.order_id) {
                         Ok(i) => self.placed[i] = placed,
                         Err(i) => self.placed.insert(i, placed),
                     }
                 }
                 Effect::Lift { order_id, .. } => {
-                    if let Ok(i) = self.placed.binary_search_by(|(t, _)| t.id.cmp(order_id)) {
+                    if let Ok(i) = self.placed_at(order_id) {
                         self.placed.remove(i);
                     }
                     self.hide(*order_id);
@@ -450,7 +438,8 @@ impl AssetState {
     }
 }
 
-/// Two order-id-sorted runs of tagged holds merged into one; an order id is never in both.
+/// Two order-id-sorted runs of tagged holds merged into one, each item saying whether it came
+/// from the base; an order id is never in both.
 struct Merged<A: Iterator, B: Iterator> {
     base: std::iter::Peekable<A>,
     placed: std::iter::Peekable<B>,
@@ -461,20 +450,20 @@ where
     A: Iterator<Item = (&'a Tag, &'a Arc<Hold>)>,
     B: Iterator<Item = (&'a Tag, &'a Arc<Hold>)>,
 {
-    type Item = &'a Arc<Hold>;
+    type Item = (&'a Tag, &'a Arc<Hold>, bool);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let take_base = match (self.base.peek(), self.placed.peek()) {
+        let from_base = match (self.base.peek(), self.placed.peek()) {
             (Some((b, _)), Some((p, _))) => b.id < p.id,
             (Some(_), None) => true,
             (None, _) => false,
         };
-        let next = if take_base {
+        let next = if from_base {
             self.base.next()
         } else {
             self.placed.next()
         };
-        next.map(|(_, hold)| hold)
+        next.map(|(tag, hold)| (tag, hold, from_base))
     }
 }
 
