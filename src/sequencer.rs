@@ -483,6 +483,11 @@ impl Sequencer {
         record_phases(decided.fetch_time, decided.decide_time, started.elapsed());
         record_metrics(&decided.records);
         self.hub.deliver_local(&decided.records);
+        // Freeing a large round (thousands of record texts, states and holds) took a few ms of
+        // the serial path between two commits; a blocking thread does it instead.
+        if decided.records.len() >= self.config.pipeline_from {
+            tokio::task::spawn_blocking(move || drop(decided));
+        }
         match prepared.transpose()? {
             Some(Prepared::Decided(following)) => *next = Some(following),
             // Nothing ready, or event requests first: the next round fetches again, on the
@@ -629,7 +634,7 @@ impl Sequencer {
         // The states go back to the cache even if sealing failed: the error stops this leader,
         // and its cache with it.
         states.extend(output.states);
-        let (records, head) = output.sealed?;
+        let (records, holds, head) = output.sealed?;
         let changes = output
             .changed
             .into_iter()
@@ -645,6 +650,7 @@ impl Sequencer {
             .collect();
         Ok(Prepared::Decided(Decided {
             records: Arc::new(records),
+            holds: Box::new(holds),
             changes,
             head,
             stamp,

@@ -341,6 +341,7 @@ async fn commit_alone(
         from,
         records: std::slice::from_ref(sealed),
         states: &[],
+        holds: &storage::HoldWrites::default(),
     };
     storage::commit(conn, commit, async { Ok(None) }).await
 }
@@ -383,11 +384,13 @@ async fn a_commit_whose_state_round_fails_writes_nothing(pool: PgPool) {
         .await
         .unwrap();
     let sealed = expiry_record(&active);
+    let no_holds = storage::HoldWrites::default();
     let commit = || storage::Commit {
         epoch,
         from: head,
         records: std::slice::from_ref(&sealed),
         states: &[],
+        holds: &no_holds,
     };
     let failed = storage::commit(&mut conn, commit(), async {
         Err(storage::StorageError::Corrupt(

@@ -31,6 +31,8 @@ pub(super) enum Prepared {
 /// A round decided and sealed, not yet committed.
 pub(super) struct Decided {
     pub(super) records: Arc<Vec<SealedRecord>>,
+    /// The `holds` rows the records write.
+    pub(super) holds: Box<storage::HoldWrites>,
     /// The assets whose state the round changed, as it leaves them.
     pub(super) changes: Vec<storage::StateChange>,
     /// The head after the round's last record.
@@ -60,8 +62,8 @@ pub(super) struct RoundOutput {
     pub(super) states: HashMap<AssetKey, AssetState>,
     /// The assets whose version moved.
     pub(super) changed: HashSet<AssetKey>,
-    /// The sealed records and the head after the last.
-    pub(super) sealed: Result<(Vec<SealedRecord>, Head), StorageError>,
+    /// The sealed records, the `holds` rows they write, and the head after the last.
+    pub(super) sealed: Result<(Vec<SealedRecord>, storage::HoldWrites, Head), StorageError>,
 }
 
 /// Decides each group against the state the previous groups on its asset left (an asset may
@@ -107,11 +109,14 @@ pub(super) fn decide_round(input: RoundInput) -> RoundOutput {
         }
         Ok(())
     };
-    let result = decide();
+    // The holds' rows are built here, off the sequencer's serial path, not in the commit.
+    let sealed = decide()
+        .and_then(|()| storage::HoldWrites::of(&records))
+        .map(|holds| (records, holds, head));
     RoundOutput {
         states,
         changed,
-        sealed: result.map(|()| (records, head)),
+        sealed,
     }
 }
 
@@ -146,6 +151,7 @@ pub(super) async fn commit_decided(
         from,
         records: &decided.records,
         states: &decided.changes,
+        holds: &decided.holds,
     };
     let head = storage::commit(conn, commit, state_round).await?;
     *tree = returned.ok_or_else(|| {

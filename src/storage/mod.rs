@@ -21,7 +21,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
 pub(crate) use commit::{advance_head, announce_head};
-pub use commit::{commit, Commit, StateChange};
+pub use commit::{commit, Commit, HoldWrites, StateChange};
 use intake::INTAKE_GATE;
 pub use intake::{intake, Intake, NewOrder, OrderBody};
 
