@@ -201,6 +201,34 @@ async fn each_filter_selects_exactly_its_decisions(pool: PgPool) {
     }
 }
 
+/// The policy index the `policy=` filter reads is written by the sequencer, not derived by the
+/// database: it holds exactly one row per policy each record names, and nothing else.
+#[sqlx::test]
+async fn the_policy_index_is_exactly_what_the_records_name(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    a_day_of_orders(&app).await;
+    let index: Vec<(String, i64)> =
+        sqlx::query_as("SELECT policy, seq FROM decision_policies ORDER BY seq, policy")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let named: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT DISTINCT p.policy, d.seq
+         FROM decisions d, json_array_elements_text(d.record::json -> 'determining_policies')
+              AS p(policy)
+         ORDER BY d.seq, p.policy",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(index, named);
+    let decided: i64 = sqlx::query_scalar("SELECT count(DISTINCT seq) FROM decision_policies")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(decided >= 8, "{index:?}");
+}
+
 fn urlencode(s: &str) -> String {
     s.replace(':', "%3A").replace('+', "%2B")
 }

@@ -125,6 +125,10 @@ pub async fn commit(
     let mut decided = Vec::with_capacity(n);
     let mut texts = Vec::with_capacity(n);
     let mut hashes = Vec::with_capacity(n);
+    // The policy index (`decision_policies`): one row per policy a record names among its
+    // determining policies, from the same record that is sealed, not parsed back out of its text.
+    let mut indexed_policies = Vec::with_capacity(n);
+    let mut indexed_seqs = Vec::with_capacity(n);
     for s in commit.records {
         let r = &s.record;
         seqs.push(r.seq as i64);
@@ -151,14 +155,27 @@ pub async fn commit(
         decided.push(r.decided_at);
         texts.push(s.text.as_str());
         hashes.push(s.hash.to_vec());
+        for (i, policy) in r.determining_policies.iter().enumerate() {
+            // A policy named twice is indexed once (the table's key is policy and seq).
+            if !r.determining_policies[..i].contains(policy) {
+                indexed_policies.push(policy.as_str());
+                indexed_seqs.push(r.seq as i64);
+            }
+        }
     }
     // The arguments are one buffer of about 1.7 kB a record (mostly its text): sized once,
     // instead of grown by doubling and copying on the sequencer's serial path.
     let bytes: usize = commit.records.iter().map(|s| s.text.len() + 256).sum();
     let mut args = sqlx::postgres::PgArguments::default();
-    sqlx::Arguments::reserve(&mut args, 16, bytes);
+    sqlx::Arguments::reserve(&mut args, 18, bytes);
+    // The policy index's rows ride in the same statement (a data-modifying `WITH` runs once,
+    // whether or not it is read): no round trip more on the serial path.
     sqlx::query_with(
-        "INSERT INTO decisions (seq, order_id, expired_hold, chain, asset, holder, kind, issuer,
+        "WITH indexed AS (
+            INSERT INTO decision_policies (policy, seq)
+            SELECT * FROM UNNEST($17::text[], $18::bigint[])
+         )
+         INSERT INTO decisions (seq, order_id, expired_hold, chain, asset, holder, kind, issuer,
                                 outcome, reason_code, priority, policy_version, target_version,
                                 decided_at, record, hash)
          SELECT seq, order_id, expired_hold, chain, asset, holder, kind, issuer, outcome,
@@ -187,6 +204,8 @@ pub async fn commit(
     .bind(&decided)
     .bind(&texts)
     .bind(&hashes)
+    .bind(&indexed_policies)
+    .bind(&indexed_seqs)
     .execute(&mut *tx)
     .await?;
 
