@@ -417,6 +417,55 @@ async fn a_commit_whose_state_round_fails_writes_nothing(pool: PgPool) {
     assert_eq!(scalar(&pool, "SELECT count(*) FROM decisions").await, 1);
 }
 
+/// A commit whose records lift a hold that is not in the holds table (a state that drifted from
+/// the log) is refused whole: the round's writes are one statement, and its other parts (the
+/// decision, the asset's version row) are not written either.
+#[sqlx::test]
+async fn a_commit_that_lifts_a_hold_not_in_the_table_writes_nothing(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await; // only to register and build a record
+    app.register("ethereum", "0xBOND-0", "US", "security").await;
+    app.app.stop().await;
+    let mut conn = pool.acquire().await.unwrap().detach();
+    let (epoch, head) = storage::try_lead(&mut conn).await.unwrap().unwrap();
+    let active: String = sqlx::query_scalar("SELECT hash FROM policy_versions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut sealed = expiry_record(&active);
+    sealed.record.effects = vec![regulator::domain::Effect::Lift {
+        order_id: serde_json::from_value(json!(uuid::Uuid::now_v7())).unwrap(),
+        cause: regulator::domain::LiftCause::Expired,
+    }];
+    let holds = storage::HoldWrites::of(std::slice::from_ref(&sealed)).unwrap();
+    let states = [storage::StateChange {
+        key: sealed.record.target.asset.clone(),
+        version: 1,
+        last_fencing_token: 0,
+        next_expiry: None,
+    }];
+    let commit = storage::Commit {
+        epoch,
+        from: head,
+        records: std::slice::from_ref(&sealed),
+        states: &states,
+        holds: &holds,
+    };
+    let refused = storage::commit(&mut conn, commit, async { Ok(None) }).await;
+    assert!(
+        matches!(&refused, Err(storage::StorageError::Corrupt(why))
+            if why.contains("0 of the 1 lifted holds were in the holds table")),
+        "{refused:?}"
+    );
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM decisions").await, 0);
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM asset_state WHERE version > 0").await,
+        0,
+        "the asset's version row is not written"
+    );
+    let at = scalar(&pool, "SELECT seq FROM ledger_head").await;
+    assert_eq!(at as u64, head.seq, "the head did not move");
+}
+
 /// A commit whose decided order is not in the intake queue (never queued, or already taken
 /// out by another writer) is refused whole: nothing of its transaction is written.
 #[sqlx::test]
