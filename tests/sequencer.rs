@@ -346,6 +346,28 @@ async fn commit_alone(
     storage::commit(conn, commit, async { Ok(None) }).await
 }
 
+/// A leader's connection, epoch and head on a database with `ethereum/0xBOND-0` registered, and
+/// [`expiry_record`] under the active policy version.
+async fn leading_with_an_expiry(
+    pool: &PgPool,
+) -> (
+    sqlx::PgConnection,
+    i64,
+    Head,
+    regulator::domain::ledger::SealedRecord,
+) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await; // only to register and build a record
+    app.register("ethereum", "0xBOND-0", "US", "security").await;
+    app.app.stop().await;
+    let mut conn = pool.acquire().await.unwrap().detach();
+    let (epoch, head) = storage::try_lead(&mut conn).await.unwrap().unwrap();
+    let active: String = sqlx::query_scalar("SELECT hash FROM policy_versions")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    (conn, epoch, head, expiry_record(&active))
+}
+
 /// A record of seq 1 (an expiry on `ethereum/0xBOND-0` that changes nothing), sealed.
 fn expiry_record(policy_version: &str) -> regulator::domain::ledger::SealedRecord {
     let text = "{}".to_owned();
@@ -374,16 +396,7 @@ fn expiry_record(policy_version: &str) -> regulator::domain::ledger::SealedRecor
 /// move, and the same records commit once the round succeeds.
 #[sqlx::test]
 async fn a_commit_whose_state_round_fails_writes_nothing(pool: PgPool) {
-    let app = TestApp::spawn_with(pool.clone(), 0).await; // only to register and build a record
-    app.register("ethereum", "0xBOND-0", "US", "security").await;
-    app.app.stop().await;
-    let mut conn = pool.acquire().await.unwrap().detach();
-    let (epoch, head) = storage::try_lead(&mut conn).await.unwrap().unwrap();
-    let active: String = sqlx::query_scalar("SELECT hash FROM policy_versions")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let sealed = expiry_record(&active);
+    let (mut conn, epoch, head, sealed) = leading_with_an_expiry(&pool).await;
     let no_holds = storage::HoldWrites::default();
     let commit = || storage::Commit {
         epoch,
@@ -422,16 +435,7 @@ async fn a_commit_whose_state_round_fails_writes_nothing(pool: PgPool) {
 /// decision, the asset's version row) are not written either.
 #[sqlx::test]
 async fn a_commit_that_lifts_a_hold_not_in_the_table_writes_nothing(pool: PgPool) {
-    let app = TestApp::spawn_with(pool.clone(), 0).await; // only to register and build a record
-    app.register("ethereum", "0xBOND-0", "US", "security").await;
-    app.app.stop().await;
-    let mut conn = pool.acquire().await.unwrap().detach();
-    let (epoch, head) = storage::try_lead(&mut conn).await.unwrap().unwrap();
-    let active: String = sqlx::query_scalar("SELECT hash FROM policy_versions")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let mut sealed = expiry_record(&active);
+    let (mut conn, epoch, head, mut sealed) = leading_with_an_expiry(&pool).await;
     sealed.record.effects = vec![regulator::domain::Effect::Lift {
         order_id: serde_json::from_value(json!(uuid::Uuid::now_v7())).unwrap(),
         cause: regulator::domain::LiftCause::Expired,
