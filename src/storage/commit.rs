@@ -112,8 +112,8 @@ pub async fn commit(
     // the assets' version rows, the holds, the queue's entries. Its parts touch disjoint rows
     // (a hold lifted here was placed before the round; one placed and lifted in it is never
     // written), so the order in which Postgres runs them does not matter. A single order's
-    // round is a few records, where each round trip more on the serial path cost about as much
-    // as the statement's work (0.1-0.2 ms each under load, six of them).
+    // round is a few records, where each round trip on the serial path cost about as much as
+    // the statement's work (0.1-0.2 ms each under load): five statements became this one.
     let rows = DecisionRows::of(commit.records);
     let states = StateRows::of(commit.states);
     let (arrivals, dequeued_orders): (Vec<DateTime<Utc>>, Vec<Uuid>) = commit
