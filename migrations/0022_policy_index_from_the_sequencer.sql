@@ -14,3 +14,14 @@ DROP FUNCTION index_decision_policies();
 
 ALTER TABLE decisions
     ADD CONSTRAINT decisions_record_is_json CHECK (record::json IS NOT NULL) NOT VALID;
+
+-- A sequencer of an older release, still leading after this migration, would go on inserting
+-- decisions and leave their policy index to the trigger that is gone: an auditor's `policy=`
+-- query would then miss them, silently. So every decision now says that its sequencer wrote
+-- its policy index, and a row that does not say so is refused: the older release's insert does
+-- not name the column, and has no default to fall back on. The rows already there were indexed
+-- by the trigger (the default fills them without rewriting the table).
+ALTER TABLE decisions ADD COLUMN policies_indexed boolean NOT NULL DEFAULT true;
+ALTER TABLE decisions ALTER COLUMN policies_indexed DROP DEFAULT;
+ALTER TABLE decisions
+    ADD CONSTRAINT decisions_policies_indexed CHECK (policies_indexed) NOT VALID;

@@ -433,11 +433,11 @@ async fn a_time_range_over_decisions_from_before_activations_is_still_exact(pool
         sqlx::query(
             "INSERT INTO decisions (seq, expired_hold, chain, asset, kind, issuer, outcome,
                                     reason_code, priority, policy_version, target_version,
-                                    decided_at, record, hash)
+                                    decided_at, record, hash, policies_indexed)
              VALUES ($1, gen_random_uuid(), 'ethereum', '0xOLD', 'FREEZE', 'US-SEC', 'APPLIED',
                      'applied', 700, 'old', 1,
                      timestamptz '2026-01-01 10:00:00+00' + make_interval(secs => $2),
-                     '{}'::json, '\\x00')",
+                     '{}'::json, '\\x00', true)",
         )
         .bind(seq)
         .bind(f64::from(second))

@@ -88,9 +88,10 @@ async fn a_decision_record_that_is_not_json_is_refused(pool: PgPool) {
         &pool,
         "INSERT INTO decisions (seq, expired_hold, chain, asset, kind, issuer, outcome,
                                 reason_code, priority, policy_version, target_version,
-                                decided_at, record, hash)
+                                decided_at, record, hash, policies_indexed)
          SELECT 1, gen_random_uuid(), 'ethereum', '0xBOND', 'FREEZE', 'US-SEC', 'APPLIED',
-                'expired', 0, hash, 0, now(), '{\"determining_policies\": [\"p\"], oops', '\\x00'
+                'expired', 0, hash, 0, now(), '{\"determining_policies\": [\"p\"], oops', '\\x00',
+                true
          FROM policy_versions",
     )
     .await;
@@ -100,4 +101,43 @@ async fn a_decision_record_that_is_not_json_is_refused(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(indexed, 0);
+}
+
+/// A sequencer of an older release, still leading after migration 0022, left a decision's
+/// policy index to a trigger that is gone: its insert (which does not say the index was
+/// written) is refused, so an auditor's `policy=` query cannot silently miss a decision.
+#[sqlx::test]
+async fn a_decision_whose_policy_index_was_not_written_is_refused(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    app.register(BOND.0, BOND.1, "US", "security").await;
+    let (_, decided) = app
+        .submit(&app.regulator("US-SEC"), "sec-1", &sec_freeze())
+        .await;
+    assert_eq!(decided["decision"]["outcome"], "APPLIED");
+    app.app.stop().await;
+    // The older release's insert, for the next seq, under the active version.
+    let older = "INSERT INTO decisions (seq, order_id, expired_hold, chain, asset, holder, kind,
+                                        issuer, outcome, reason_code, priority, policy_version,
+                                        target_version, decided_at, record, hash)
+                 SELECT seq + 1, NULL, gen_random_uuid(), chain, asset, holder, kind, issuer,
+                        outcome, reason_code, priority, policy_version, target_version,
+                        decided_at, record, hash
+                 FROM decisions ORDER BY seq DESC LIMIT 1";
+    let error = refused(&pool, older).await;
+    assert!(error.contains("policies_indexed"), "{error}");
+    let saying_no = "INSERT INTO decisions (seq, order_id, expired_hold, chain, asset, holder,
+                                            kind, issuer, outcome, reason_code, priority,
+                                            policy_version, target_version, decided_at, record,
+                                            hash, policies_indexed)
+                     SELECT seq + 1, NULL, gen_random_uuid(), chain, asset, holder, kind, issuer,
+                            outcome, reason_code, priority, policy_version, target_version,
+                            decided_at, record, hash, false
+                     FROM decisions ORDER BY seq DESC LIMIT 1";
+    let error = refused(&pool, saying_no).await;
+    assert!(error.contains("decisions_policies_indexed"), "{error}");
+    let decisions: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(decisions, 1);
 }

@@ -842,9 +842,10 @@ async fn the_database_refuses_a_decision_by_an_inactive_version(pool: PgPool) {
     let forged = sqlx::query(
         "INSERT INTO decisions (seq, order_id, expired_hold, chain, asset, holder, kind, issuer,
                                 outcome, reason_code, priority, policy_version, target_version,
-                                decided_at, record, hash)
+                                decided_at, record, hash, policies_indexed)
          SELECT seq + 1, NULL, gen_random_uuid(), chain, asset, holder, kind, issuer, outcome,
-                reason_code, priority, repeat('f', 64), target_version, decided_at, record, hash
+                reason_code, priority, repeat('f', 64), target_version, decided_at, record, hash,
+                true
          FROM decisions ORDER BY seq DESC LIMIT 1",
     )
     .execute(&pool)

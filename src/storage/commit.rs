@@ -205,7 +205,9 @@ pub async fn commit(
 ///   place (`$27`–`$30`);
 /// - `dequeued`: the decided orders' queue entries, by the arrival index's key (the queue has
 ///   no index of its own on order id; `$31`, `$32`);
-/// - `decided`: the decisions (`$1`–`$16`).
+/// - `decided`: the decisions (`$1`–`$16`), each saying its policy index was written with it
+///   (`policies_indexed`: migration `0022` refuses a decision that does not, such as one from
+///   an older release that left the index to a trigger).
 const ROUND_WRITES: &str = "
 WITH indexed AS (
     INSERT INTO decision_policies (policy, seq)
@@ -235,9 +237,10 @@ WITH indexed AS (
 ), decided AS (
     INSERT INTO decisions (seq, order_id, expired_hold, chain, asset, holder, kind, issuer,
                            outcome, reason_code, priority, policy_version, target_version,
-                           decided_at, record, hash)
+                           decided_at, record, hash, policies_indexed)
     SELECT seq, order_id, expired_hold, chain, asset, holder, kind, issuer, outcome,
-           reason_code, priority, policy_version, target_version, decided_at, record, hash
+           reason_code, priority, policy_version, target_version, decided_at, record, hash,
+           true
     FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::text[],
                 $13::bigint[], $14::timestamptz[], $15::text[], $16::bytea[])
