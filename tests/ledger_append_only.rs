@@ -15,8 +15,8 @@ async fn refused(pool: &PgPool, sql: &str) -> String {
     error.to_string()
 }
 
-#[sqlx::test]
-async fn the_decision_log_and_the_orders_refuse_update_delete_and_truncate(pool: PgPool) {
+/// The SEC's freeze of the bond, decided APPLIED by a service that is then stopped.
+async fn one_freeze_decided(pool: &PgPool) {
     let app = TestApp::spawn_with(pool.clone(), 0).await;
     app.register(BOND.0, BOND.1, "US", "security").await;
     let (_, decided) = app
@@ -24,6 +24,11 @@ async fn the_decision_log_and_the_orders_refuse_update_delete_and_truncate(pool:
         .await;
     assert_eq!(decided["decision"]["outcome"], "APPLIED");
     app.app.stop().await;
+}
+
+#[sqlx::test]
+async fn the_decision_log_and_the_orders_refuse_update_delete_and_truncate(pool: PgPool) {
+    one_freeze_decided(&pool).await;
     let record_before: String = sqlx::query_scalar("SELECT record::text FROM decisions")
         .fetch_one(&pool)
         .await
@@ -59,13 +64,7 @@ async fn the_decision_log_and_the_orders_refuse_update_delete_and_truncate(pool:
 /// on the write path): an asset is never removed instead, so no reference can dangle.
 #[sqlx::test]
 async fn a_registered_asset_is_never_removed(pool: PgPool) {
-    let app = TestApp::spawn_with(pool.clone(), 0).await;
-    app.register(BOND.0, BOND.1, "US", "security").await;
-    let (_, decided) = app
-        .submit(&app.regulator("US-SEC"), "sec-1", &sec_freeze())
-        .await;
-    assert_eq!(decided["decision"]["outcome"], "APPLIED");
-    app.app.stop().await;
+    one_freeze_decided(&pool).await;
 
     for sql in ["DELETE FROM assets", "TRUNCATE assets CASCADE"] {
         let message = refused(&pool, sql).await;
@@ -108,32 +107,24 @@ async fn a_decision_record_that_is_not_json_is_refused(pool: PgPool) {
 /// written) is refused, so an auditor's `policy=` query cannot silently miss a decision.
 #[sqlx::test]
 async fn a_decision_whose_policy_index_was_not_written_is_refused(pool: PgPool) {
-    let app = TestApp::spawn_with(pool.clone(), 0).await;
-    app.register(BOND.0, BOND.1, "US", "security").await;
-    let (_, decided) = app
-        .submit(&app.regulator("US-SEC"), "sec-1", &sec_freeze())
-        .await;
-    assert_eq!(decided["decision"]["outcome"], "APPLIED");
-    app.app.stop().await;
-    // The older release's insert, for the next seq, under the active version.
-    let older = "INSERT INTO decisions (seq, order_id, expired_hold, chain, asset, holder, kind,
-                                        issuer, outcome, reason_code, priority, policy_version,
-                                        target_version, decided_at, record, hash)
-                 SELECT seq + 1, NULL, gen_random_uuid(), chain, asset, holder, kind, issuer,
-                        outcome, reason_code, priority, policy_version, target_version,
-                        decided_at, record, hash
-                 FROM decisions ORDER BY seq DESC LIMIT 1";
-    let error = refused(&pool, older).await;
+    one_freeze_decided(&pool).await;
+    // A copy of the last decision for the next seq, under the active version, inserted with
+    // `extra` more columns set to `values`.
+    let next = |extra: &str, values: &str| {
+        format!(
+            "INSERT INTO decisions (seq, order_id, expired_hold, chain, asset, holder, kind,
+                                    issuer, outcome, reason_code, priority, policy_version,
+                                    target_version, decided_at, record, hash{extra})
+             SELECT seq + 1, NULL, gen_random_uuid(), chain, asset, holder, kind, issuer,
+                    outcome, reason_code, priority, policy_version, target_version,
+                    decided_at, record, hash{values}
+             FROM decisions ORDER BY seq DESC LIMIT 1"
+        )
+    };
+    // The older release's insert does not name the column.
+    let error = refused(&pool, &next("", "")).await;
     assert!(error.contains("policies_indexed"), "{error}");
-    let saying_no = "INSERT INTO decisions (seq, order_id, expired_hold, chain, asset, holder,
-                                            kind, issuer, outcome, reason_code, priority,
-                                            policy_version, target_version, decided_at, record,
-                                            hash, policies_indexed)
-                     SELECT seq + 1, NULL, gen_random_uuid(), chain, asset, holder, kind, issuer,
-                            outcome, reason_code, priority, policy_version, target_version,
-                            decided_at, record, hash, false
-                     FROM decisions ORDER BY seq DESC LIMIT 1";
-    let error = refused(&pool, saying_no).await;
+    let error = refused(&pool, &next(", policies_indexed", ", false")).await;
     assert!(error.contains("decisions_policies_indexed"), "{error}");
     let decisions: i64 = sqlx::query_scalar("SELECT count(*) FROM decisions")
         .fetch_one(&pool)

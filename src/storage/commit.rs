@@ -35,11 +35,28 @@ pub struct Commit<'a> {
 /// the sequencer's serial path, only binds them.
 #[derive(Debug, Default)]
 pub struct HoldWrites {
-    /// Placed holds and not lifted in the same round: order id, chain, asset, hold as JSON.
-    placed: (Vec<Uuid>, Vec<String>, Vec<String>, Vec<String>),
-    /// Holds lifted that were placed before the round: chain, asset, order id (the table's
-    /// key; a decision's effects are all on its own asset, which the state map checks).
-    lifted: (Vec<String>, Vec<String>, Vec<Uuid>),
+    /// Placed holds and not lifted in the same round.
+    placed: HoldColumns,
+    /// Holds lifted that were placed before the round, by the table's key (a decision's
+    /// effects are all on its own asset, which the state map checks); `json` stays empty.
+    lifted: HoldColumns,
+}
+
+/// `holds` rows as one array per column.
+#[derive(Debug, Default)]
+struct HoldColumns {
+    order_ids: Vec<Uuid>,
+    chains: Vec<String>,
+    assets: Vec<String>,
+    json: Vec<String>,
+}
+
+impl HoldColumns {
+    fn push(&mut self, order_id: Uuid, asset: &AssetKey) {
+        self.order_ids.push(order_id);
+        self.chains.push(asset.chain.as_str().to_owned());
+        self.assets.push(asset.asset.as_str().to_owned());
+    }
 }
 
 impl HoldWrites {
@@ -49,7 +66,6 @@ impl HoldWrites {
         let mut placed: HashMap<OrderId, &crate::domain::Hold> = HashMap::new();
         let mut writes = Self::default();
         for record in records {
-            let asset = &record.record.target.asset;
             for effect in &record.record.effects {
                 match effect {
                     crate::domain::Effect::Place { hold } => {
@@ -57,27 +73,19 @@ impl HoldWrites {
                     }
                     crate::domain::Effect::Lift { order_id, .. } => {
                         if placed.remove(order_id).is_none() {
-                            writes.lifted.0.push(asset.chain.as_str().to_owned());
-                            writes.lifted.1.push(asset.asset.as_str().to_owned());
-                            writes.lifted.2.push(order_id.as_uuid());
+                            writes
+                                .lifted
+                                .push(order_id.as_uuid(), &record.record.target.asset);
                         }
                     }
                 }
             }
         }
         for (id, hold) in placed {
-            writes.placed.0.push(id.as_uuid());
+            writes.placed.push(id.as_uuid(), &hold.target.asset);
             writes
                 .placed
-                .1
-                .push(hold.target.asset.chain.as_str().to_owned());
-            writes
-                .placed
-                .2
-                .push(hold.target.asset.asset.as_str().to_owned());
-            writes
-                .placed
-                .3
+                .json
                 .push(serde_json::to_string(hold).map_err(corrupt)?);
         }
         Ok(writes)
@@ -132,7 +140,7 @@ pub async fn commit(
         + commit
             .holds
             .placed
-            .3
+            .json
             .iter()
             .map(|h| h.len() + 96)
             .sum::<usize>();
@@ -162,13 +170,13 @@ pub async fn commit(
         .bind(&states.versions)
         .bind(&states.tokens)
         .bind(&states.expiries)
-        .bind(&commit.holds.lifted.0[..])
-        .bind(&commit.holds.lifted.1[..])
-        .bind(&commit.holds.lifted.2[..])
-        .bind(&commit.holds.placed.0[..])
-        .bind(&commit.holds.placed.1[..])
-        .bind(&commit.holds.placed.2[..])
-        .bind(&commit.holds.placed.3[..])
+        .bind(&commit.holds.lifted.chains)
+        .bind(&commit.holds.lifted.assets)
+        .bind(&commit.holds.lifted.order_ids)
+        .bind(&commit.holds.placed.order_ids)
+        .bind(&commit.holds.placed.chains)
+        .bind(&commit.holds.placed.assets)
+        .bind(&commit.holds.placed.json)
         .bind(&arrivals)
         .bind(&dequeued_orders)
         .fetch_one(&mut *tx)
@@ -176,7 +184,7 @@ pub async fn commit(
     // A lifted hold is active, so its row is there: one left behind would outlive its lift.
     all_rows(
         lifted,
-        commit.holds.lifted.2.len(),
+        commit.holds.lifted.order_ids.len(),
         "lifted holds were in the holds table",
     )?;
     // An entry left behind would be decided again: nothing is committed unless every decided
