@@ -199,6 +199,11 @@ impl App {
         let (kill, killed) = watch::channel(false);
         tasks.push(spawn_sequencer(sequencer, shutdown_rx.clone(), killed)?);
         tasks.push(tokio::spawn(metrics_upkeep(shutdown_rx.clone())));
+        tasks.push(tokio::spawn(queue_upkeep(
+            pool.clone(),
+            leading.clone(),
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(Arc::clone(&hub).listen(
             pool.clone(),
             Arc::clone(&intake_signal),
@@ -228,7 +233,7 @@ impl App {
         let state = AppState {
             pool: pool.clone(),
             hub,
-            intake: IntakeQueue::spawn(pool.clone(), Arc::clone(&intake_signal)),
+            intake: IntakeQueue::spawn(pool.clone(), Arc::clone(&intake_signal), leading.clone()),
             intake_signal,
             verifier,
             submit_wait: config.submit_wait,
@@ -444,6 +449,31 @@ async fn metrics_upkeep(mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// How often the leader vacuums the intake queue (see [`storage::vacuum_intake_queue`]).
+const QUEUE_VACUUM_EVERY: Duration = Duration::from_secs(1);
+
+/// While this replica leads, vacuums the intake queue every [`QUEUE_VACUUM_EVERY`]: the
+/// leader is the one that deletes from it, and the one whose fetches its dead rows slow.
+async fn queue_upkeep(
+    pool: PgPool,
+    leading: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(QUEUE_VACUUM_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        if !*leading.borrow() {
+            continue;
+        }
+        if let Err(error) = storage::vacuum_intake_queue(&pool).await {
+            // Only the fetch's speed depends on it; autovacuum still comes by.
+            tracing::warn!(%error, "vacuuming the intake queue failed");
         }
     }
 }

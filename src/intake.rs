@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::storage::{self, Intake, NewOrder};
 
@@ -30,10 +30,12 @@ pub enum IntakeError {
 }
 
 impl IntakeQueue {
-    /// Starts the writer task. `accepted` is woken after every commit that queued orders.
-    pub fn spawn(pool: PgPool, accepted: Arc<Notify>) -> Self {
+    /// Starts the writer task. `accepted` is woken after every commit that queued orders;
+    /// while `leading` says this replica leads, that is the only wake-up (see
+    /// [`storage::Announce`]).
+    pub fn spawn(pool: PgPool, accepted: Arc<Notify>, leading: watch::Receiver<bool>) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(pool, rx, accepted));
+        tokio::spawn(write_batches(pool, rx, accepted, leading));
         Self { tx }
     }
 
@@ -55,11 +57,13 @@ async fn write_batches(
     pool: PgPool,
     mut rx: mpsc::Receiver<(NewOrder, Reply)>,
     accepted: Arc<Notify>,
+    leading: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (orders, replies): (Vec<NewOrder>, Vec<Reply>) = batch.drain(..).unzip();
-        match storage::intake(&pool, &orders).await {
+        let announce = storage::Announce::unless_leading(*leading.borrow());
+        match storage::intake(&pool, &orders, announce).await {
             Ok(outcomes) => {
                 if outcomes
                     .iter()

@@ -292,6 +292,143 @@ async fn two_sequencers_on_one_database_never_both_write(pool: PgPool) {
     b.app.stop().await;
 }
 
+/// The queue is inserted into and deleted from all day, and between two vacuums its dead rows
+/// make the planner think it is large. The fetch must still look each pending order and its
+/// asset up by key, never read the whole of `orders` (which only grows) or `assets`: with
+/// 150,000 dead queue rows, 2,000 assets and 20,000 orders, a plan free to choose scanned every
+/// asset (and with a bench's tables, hashed every order) to fetch three.
+#[sqlx::test]
+async fn the_fetch_reads_no_more_of_the_orders_than_it_fetches(pool: PgPool) {
+    let key = register_bond_in(&pool, 0).await;
+    sqlx::raw_sql(
+        "INSERT INTO assets (chain, asset, issuer_jurisdiction, asset_class)
+         SELECT 'ethereum', '0xOTHER-' || i, 'US', 'security' FROM generate_series(1, 2000) i;
+         INSERT INTO orders (order_id, issuer, idempotency_key, request_hash, chain, asset,
+                             holder, kind, intake_at, body)
+         SELECT gen_random_uuid(), 'US-SEC', 'old-' || i, '\\x00', 'ethereum', '0xBOND-0',
+                '0xOLD', 'FREEZE', now() - interval '1 day', '{}'
+         FROM generate_series(1, 20000) i;
+         INSERT INTO intake_queue (order_id, chain, asset, intake_at)
+         SELECT gen_random_uuid(), 'ethereum', '0xBOND-0', now() - interval '1 hour'
+         FROM generate_series(1, 150000);
+         DELETE FROM intake_queue;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let orders: Vec<storage::NewOrder> = (0..3)
+        .map(|i| freeze_order(&key, &format!("0xH{i}"), format!("pending-{i}")))
+        .collect();
+    storage::intake(&pool, &orders, storage::Announce::Everyone)
+        .await
+        .unwrap();
+
+    // The transaction's own scan counters: nothing to wait for the statistics to be flushed.
+    let mut tx = pool.begin().await.unwrap();
+    let work = storage::fetch_work(&mut tx, 5_000, false, &[])
+        .await
+        .unwrap();
+    let fetched: Vec<_> = work.pending.iter().map(|p| p.order.id).collect();
+    assert_eq!(
+        fetched,
+        orders.iter().map(|o| o.id).collect::<Vec<_>>(),
+        "the pending orders, in arrival order"
+    );
+    for table in ["orders", "assets"] {
+        let scans: i64 = sqlx::query_scalar("SELECT pg_stat_get_xact_numscans($1::regclass)")
+            .bind(table)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(scans, 0, "no sequential scan of {table}");
+    }
+}
+
+/// The leader vacuums the intake queue itself, every second: autovacuum comes by once a
+/// minute, and until then every fetch reads past the queue's dead rows.
+#[sqlx::test]
+async fn the_leader_vacuums_the_intake_queue(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    register_bonds(&app, 2).await;
+    submit_many(&app, "vacuumed", 4, 2).await;
+    let mut vacuums = 0;
+    for _ in 0..100 {
+        vacuums = scalar(
+            &pool,
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'intake_queue'",
+        )
+        .await;
+        if vacuums >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(vacuums >= 2, "vacuumed {vacuums} times in 10 s");
+    app.app.stop().await;
+}
+
+/// Intake announces new orders (`NOTIFY regulator_intake`) only from a replica that does not
+/// lead. The leader's own sequencer is woken in process; an intake that notified would wait
+/// for the sequencer's commit, WAL flush and all (Postgres serializes notifying commits). An
+/// order taken in by a follower is announced, so the leader does not wait for its poll.
+#[sqlx::test]
+async fn only_a_follower_announces_the_orders_it_takes_in(pool: PgPool) {
+    let a = TestApp::spawn_with(pool.clone(), 0).await;
+    let b = TestApp::spawn_with(pool.clone(), 0).await;
+    register_bonds(&a, 2).await;
+    let mut leader = None;
+    for _ in 0..100 {
+        match (a.leading().await, b.leading().await) {
+            (true, false) => leader = Some((&a, &b)),
+            (false, true) => leader = Some((&b, &a)),
+            _ => {}
+        }
+        if leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (leader, follower) = leader.expect("one replica leads");
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen("regulator_intake").await.unwrap();
+
+    submit_many(leader, "at-leader", 3, 2).await;
+    // Notifications arrive in commit order: had the leader's intake announced, its empty
+    // payload would come before this one.
+    sqlx::query("SELECT pg_notify('regulator_intake', 'after the leader took orders')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_payload(&mut listener).await,
+        "after the leader took orders",
+        "the leader's intake announced nothing"
+    );
+
+    submit_many(follower, "at-follower", 3, 2).await;
+    assert_eq!(
+        next_payload(&mut listener).await,
+        "",
+        "the follower's intake is announced"
+    );
+    wait_until_decided(&pool, 6).await;
+    assert_ledger_sound(&pool).await;
+    a.app.stop().await;
+    b.app.stop().await;
+}
+
+/// The payload of the next notification on `listener`, which must come within 10 s.
+async fn next_payload(listener: &mut sqlx::postgres::PgListener) -> String {
+    tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notification within 10 s")
+        .unwrap()
+        .payload()
+        .to_owned()
+}
+
 /// A leader that lost its lock (its connection died) still believes it leads; its commit is
 /// refused by the compare-and-set on the ledger head and writes nothing.
 #[sqlx::test]
@@ -304,21 +441,26 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
         "the lock is exclusive"
     );
     drop(old); // the old leader's connection dies, and its lock with it
-    let mut new_epoch = None;
+    let mut taken = None;
     for _ in 0..50 {
-        if let Some((epoch, _)) = storage::try_lead(&mut rival).await.unwrap() {
-            new_epoch = Some(epoch);
+        if let Some(lead) = storage::try_lead(&mut rival).await.unwrap() {
+            taken = Some(lead);
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(new_epoch, Some(old_epoch + 1));
+    let (new_epoch, _) = taken.expect("the rival takes the lead");
+    assert_eq!(new_epoch, old_epoch + 1);
 
     // The old leader, on any connection, tries to commit a record.
     let app = TestApp::spawn_with(pool.clone(), 0).await; // only to register and build a record
     app.register("ethereum", "0xBOND-0", "US", "security").await;
     app.app.stop().await;
-    let sealed = expiry_record("x");
+    let active: String = sqlx::query_scalar("SELECT hash FROM policy_versions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let sealed = expiry_record(&active);
     let mut conn = pool.acquire().await.unwrap();
     let refused = commit_alone(&mut conn, old_epoch, old_head, &sealed).await;
     assert!(
@@ -327,6 +469,31 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
     );
     let written = scalar(&pool, "SELECT count(*) FROM decisions").await;
     assert_eq!(written, 0);
+
+    // A leader records seq 1 (a fresh one: the app deposed the rival, whose lease nobody
+    // renewed). The old leader's commit of its own seq 1 is still refused as deposed, before
+    // its insert could meet the new leader's row.
+    let mut newest = pool.acquire().await.unwrap().detach();
+    let mut taken = None;
+    for _ in 0..100 {
+        if let Some(lead) = storage::try_lead(&mut newest).await.unwrap() {
+            taken = Some(lead);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (newest_epoch, newest_head) = taken.expect("a new leader takes the lead");
+    assert!(newest_epoch > new_epoch);
+    commit_alone(&mut newest, newest_epoch, newest_head, &sealed)
+        .await
+        .unwrap();
+    let refused = commit_alone(&mut conn, old_epoch, old_head, &sealed).await;
+    assert!(
+        matches!(refused, Err(storage::StorageError::Deposed { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM decisions").await, 1);
+    assert_eq!(scalar(&pool, "SELECT seq FROM ledger_head").await, 1);
 }
 
 /// Commits `sealed` alone, changing no state row and with no state map round.
@@ -573,7 +740,9 @@ async fn a_window_larger_than_the_fetch_limit_is_decided_whole(pool: PgPool) {
     let burst: Vec<storage::NewOrder> = (0..30)
         .map(|i| freeze_order(&key, &format!("0xH{i}"), format!("burst-{i}")))
         .collect();
-    storage::intake(&pool, &burst).await.unwrap();
+    storage::intake(&pool, &burst, storage::Announce::Everyone)
+        .await
+        .unwrap();
     sequence_until_decided(
         &pool,
         regulator::sequencer::SequencerConfig {
@@ -703,7 +872,9 @@ async fn a_commit_that_fails_while_the_next_round_was_decided_drops_both(pool: P
                 )
             })
             .collect();
-        storage::intake(&pool, &orders).await.unwrap();
+        storage::intake(&pool, &orders, storage::Announce::Everyone)
+            .await
+            .unwrap();
     }
     sequence_until_decided(
         &pool,

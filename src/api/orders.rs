@@ -416,7 +416,8 @@ pub async fn batch(
     let outcomes = if orders.is_empty() {
         Vec::new()
     } else {
-        storage::intake(&state.pool, &orders).await?
+        let announce = storage::Announce::unless_leading(*state.leading.borrow());
+        storage::intake(&state.pool, &orders, announce).await?
     };
     if outcomes
         .iter()

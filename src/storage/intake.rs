@@ -57,7 +57,36 @@ pub enum Intake {
 /// the sequencer takes it exclusively to read a clock that no uncommitted intake is behind.
 pub(crate) const INTAKE_GATE: i64 = 0x5245_4749_4E54;
 
-/// Accepts `orders` in one transaction, all stamped with one database time.
+/// Whether an intake announces the orders it queued to every replica.
+///
+/// Announcing is a `NOTIFY regulator_intake`, and Postgres serializes every transaction that
+/// notifies with one lock, held from before its commit until its WAL is flushed. The
+/// sequencer's commit notifies too (the followers wait for it), so an intake that announced
+/// put its commit in series with the sequencer's: neither could share the other's WAL flush.
+/// On the leading replica, intake wakes its own sequencer in process instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// `NOTIFY regulator_intake` at commit, for a leader on another replica.
+    Everyone,
+    /// No notification: the accepting replica leads and wakes its sequencer in process. If it
+    /// has just lost the lead, the new leader finds the orders on its next fetch (a new leader
+    /// fetches at once, an idle one at least every `SequencerConfig::poll`).
+    Nobody,
+}
+
+impl Announce {
+    /// [`Announce::Nobody`] when this replica leads, else [`Announce::Everyone`].
+    pub fn unless_leading(leading: bool) -> Self {
+        if leading {
+            Announce::Nobody
+        } else {
+            Announce::Everyone
+        }
+    }
+}
+
+/// Accepts `orders` in one transaction, all stamped with one database time, announcing them
+/// as `announce` says when any is queued.
 ///
 /// Orders whose asset is not registered, whose (issuer, idempotency key) was used before, or
 /// that release an order they cannot release (none such, another target's, a RELEASE) are not
@@ -67,7 +96,11 @@ pub(crate) const INTAKE_GATE: i64 = 0x5245_4749_4E54;
 /// judges, always: the later copies get its result when their body is the same, and
 /// [`Intake::Existing`] with `same_request: false` (or [`Intake::KeyTaken`]) when it is not.
 /// Only the first is sent to the database, so which copy wins never depends on the plan.
-pub async fn intake(pool: &PgPool, orders: &[NewOrder]) -> Result<Vec<Intake>, StorageError> {
+pub async fn intake(
+    pool: &PgPool,
+    orders: &[NewOrder],
+    announce: Announce,
+) -> Result<Vec<Intake>, StorageError> {
     let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
     let mut copy_of: Vec<Option<usize>> = Vec::with_capacity(orders.len());
     let mut firsts: Vec<&NewOrder> = Vec::with_capacity(orders.len());
@@ -81,7 +114,7 @@ pub async fn intake(pool: &PgPool, orders: &[NewOrder]) -> Result<Vec<Intake>, S
             }
         }
     }
-    let mut judged = intake_distinct(pool, &firsts).await?.into_iter();
+    let mut judged = intake_distinct(pool, &firsts, announce).await?.into_iter();
     let mut outcomes: Vec<Intake> = Vec::with_capacity(orders.len());
     for (i, copy) in copy_of.iter().enumerate() {
         let outcome = match copy {
@@ -113,7 +146,11 @@ pub async fn intake(pool: &PgPool, orders: &[NewOrder]) -> Result<Vec<Intake>, S
 }
 
 /// [`intake`] of orders with distinct (issuer, key).
-async fn intake_distinct(pool: &PgPool, orders: &[&NewOrder]) -> Result<Vec<Intake>, StorageError> {
+async fn intake_distinct(
+    pool: &PgPool,
+    orders: &[&NewOrder],
+    announce: Announce,
+) -> Result<Vec<Intake>, StorageError> {
     let mut ids = Vec::with_capacity(orders.len());
     let mut issuers = Vec::with_capacity(orders.len());
     let mut keys = Vec::with_capacity(orders.len());
@@ -163,8 +200,11 @@ async fn intake_distinct(pool: &PgPool, orders: &[&NewOrder]) -> Result<Vec<Inta
          queued AS (
              INSERT INTO intake_queue (order_id, chain, asset, intake_at)
              SELECT order_id, chain, asset, intake_at FROM accepted
-         )
-         SELECT order_id, intake_at FROM accepted",
+         ),
+         -- Read below only when an order was accepted (an uncorrelated subquery runs on the
+         -- first row it is needed for), so nothing queued, nothing announced.
+         announced AS (SELECT pg_notify($12, '') WHERE $13)
+         SELECT order_id, intake_at, (SELECT count(*) FROM announced) FROM accepted",
     )
     .bind(&ids)
     .bind(&issuers)
@@ -177,6 +217,8 @@ async fn intake_distinct(pool: &PgPool, orders: &[&NewOrder]) -> Result<Vec<Inta
     .bind(&bodies)
     .bind(INTAKE_GATE)
     .bind(&releases)
+    .bind(super::INTAKE_CHANNEL)
+    .bind(announce == Announce::Everyone)
     .fetch_all(pool)
     .await?;
     let accepted: HashMap<Uuid, DateTime<Utc>> =

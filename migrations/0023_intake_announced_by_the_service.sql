@@ -1,0 +1,14 @@
+-- Intake no longer notifies `regulator_intake` from a trigger on every insert into
+-- `intake_queue`: the service does it in the intake statement, and only when the accepting
+-- replica does not lead (`storage::Announce`). A leader wakes its own sequencer in process.
+--
+-- Postgres serializes every transaction that notifies with one lock, held from before its
+-- commit until its WAL is flushed. The sequencer's commit notifies (the followers wait for the
+-- decisions), so every intake commit on the leader waited for a whole sequencer commit, WAL
+-- flush included, or the other way round: the two could never share a flush. Sampled waits of
+-- a single-order run showed both backends queued on that lock.
+--
+-- A replica of an older release, still taking orders after this migration, no longer
+-- announces them: a leader of this release on another replica then finds them on its next
+-- fetch, at most its poll interval later. Nothing is lost.
+DROP TRIGGER intake_queue_notify ON intake_queue;
