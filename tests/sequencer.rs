@@ -441,15 +441,7 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
         "the lock is exclusive"
     );
     drop(old); // the old leader's connection dies, and its lock with it
-    let mut taken = None;
-    for _ in 0..50 {
-        if let Some(lead) = storage::try_lead(&mut rival).await.unwrap() {
-            taken = Some(lead);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (new_epoch, _) = taken.expect("the rival takes the lead");
+    let (new_epoch, _) = take_the_lead(&mut rival).await;
     assert_eq!(new_epoch, old_epoch + 1);
 
     // The old leader, on any connection, tries to commit a record.
@@ -474,15 +466,7 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
     // renewed). The old leader's commit of its own seq 1 is still refused as deposed, before
     // its insert could meet the new leader's row.
     let mut newest = pool.acquire().await.unwrap().detach();
-    let mut taken = None;
-    for _ in 0..100 {
-        if let Some(lead) = storage::try_lead(&mut newest).await.unwrap() {
-            taken = Some(lead);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (newest_epoch, newest_head) = taken.expect("a new leader takes the lead");
+    let (newest_epoch, newest_head) = take_the_lead(&mut newest).await;
     assert!(newest_epoch > new_epoch);
     commit_alone(&mut newest, newest_epoch, newest_head, &sealed)
         .await
@@ -494,6 +478,17 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
     );
     assert_eq!(scalar(&pool, "SELECT count(*) FROM decisions").await, 1);
     assert_eq!(scalar(&pool, "SELECT seq FROM ledger_head").await, 1);
+}
+
+/// Takes the lead on `conn` once the lock is free (within 10 s): its epoch and head.
+async fn take_the_lead(conn: &mut sqlx::PgConnection) -> (i64, Head) {
+    for _ in 0..500 {
+        if let Some(lead) = storage::try_lead(conn).await.unwrap() {
+            return lead;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the lock stayed taken for 10 s");
 }
 
 /// Commits `sealed` alone, changing no state row and with no state map round.
