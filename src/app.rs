@@ -457,12 +457,14 @@ async fn metrics_upkeep(mut shutdown: watch::Receiver<bool>) {
 const QUEUE_VACUUM_EVERY: Duration = Duration::from_secs(1);
 
 /// While this replica leads, vacuums the intake queue every [`QUEUE_VACUUM_EVERY`]: the
-/// leader is the one that deletes from it, and the one whose fetches its dead rows slow.
+/// leader is the one that deletes from it, and the one whose fetches its dead rows slow. A role
+/// that may not vacuum it (not its owner) says so once and leaves it to autovacuum.
 async fn queue_upkeep(
     pool: PgPool,
     leading: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut may_vacuum = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(QUEUE_VACUUM_EVERY) => {}
@@ -470,6 +472,22 @@ async fn queue_upkeep(
         }
         if !*leading.borrow() {
             continue;
+        }
+        if !may_vacuum {
+            match storage::may_vacuum_intake_queue(&pool).await {
+                Ok(true) => may_vacuum = true,
+                Ok(false) => {
+                    tracing::warn!(
+                        "the service's database role does not own intake_queue: it is left \
+                         to autovacuum, and fetches slow down between its runs"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not tell whether intake_queue may be vacuumed");
+                    continue;
+                }
+            }
         }
         if let Err(error) = storage::vacuum_intake_queue(&pool).await {
             // Only the fetch's speed depends on it; autovacuum still comes by.

@@ -367,6 +367,31 @@ async fn the_leader_vacuums_the_intake_queue(pool: PgPool) {
     app.app.stop().await;
 }
 
+/// Only a role that owns the queue (or a superuser) may vacuum it; Postgres would answer
+/// anyone else's VACUUM with a warning, so the leader asks first, once.
+#[sqlx::test]
+async fn only_the_queues_owner_may_vacuum_it(pool: PgPool) {
+    assert!(storage::may_vacuum_intake_queue(&pool).await.unwrap());
+    // Roles are the cluster's, not the test database's: a name of this test's own.
+    let role = format!("queue_reader_{}", uuid::Uuid::now_v7().simple());
+    sqlx::raw_sql(&format!("CREATE ROLE {role} LOGIN"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let options = (*pool.connect_options()).clone().username(&role);
+    let reader = PgPool::connect_with(options).await.unwrap();
+    let may = storage::may_vacuum_intake_queue(&reader).await;
+    reader.close().await;
+    sqlx::raw_sql(&format!("DROP ROLE {role}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(
+        !may.unwrap(),
+        "a role that does not own the queue may not vacuum it"
+    );
+}
+
 /// Intake announces new orders (`NOTIFY regulator_intake`) only from a replica that does not
 /// lead. The leader's own sequencer is woken in process; an intake that notified would wait
 /// for the sequencer's commit, WAL flush and all (Postgres serializes notifying commits). An

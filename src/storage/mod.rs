@@ -529,6 +529,8 @@ fn pending_orders(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<PendingOrder>, S
 /// a table once a minute (its default `autovacuum_naptime`), and until then each fetch reads
 /// past every dead row: the leader runs this every second instead (`app`), about 1 ms for a
 /// second's dead rows, which keeps the queue a few pages long and its statistics true.
+///
+/// Only the table's owner (or a superuser) may vacuum it; see [`may_vacuum_intake_queue`].
 pub async fn vacuum_intake_queue(pool: &PgPool) -> Result<(), StorageError> {
     // VACUUM cannot run in a transaction block: a simple query is its own statement. No
     // truncation: cutting the empty pages off the end of the table takes an exclusive lock
@@ -537,6 +539,20 @@ pub async fn vacuum_intake_queue(pool: &PgPool) -> Result<(), StorageError> {
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Whether the service's role may vacuum `intake_queue`: it owns the table (directly or as a
+/// member of the owning role) or is a superuser. Postgres answers a VACUUM it may not run with
+/// a warning, not an error, which the leader would otherwise log every second.
+pub async fn may_vacuum_intake_queue(pool: &PgPool) -> Result<bool, StorageError> {
+    let may: bool = sqlx::query_scalar(
+        "SELECT pg_has_role(current_user, c.relowner, 'MEMBER')
+                OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+         FROM pg_class c WHERE c.oid = 'intake_queue'::regclass",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(may)
 }
 
 /// Loads the states of `keys`; an asset never touched has the empty state.
