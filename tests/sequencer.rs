@@ -235,6 +235,23 @@ fn freeze_order(key: &AssetKey, holder: &str, idempotency_key: String) -> storag
     }
 }
 
+/// Takes in `n` freezes of holders `0xH0`… on `key` in one intake statement (one arrival
+/// time), keyed `<prefix>-<i>`: the orders, in input order.
+async fn take_in_freezes(
+    pool: &PgPool,
+    key: &AssetKey,
+    n: usize,
+    prefix: &str,
+) -> Vec<storage::NewOrder> {
+    let orders: Vec<storage::NewOrder> = (0..n)
+        .map(|i| freeze_order(key, &format!("0xH{i}"), format!("{prefix}-{i}")))
+        .collect();
+    storage::intake(pool, &orders, storage::Announce::Everyone)
+        .await
+        .unwrap();
+    orders
+}
+
 /// Runs a bare sequencer (no HTTP service) with `config` on the policies of `policies/` until
 /// `orders` orders are decided, then stops it.
 async fn sequence_until_decided(
@@ -316,12 +333,7 @@ async fn the_fetch_reads_no_more_of_the_orders_than_it_fetches(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let orders: Vec<storage::NewOrder> = (0..3)
-        .map(|i| freeze_order(&key, &format!("0xH{i}"), format!("pending-{i}")))
-        .collect();
-    storage::intake(&pool, &orders, storage::Announce::Everyone)
-        .await
-        .unwrap();
+    let orders = take_in_freezes(&pool, &key, 3, "pending").await;
 
     // The transaction's own scan counters: nothing to wait for the statistics to be flushed.
     let mut tx = pool.begin().await.unwrap();
@@ -473,11 +485,7 @@ async fn a_deposed_leader_cannot_write(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), 0).await; // only to register and build a record
     app.register("ethereum", "0xBOND-0", "US", "security").await;
     app.app.stop().await;
-    let active: String = sqlx::query_scalar("SELECT hash FROM policy_versions")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let sealed = expiry_record(&active);
+    let sealed = active_expiry_record(&pool).await;
     let mut conn = pool.acquire().await.unwrap();
     let refused = commit_alone(&mut conn, old_epoch, old_head, &sealed).await;
     assert!(
@@ -548,11 +556,16 @@ async fn leading_with_an_expiry(
     app.app.stop().await;
     let mut conn = pool.acquire().await.unwrap().detach();
     let (epoch, head) = storage::try_lead(&mut conn).await.unwrap().unwrap();
+    (conn, epoch, head, active_expiry_record(pool).await)
+}
+
+/// [`expiry_record`] under the policy version the database holds.
+async fn active_expiry_record(pool: &PgPool) -> regulator::domain::ledger::SealedRecord {
     let active: String = sqlx::query_scalar("SELECT hash FROM policy_versions")
         .fetch_one(pool)
         .await
         .unwrap();
-    (conn, epoch, head, expiry_record(&active))
+    expiry_record(&active)
 }
 
 /// A record of seq 1 (an expiry on `ethereum/0xBOND-0` that changes nothing), sealed.
@@ -757,12 +770,7 @@ async fn a_killed_leader_is_replaced_with_nothing_lost_or_duplicated(pool: PgPoo
 #[sqlx::test]
 async fn a_window_larger_than_the_fetch_limit_is_decided_whole(pool: PgPool) {
     let key = register_bond_in(&pool, 0).await;
-    let burst: Vec<storage::NewOrder> = (0..30)
-        .map(|i| freeze_order(&key, &format!("0xH{i}"), format!("burst-{i}")))
-        .collect();
-    storage::intake(&pool, &burst, storage::Announce::Everyone)
-        .await
-        .unwrap();
+    take_in_freezes(&pool, &key, 30, "burst").await;
     sequence_until_decided(
         &pool,
         regulator::sequencer::SequencerConfig {
