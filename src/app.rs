@@ -196,6 +196,7 @@ impl App {
             Arc::clone(&intake_signal),
         );
         let leading = sequencer.leading();
+        let handoff = sequencer.handoff();
         let (kill, killed) = watch::channel(false);
         tasks.push(spawn_sequencer(sequencer, shutdown_rx.clone(), killed)?);
         tasks.push(tokio::spawn(metrics_upkeep(shutdown_rx.clone())));
@@ -233,7 +234,12 @@ impl App {
         let state = AppState {
             pool: pool.clone(),
             hub,
-            intake: IntakeQueue::spawn(pool.clone(), Arc::clone(&intake_signal), leading.clone()),
+            intake: IntakeQueue::spawn(
+                pool.clone(),
+                Arc::clone(&intake_signal),
+                leading.clone(),
+                handoff,
+            ),
             intake_signal,
             verifier,
             submit_wait: config.submit_wait,

@@ -30,9 +30,11 @@ use crate::domain::{AssetKey, AssetState, Order, RegisteredAsset};
 use crate::hub::Hub;
 use crate::policy::{Compiled, PolicyEngine};
 use crate::storage::policy::Settled;
-use crate::storage::{self, StorageError};
+use crate::storage::{self, Intake, NewOrder, StorageError};
 
+mod handoff;
 mod round;
+pub use handoff::{Gathered, Handoff, Reply, CLAIM_WITHIN};
 use round::{
     commit_decided, decide_round, record_metrics, record_phases, Decided, Prepared, RoundInput,
 };
@@ -83,6 +85,8 @@ pub struct Sequencer {
     /// Woken when an order reaches intake (locally, or announced by another replica).
     intake: Arc<Notify>,
     leading: watch::Sender<bool>,
+    /// The single orders this replica's intake hands its rounds while it leads.
+    handoff: Arc<Handoff>,
 }
 
 impl Sequencer {
@@ -94,7 +98,13 @@ impl Sequencer {
             config,
             intake,
             leading: watch::Sender::new(false),
+            handoff: Arc::default(),
         }
+    }
+
+    /// Where this replica's intake hands its single orders while it leads.
+    pub fn handoff(&self) -> Arc<Handoff> {
+        Arc::clone(&self.handoff)
     }
 
     /// Whether this replica leads right now.
@@ -128,6 +138,8 @@ impl Sequencer {
                     };
                     self.hub.follow();
                     self.leading.send_replace(false);
+                    // Intake writes them itself now, for whichever replica leads next.
+                    self.handoff.give_all_back();
                     if let Err(error) = result {
                         tracing::warn!(%error, "sequencer stepped down");
                     }
@@ -412,9 +424,13 @@ impl Sequencer {
     /// round leaves and chained to its last record. If the commit fails, the next round is
     /// dropped with it: it was never written, and the leader steps down.
     async fn round(&self, leader: &mut Leader) -> Result<Option<StdDuration>, StorageError> {
+        // The leader's own single orders, taken in by this round's transaction (only a round
+        // fetched on the lock's connection takes any in: one decided beside a commit is not).
+        let mut taken_in: Option<(Gathered, Vec<Intake>)> = None;
         let decided = match leader.next.take() {
             Some(decided) => decided,
             None => {
+                let claimed = self.handoff.claim();
                 let prepared = self
                     .prepare(
                         &mut leader.conn,
@@ -424,18 +440,44 @@ impl Sequencer {
                         leader.last_stamp,
                         &[],
                         false,
+                        claimed.as_ref().map(|g| g.orders.as_slice()),
                     )
-                    .await?;
+                    .await;
+                let (prepared, taken) = match prepared {
+                    Ok(prepared) => prepared,
+                    Err(error) => {
+                        if let Some(claimed) = claimed {
+                            storage::roll_back_taken(&mut leader.conn).await;
+                            self.handoff.give_back(claimed);
+                        }
+                        return Err(error);
+                    }
+                };
+                let claimed = match (claimed, taken) {
+                    (Some(claimed), Some(taken)) => Some((claimed, taken)),
+                    (Some(claimed), None) => {
+                        self.handoff.give_back(claimed);
+                        None
+                    }
+                    (None, _) => None,
+                };
                 match prepared {
-                    Prepared::Idle(wait) => return Ok(Some(wait)),
+                    Prepared::Idle(wait) => {
+                        self.commit_taken(&mut leader.conn, claimed).await?;
+                        return Ok(Some(wait));
+                    }
                     Prepared::Requests { stamp } => {
+                        self.commit_taken(&mut leader.conn, claimed).await?;
                         // Settled before any order of this fetch is decided: an order decided
                         // after an activation's seq is decided by the version it activated.
                         self.settle_requests(leader, stamp).await?;
                         leader.last_stamp = stamp;
                         return Ok(None);
                     }
-                    Prepared::Decided(decided) => decided,
+                    Prepared::Decided(decided) => {
+                        taken_in = claimed;
+                        decided
+                    }
                 }
             }
         };
@@ -469,20 +511,33 @@ impl Sequencer {
                     decided.stamp,
                     &in_flight,
                     true,
+                    None,
                 );
                 let (committed, prepared) = tokio::join!(committing, preparing);
-                (committed, Some(prepared))
+                (committed, Some(prepared.map(|(prepared, _)| prepared)))
             }
             None => (committing.await, None),
         };
         if matches!(prepared, Some(Ok(Prepared::Decided(_)))) {
             metrics::counter!("regulator_sequencer_overlapped_rounds_total").increment(1);
         }
-        // A failed commit takes the round decided beside it along: both are dropped.
-        *head = committed?;
+        // A failed commit takes the round decided beside it along: both are dropped. The
+        // orders it took in were not written either: intake writes them itself.
+        *head = match committed {
+            Ok(head) => head,
+            Err(error) => {
+                if let Some((gathered, _)) = taken_in {
+                    self.handoff.give_back(gathered);
+                }
+                return Err(error);
+            }
+        };
         record_phases(decided.fetch_time, decided.decide_time, started.elapsed());
         record_metrics(&decided.records);
         self.hub.deliver_local(&decided.records);
+        if let Some((gathered, outcomes)) = taken_in {
+            gathered.answer(outcomes);
+        }
         // Freeing a large round (thousands of record texts, states and holds) took a few ms of
         // the serial path between two commits; a blocking thread does it instead.
         if decided.records.len() >= self.config.pipeline_from {
@@ -497,10 +552,36 @@ impl Sequencer {
         Ok(None)
     }
 
+    /// Commits the orders a round took in when it has nothing else to commit, and answers
+    /// their requests; if that fails, intake writes them itself.
+    async fn commit_taken(
+        &self,
+        conn: &mut PgConnection,
+        taken: Option<(Gathered, Vec<Intake>)>,
+    ) -> Result<(), StorageError> {
+        let Some((gathered, outcomes)) = taken else {
+            return Ok(());
+        };
+        match storage::commit_taken(conn).await {
+            Ok(()) => {
+                gathered.answer(outcomes);
+                Ok(())
+            }
+            Err(error) => {
+                storage::roll_back_taken(conn).await;
+                self.handoff.give_back(gathered);
+                Err(error)
+            }
+        }
+    }
+
     /// Fetches on `conn` what there is to decide (leaving out `in_flight`, the orders of a
     /// round being committed) and decides and seals it, chained to `from`: on a blocking thread
     /// if `off_thread` (a commit is in flight on this thread's runtime), else here. `states`
     /// is the leader's cache; it holds the states the round leaves when this returns.
+    ///
+    /// With `take_in`, the fetch first takes those orders in, in a transaction it leaves open
+    /// for the round's commit (see [`Handoff`]); what became of each is returned beside.
     #[allow(clippy::too_many_arguments)]
     async fn prepare(
         &self,
@@ -511,15 +592,39 @@ impl Sequencer {
         last_stamp: DateTime<Utc>,
         in_flight: &[uuid::Uuid],
         off_thread: bool,
-    ) -> Result<Prepared, StorageError> {
+        take_in: Option<&[NewOrder]>,
+    ) -> Result<(Prepared, Option<Vec<Intake>>), StorageError> {
         let started = std::time::Instant::now();
-        let work = storage::fetch_work(
+        let mut work = storage::fetch_work(
             &mut *conn,
             self.config.fetch_limit,
             self.config.window > Duration::zero(),
             in_flight,
+            take_in,
         )
         .await?;
+        let taken = work.taken.take();
+        self.prepare_from(
+            conn, states, policy, from, last_stamp, in_flight, off_thread, work, started,
+        )
+        .await
+        .map(|prepared| (prepared, taken))
+    }
+
+    /// [`Sequencer::prepare`] once the fetch is done.
+    #[allow(clippy::too_many_arguments)]
+    async fn prepare_from(
+        &self,
+        conn: &mut PgConnection,
+        states: &mut HashMap<AssetKey, AssetState>,
+        policy: &ActivePolicy,
+        from: Head,
+        last_stamp: DateTime<Utc>,
+        in_flight: &[uuid::Uuid],
+        off_thread: bool,
+        work: storage::Work,
+        started: std::time::Instant,
+    ) -> Result<Prepared, StorageError> {
         // The ledger's time never goes back, even if the database's clock does (a time range
         // of the log is then a seq range). Only the stamp is raised: windows, expiries and
         // waits keep the database's own time.

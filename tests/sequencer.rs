@@ -4,17 +4,17 @@
 
 mod service;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use regulator::domain::event::{EventRecord, LedgerEvent};
-use regulator::domain::ledger::{first_broken_link, DecisionRecord, Head};
-use regulator::domain::{AssetKey, AssetState};
+use regulator::domain::ledger::Head;
+use regulator::domain::AssetKey;
 use regulator::storage;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use service::ledger::{assert_ledger_sound, scalar};
 use service::{order, TestApp};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 /// Freezes of distinct holders on `assets` bonds, so that each is APPLIED and many groups form.
 fn freeze(asset: usize, holder: usize) -> Value {
@@ -34,92 +34,6 @@ async fn register_bonds(app: &TestApp, n: usize) {
         app.register("ethereum", &format!("0xBOND-{i}"), "US", "security")
             .await;
     }
-}
-
-/// Every committed record, in sequence order.
-async fn log(pool: &PgPool) -> Vec<(u64, String, [u8; 32])> {
-    sqlx::query("SELECT seq, record::text, hash FROM ledger ORDER BY seq")
-        .fetch_all(pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| {
-            let seq: i64 = r.get(0);
-            let hash: Vec<u8> = r.get(2);
-            (seq as u64, r.get(1), hash.try_into().unwrap())
-        })
-        .collect()
-}
-
-/// One `bigint` a query returns (a count, a seq, an epoch).
-async fn scalar(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
-}
-
-/// The ledger's invariants: seqs 1..=n without a gap, the chain unbroken, the head at the last
-/// record, each order decided at most once, and the state tables equal to a replay.
-async fn assert_ledger_sound(pool: &PgPool) -> Vec<DecisionRecord> {
-    let log = log(pool).await;
-    let seqs: Vec<u64> = log.iter().map(|(s, _, _)| *s).collect();
-    assert_eq!(seqs, (1..=log.len() as u64).collect::<Vec<_>>(), "gapless");
-    assert_eq!(
-        first_broken_link(
-            Head::GENESIS,
-            log.iter().map(|(s, t, h)| (*s, t.as_str(), *h))
-        ),
-        None,
-        "hash chain"
-    );
-    let head = storage::ledger_head(pool).await.unwrap();
-    assert_eq!(head.seq, log.len() as u64);
-    if let Some((_, _, hash)) = log.last() {
-        assert_eq!(&head.hash, hash);
-    }
-
-    // Every decision names the version the last activation before it made active.
-    let mut active: Option<String> = None;
-    let mut records: Vec<DecisionRecord> = Vec::new();
-    for (_, text, _) in &log {
-        if let Ok(event) = serde_json::from_str::<EventRecord>(text) {
-            if let LedgerEvent::PolicyActivated {
-                active: version, ..
-            } = event.event
-            {
-                active = Some(version.hash);
-            }
-            continue;
-        }
-        let record: DecisionRecord = serde_json::from_str(text).unwrap();
-        assert_eq!(
-            Some(&record.policy_version),
-            active.as_ref(),
-            "seq {} was decided by the active version",
-            record.seq
-        );
-        records.push(record);
-    }
-    let mut seen = HashSet::new();
-    for r in &records {
-        if let Some(o) = &r.order {
-            assert!(seen.insert(o.id), "order {} decided twice", o.id);
-        }
-    }
-
-    let mut replay: BTreeMap<AssetKey, AssetState> = BTreeMap::new();
-    for r in &records {
-        replay
-            .entry(r.target.asset.clone())
-            .or_default()
-            .apply(&r.effects);
-    }
-    replay.retain(|_, s| *s != AssetState::default());
-    let stored: BTreeMap<AssetKey, AssetState> = storage::all_states(pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    assert_eq!(stored, replay, "state tables equal a replay of the log");
-    records
 }
 
 /// Submits `count` orders through `app`, 16 at a time; returns the order ids.
@@ -337,7 +251,7 @@ async fn the_fetch_reads_no_more_of_the_orders_than_it_fetches(pool: PgPool) {
 
     // The transaction's own scan counters: nothing to wait for the statistics to be flushed.
     let mut tx = pool.begin().await.unwrap();
-    let work = storage::fetch_work(&mut tx, 5_000, false, &[])
+    let work = storage::fetch_work(&mut tx, 5_000, false, &[], None)
         .await
         .unwrap();
     let fetched: Vec<_> = work.pending.iter().map(|p| p.order.id).collect();

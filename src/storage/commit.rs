@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::postgres::PgTransactionManager;
+use sqlx::{PgConnection, TransactionManager};
 use uuid::Uuid;
 
 use super::{corrupt, state, StorageError, DECISIONS_CHANNEL};
@@ -96,12 +97,40 @@ impl HoldWrites {
 /// to the last record, in `commit.epoch`. Anything else moving the head first makes this fail
 /// with [`StorageError::Deposed`] and write nothing.
 ///
+/// If `conn` has a transaction open (the round took the leader's own single orders in, see
+/// [`super::fetch_work`]), the round's writes join it and this commits it, or rolls it back
+/// with them on any failure; otherwise it begins its own.
+///
 /// `state_round` gives the round's state roots and delta (`None` if it changed no target's
 /// state). It is awaited only before the last statement, so the caller may still be computing
 /// it while Postgres takes the others; if it fails, nothing is committed.
 pub async fn commit(
     conn: &mut PgConnection,
     commit: Commit<'_>,
+    state_round: impl std::future::Future<Output = Result<Option<state::StateRound>, StorageError>>,
+) -> Result<Head, StorageError> {
+    if PgTransactionManager::get_transaction_depth(conn) == 0 {
+        PgTransactionManager::begin(&mut *conn, None).await?;
+    }
+    let written = match write(&mut *conn, &commit, state_round).await {
+        Ok(to) => PgTransactionManager::commit(&mut *conn)
+            .await
+            .map(|()| to)
+            .map_err(StorageError::from),
+        Err(error) => Err(error),
+    };
+    if written.is_err() {
+        // Also after a failed COMMIT, which Postgres has rolled back: this brings sqlx's own
+        // count of open transactions back to none (a warning from Postgres, nothing more).
+        super::roll_back_taken(conn).await;
+    }
+    written
+}
+
+/// [`commit`]'s statements, in the transaction open on `conn`; the head they move to.
+async fn write(
+    conn: &mut PgConnection,
+    commit: &Commit<'_>,
     state_round: impl std::future::Future<Output = Result<Option<state::StateRound>, StorageError>>,
 ) -> Result<Head, StorageError> {
     let Some(last) = commit.records.last() else {
@@ -113,8 +142,8 @@ pub async fn commit(
         seq: last.record.seq,
         hash: last.hash,
     };
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    advance_head(&mut tx, commit.epoch, commit.from, to).await?;
+    let tx = conn;
+    advance_head(&mut *tx, commit.epoch, commit.from, to).await?;
 
     // Everything else the round writes is one statement: the decisions and their policy index,
     // the assets' version rows, the holds, the queue's entries. Its parts touch disjoint rows
@@ -196,10 +225,9 @@ pub async fn commit(
     )?;
     match state_round.await? {
         // One statement for both: a round trip fewer on the sequencer's serial path.
-        Some(round) => state::insert_round_and_announce(&mut tx, &round, to).await?,
-        None => announce_head(&mut tx, to).await?,
+        Some(round) => state::insert_round_and_announce(&mut *tx, &round, to).await?,
+        None => announce_head(&mut *tx, to).await?,
     }
-    tx.commit().await?;
     Ok(to)
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::{corrupt, StorageError};
@@ -101,6 +101,18 @@ pub async fn intake(
     orders: &[NewOrder],
     announce: Announce,
 ) -> Result<Vec<Intake>, StorageError> {
+    let mut conn = pool.acquire().await?;
+    intake_on(&mut conn, orders, announce).await
+}
+
+/// [`intake`] on `conn`: in its own transaction, or in the one `conn` has open (the
+/// sequencer's round takes a leader's single orders in this way, see
+/// `crate::sequencer::Handoff`), where they become durable only when it commits.
+pub async fn intake_on(
+    conn: &mut PgConnection,
+    orders: &[NewOrder],
+    announce: Announce,
+) -> Result<Vec<Intake>, StorageError> {
     let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
     let mut copy_of: Vec<Option<usize>> = Vec::with_capacity(orders.len());
     let mut firsts: Vec<&NewOrder> = Vec::with_capacity(orders.len());
@@ -114,7 +126,7 @@ pub async fn intake(
             }
         }
     }
-    let mut judged = intake_distinct(pool, &firsts, announce).await?.into_iter();
+    let mut judged = intake_distinct(conn, &firsts, announce).await?.into_iter();
     let mut outcomes: Vec<Intake> = Vec::with_capacity(orders.len());
     for (i, copy) in copy_of.iter().enumerate() {
         let outcome = match copy {
@@ -147,7 +159,7 @@ pub async fn intake(
 
 /// [`intake`] of orders with distinct (issuer, key).
 async fn intake_distinct(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     orders: &[&NewOrder],
     announce: Announce,
 ) -> Result<Vec<Intake>, StorageError> {
@@ -219,7 +231,7 @@ async fn intake_distinct(
     .bind(&releases)
     .bind(super::INTAKE_CHANNEL)
     .bind(announce == Announce::Everyone)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let accepted: HashMap<Uuid, DateTime<Utc>> =
         rows.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -263,7 +275,7 @@ async fn intake_distinct(
     )
     .bind(&issuers)
     .bind(&keys)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let existing: HashMap<(String, String), (Uuid, Vec<u8>)> = existing
         .into_iter()
@@ -285,7 +297,7 @@ async fn intake_distinct(
     }
     for i in unexplained {
         if let Some(releases) = released(orders[i]) {
-            if let Some(why) = release_refusal(pool, orders[i], releases).await? {
+            if let Some(why) = release_refusal(conn, orders[i], releases).await? {
                 outcomes[i] = Intake::ReleaseRefused { releases, why };
             }
         }
@@ -302,7 +314,7 @@ fn released(order: &NewOrder) -> Option<OrderId> {
 
 /// Why `order` cannot release `releases`, or `None` when it could (its asset is then unknown).
 async fn release_refusal(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     order: &NewOrder,
     releases: OrderId,
 ) -> Result<Option<String>, StorageError> {
@@ -310,14 +322,14 @@ async fn release_refusal(
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM assets WHERE chain = $1 AND asset = $2)")
             .bind(order.target.asset.chain.as_str())
             .bind(order.target.asset.asset.as_str())
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
     if !asset_known {
         return Ok(None);
     }
     let named = sqlx::query("SELECT chain, asset, holder, kind FROM orders WHERE order_id = $1")
         .bind(releases.as_uuid())
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await?;
     let Some(named) = named else {
         return Ok(Some(format!("order {releases} does not exist")));

@@ -1,6 +1,8 @@
 //! Spawning the real service for a test: its own database, a real HTTP port, real Cedar.
 #![allow(dead_code)]
 
+pub mod ledger;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
