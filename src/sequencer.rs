@@ -474,8 +474,25 @@ impl Sequencer {
                         leader.last_stamp = stamp;
                         return Ok(None);
                     }
-                    Prepared::Decided(decided) => {
-                        taken_in = claimed;
+                    Prepared::Decided(mut decided) => {
+                        if let Some((gathered, outcomes)) = claimed {
+                            // Those it does not decide wait in the queue, like any order.
+                            let decided_ids: HashSet<uuid::Uuid> = decided
+                                .records
+                                .iter()
+                                .filter_map(|s| s.record.order.as_ref().map(|o| o.id.as_uuid()))
+                                .collect();
+                            let (now, later): (Vec<&Order>, Vec<&Order>) = accepted(&outcomes)
+                                .partition(|o| decided_ids.contains(&o.id.as_uuid()));
+                            if let Err(error) = storage::queue_taken(&mut leader.conn, &later).await
+                            {
+                                storage::roll_back_taken(&mut leader.conn).await;
+                                self.handoff.give_back(gathered);
+                                return Err(error);
+                            }
+                            decided.taken_in = now.iter().map(|o| o.id.as_uuid()).collect();
+                            taken_in = Some((gathered, outcomes));
+                        }
                         decided
                     }
                 }
@@ -562,7 +579,12 @@ impl Sequencer {
         let Some((gathered, outcomes)) = taken else {
             return Ok(());
         };
-        match storage::commit_taken(conn).await {
+        let undecided: Vec<&Order> = accepted(&outcomes).collect();
+        let committed = match storage::queue_taken(&mut *conn, &undecided).await {
+            Ok(()) => storage::commit_taken(conn).await,
+            Err(error) => Err(error),
+        };
+        match committed {
             Ok(()) => {
                 gathered.answer(outcomes);
                 Ok(())
@@ -638,7 +660,7 @@ impl Sequencer {
             .flatten();
         metrics::gauge!("regulator_intake_backlog").set(work.pending.len() as f64);
         metrics::gauge!("regulator_policy_active_version").set(policy.version.version);
-        let fetched = work.pending.len();
+        let fetched = work.pending.len() + work.taken_in.len();
 
         let earliest = work
             .pending
@@ -648,6 +670,7 @@ impl Sequencer {
         let pending: Vec<Pending<Order>> = work
             .pending
             .into_iter()
+            .chain(work.taken_in)
             .map(|p| {
                 assets.insert(p.asset.key.clone(), p.asset);
                 Pending {
@@ -762,8 +785,17 @@ impl Sequencer {
             fetched,
             fetch_time,
             decide_time: started.elapsed().saturating_sub(fetch_time),
+            taken_in: HashSet::new(),
         }))
     }
+}
+
+/// The orders intake accepted among `outcomes`.
+fn accepted(outcomes: &[Intake]) -> impl Iterator<Item = &Order> {
+    outcomes.iter().filter_map(|o| match o {
+        Intake::Accepted { order } => Some(&**order),
+        _ => None,
+    })
 }
 
 /// A sequencer that holds the lock: its connection, epoch, view of the head and state cache.

@@ -222,3 +222,38 @@ async fn a_round_that_fails_gives_the_orders_it_took_in_back_to_intake(pool: PgP
     );
     app.app.stop().await;
 }
+
+/// With a conflict window, the round that takes the leader's orders in cannot decide them yet
+/// (their window has just opened): it queues them in its own transaction and commits them, and
+/// a later round decides them from the queue, each once, within the window's group.
+#[sqlx::test]
+async fn orders_a_round_takes_in_but_cannot_decide_yet_wait_in_the_queue(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 200).await;
+    register_bonds(&app, 1).await;
+    leader_of(&[&app]).await;
+
+    let answers = submit_all(&app, "W", 6, 1).await;
+    assert!(answers
+        .iter()
+        .all(|v| v["decision"]["outcome"] == "APPLIED"));
+    assert_eq!(
+        written_with_their_decision(&pool, "W").await,
+        (0, 6),
+        "taken in and committed before their window closed, decided after"
+    );
+    let groups: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT (record::jsonb->>'group')::bigint AS g, count(*)
+         FROM decisions WHERE order_id IS NOT NULL GROUP BY g ORDER BY g",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        groups.len() < 6,
+        "orders inside one window are decided together: {groups:?}"
+    );
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM intake_queue").await, 0);
+    let records = assert_ledger_sound(&pool).await;
+    assert_eq!(records.len(), 6, "each decided once");
+    app.app.stop().await;
+}

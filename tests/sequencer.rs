@@ -451,6 +451,7 @@ async fn commit_alone(
         records: std::slice::from_ref(sealed),
         states: &[],
         holds: &storage::HoldWrites::default(),
+        taken_in: &HashSet::new(),
     };
     storage::commit(conn, commit, async { Ok(None) }).await
 }
@@ -512,12 +513,14 @@ fn expiry_record(policy_version: &str) -> regulator::domain::ledger::SealedRecor
 async fn a_commit_whose_state_round_fails_writes_nothing(pool: PgPool) {
     let (mut conn, epoch, head, sealed) = leading_with_an_expiry(&pool).await;
     let no_holds = storage::HoldWrites::default();
+    let none_taken_in = HashSet::new();
     let commit = || storage::Commit {
         epoch,
         from: head,
         records: std::slice::from_ref(&sealed),
         states: &[],
         holds: &no_holds,
+        taken_in: &none_taken_in,
     };
     let failed = storage::commit(&mut conn, commit(), async {
         Err(storage::StorageError::Corrupt(
@@ -567,6 +570,7 @@ async fn a_commit_that_lifts_a_hold_not_in_the_table_writes_nothing(pool: PgPool
         records: std::slice::from_ref(&sealed),
         states: &states,
         holds: &holds,
+        taken_in: &HashSet::new(),
     };
     let refused = storage::commit(&mut conn, commit, async { Ok(None) }).await;
     assert!(

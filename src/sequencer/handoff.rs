@@ -5,9 +5,10 @@
 //! (the order and its queue entry), then the round's (its decision). On the leader, intake
 //! (`crate::intake`) gathers concurrent orders as before but hands them here instead of
 //! writing them; the sequencer's next round takes them in on its own connection, in its own
-//! transaction, before its fetch ([`storage::fetch_work`]), and the round's commit makes them
-//! durable together with their decisions. Each request is answered only after that commit, as
-//! before, so nothing acknowledged can be lost.
+//! transaction, as part of its fetch ([`storage::fetch_work`]), decides them (queueing only
+//! those it cannot decide yet), and the round's commit makes them durable together with their
+//! decisions. Each request is answered only after that commit, as before, so nothing
+//! acknowledged can be lost.
 //!
 //! Nothing here may depend on the sequencer being prompt. A round that overlaps the next
 //! (a backlog of batches) does not claim, and a leader may stop or step down: orders left

@@ -42,6 +42,8 @@ pub(super) struct Decided {
     pub(super) fetched: usize,
     pub(super) fetch_time: StdDuration,
     pub(super) decide_time: StdDuration,
+    /// The orders it took in itself and decides, which were never queued.
+    pub(super) taken_in: HashSet<uuid::Uuid>,
 }
 
 /// Everything deciding a round needs, owned, so that it can run on another thread.
@@ -152,6 +154,7 @@ pub(super) async fn commit_decided(
         records: &decided.records,
         states: &decided.changes,
         holds: &decided.holds,
+        taken_in: &decided.taken_in,
     };
     let head = storage::commit(conn, commit, state_round).await?;
     *tree = returned.ok_or_else(|| {

@@ -1,7 +1,7 @@
 //! The sequencer's group commit: a round's records, the state rows and holds they change, the
 //! queue entries they consume and the state map's round, in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgTransactionManager;
@@ -29,6 +29,9 @@ pub struct Commit<'a> {
     pub states: &'a [StateChange],
     /// The `holds` rows the records' effects write: see [`HoldWrites::of`].
     pub holds: &'a HoldWrites,
+    /// Orders the round took in itself and decided, never queued: not looked for in the queue
+    /// (see [`super::fetch_work`]).
+    pub taken_in: &'a HashSet<Uuid>,
 }
 
 /// The `holds` rows a round's effects place and lift, with each placed hold's JSON text: built
@@ -157,6 +160,7 @@ async fn write(
         .records
         .iter()
         .filter_map(|s| s.record.order.as_ref())
+        .filter(|o| !commit.taken_in.contains(&o.id.as_uuid()))
         .map(|o| (o.intake_at, o.id.as_uuid()))
         .unzip();
     // The arguments are one buffer of about 1.7 kB a record (mostly its text): sized once,

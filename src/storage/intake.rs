@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::{corrupt, StorageError};
+use super::{corrupt, registered, PendingOrder, StorageError};
 use crate::domain::{Instruction, IssuerId, LegalBasis, Order, OrderId, OrderKind, Target};
 
 /// An order to accept, before the database stamps its intake time.
@@ -105,14 +105,78 @@ pub async fn intake(
     intake_on(&mut conn, orders, announce).await
 }
 
-/// [`intake`] on `conn`: in its own transaction, or in the one `conn` has open (the
-/// sequencer's round takes a leader's single orders in this way, see
-/// `crate::sequencer::Handoff`), where they become durable only when it commits.
+/// [`intake`] on `conn`: in its own transaction, or in the one `conn` has open, where the
+/// orders become durable only when it commits.
 pub async fn intake_on(
     conn: &mut PgConnection,
     orders: &[NewOrder],
     announce: Announce,
 ) -> Result<Vec<Intake>, StorageError> {
+    Ok(judge(conn, orders, announce, true).await?.0)
+}
+
+/// Takes the leading replica's own single orders in for the round open on `conn`, as
+/// [`intake_on`] would but without queueing them: the round decides them from what this
+/// returns beside each result (every accepted order, with its asset's attributes), and queues
+/// only those it does not decide ([`queue_taken`]).
+pub(crate) async fn take_in(
+    conn: &mut PgConnection,
+    orders: &[NewOrder],
+) -> Result<(Vec<Intake>, Vec<PendingOrder>), StorageError> {
+    // The leader wakes its own sequencer: this is that sequencer.
+    let (outcomes, mut attributes) = judge(conn, orders, Announce::Nobody, false).await?;
+    let mut accepted = Vec::new();
+    for outcome in &outcomes {
+        if let Intake::Accepted { order } = outcome {
+            let (jurisdiction, class) = attributes
+                .remove(&order.id.as_uuid())
+                .ok_or_else(|| corrupt("an order taken in came back without its asset"))?;
+            accepted.push(PendingOrder {
+                asset: registered(order.target.asset.clone(), jurisdiction, class)?,
+                order: (**order).clone(),
+            });
+        }
+    }
+    Ok((outcomes, accepted))
+}
+
+/// Queues orders [`take_in`] accepted that their round did not decide (their window is still
+/// open, or the fetch limit cut it), in the round's transaction.
+pub async fn queue_taken(conn: &mut PgConnection, orders: &[&Order]) -> Result<(), StorageError> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.id.as_uuid()).collect();
+    let chains: Vec<&str> = orders
+        .iter()
+        .map(|o| o.target.asset.chain.as_str())
+        .collect();
+    let assets: Vec<&str> = orders
+        .iter()
+        .map(|o| o.target.asset.asset.as_str())
+        .collect();
+    let stamps: Vec<DateTime<Utc>> = orders.iter().map(|o| o.intake_at).collect();
+    sqlx::query(
+        "INSERT INTO intake_queue (order_id, chain, asset, intake_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])",
+    )
+    .bind(&ids)
+    .bind(&chains)
+    .bind(&assets)
+    .bind(&stamps)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Every order's result, first of each (issuer, key) judged; and the accepted orders' assets'
+/// attributes (issuer jurisdiction, class) by order id. Accepted orders are queued if `queue`.
+async fn judge(
+    conn: &mut PgConnection,
+    orders: &[NewOrder],
+    announce: Announce,
+    queue: bool,
+) -> Result<(Vec<Intake>, HashMap<Uuid, (String, String)>), StorageError> {
     let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
     let mut copy_of: Vec<Option<usize>> = Vec::with_capacity(orders.len());
     let mut firsts: Vec<&NewOrder> = Vec::with_capacity(orders.len());
@@ -126,7 +190,8 @@ pub async fn intake_on(
             }
         }
     }
-    let mut judged = intake_distinct(conn, &firsts, announce).await?.into_iter();
+    let (judged, attributes) = intake_distinct(conn, &firsts, announce, queue).await?;
+    let mut judged = judged.into_iter();
     let mut outcomes: Vec<Intake> = Vec::with_capacity(orders.len());
     for (i, copy) in copy_of.iter().enumerate() {
         let outcome = match copy {
@@ -154,15 +219,16 @@ pub async fn intake_on(
         };
         outcomes.push(outcome);
     }
-    Ok(outcomes)
+    Ok((outcomes, attributes))
 }
 
-/// [`intake`] of orders with distinct (issuer, key).
+/// [`judge`] of orders with distinct (issuer, key).
 async fn intake_distinct(
     conn: &mut PgConnection,
     orders: &[&NewOrder],
     announce: Announce,
-) -> Result<Vec<Intake>, StorageError> {
+    queue: bool,
+) -> Result<(Vec<Intake>, HashMap<Uuid, (String, String)>), StorageError> {
     let mut ids = Vec::with_capacity(orders.len());
     let mut issuers = Vec::with_capacity(orders.len());
     let mut keys = Vec::with_capacity(orders.len());
@@ -211,12 +277,17 @@ async fn intake_distinct(
          ),
          queued AS (
              INSERT INTO intake_queue (order_id, chain, asset, intake_at)
-             SELECT order_id, chain, asset, intake_at FROM accepted
+             SELECT order_id, chain, asset, intake_at FROM accepted WHERE $14
          ),
          -- Read below only when an order was accepted (an uncorrelated subquery runs on the
          -- first row it is needed for), so nothing queued, nothing announced.
          announced AS (SELECT pg_notify($12, '') WHERE $13)
-         SELECT order_id, intake_at, (SELECT count(*) FROM announced) FROM accepted",
+         SELECT a.order_id, a.intake_at, (SELECT count(*) FROM announced),
+                x.issuer_jurisdiction, x.asset_class
+         FROM accepted a
+         CROSS JOIN LATERAL (
+             SELECT issuer_jurisdiction, asset_class FROM assets
+             WHERE chain = a.chain AND asset = a.asset LIMIT 1) x",
     )
     .bind(&ids)
     .bind(&issuers)
@@ -231,10 +302,15 @@ async fn intake_distinct(
     .bind(&releases)
     .bind(super::INTAKE_CHANNEL)
     .bind(announce == Announce::Everyone)
+    .bind(queue)
     .fetch_all(&mut *conn)
     .await?;
     let accepted: HashMap<Uuid, DateTime<Utc>> =
         rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let attributes: HashMap<Uuid, (String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(3), r.get(4))))
+        .collect();
 
     let mut outcomes = Vec::with_capacity(orders.len());
     let mut refused = Vec::new();
@@ -257,7 +333,7 @@ async fn intake_distinct(
         }
     }
     if refused.is_empty() {
-        return Ok(outcomes);
+        return Ok((outcomes, attributes));
     }
 
     // Not written: the key was used before, the asset is unknown, or the release names
@@ -302,7 +378,7 @@ async fn intake_distinct(
             }
         }
     }
-    Ok(outcomes)
+    Ok((outcomes, attributes))
 }
 
 fn released(order: &NewOrder) -> Option<OrderId> {

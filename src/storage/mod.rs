@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 pub(crate) use commit::{advance_head, announce_head};
 pub use commit::{commit, Commit, HoldWrites, StateChange};
-pub use intake::{intake, intake_on, Announce, Intake, NewOrder, OrderBody};
+pub use intake::{intake, intake_on, queue_taken, Announce, Intake, NewOrder, OrderBody};
 pub use queue::{
     commit_taken, fetch_window, fetch_work, may_vacuum_intake_queue, roll_back_taken,
     vacuum_intake_queue, PendingOrder, Work,

@@ -7,7 +7,7 @@ use sqlx::postgres::PgTransactionManager;
 use sqlx::{PgConnection, PgPool, Row, TransactionManager};
 use uuid::Uuid;
 
-use super::intake::{intake_on, Announce, Intake, NewOrder, INTAKE_GATE};
+use super::intake::{Intake, NewOrder, INTAKE_GATE};
 use super::{asset_key, order_from_row, registered, StorageError};
 use crate::domain::{AssetKey, Order, RegisteredAsset};
 
@@ -63,6 +63,9 @@ pub struct Work {
     /// What became of the orders the fetch was given to take in, in their order; they are in
     /// the connection's open transaction, durable only once it commits.
     pub taken: Option<Vec<Intake>>,
+    /// The orders taken in and accepted, not queued (`pending` is only the queue's): the round
+    /// decides them with the rest, and queues those it does not decide ([`super::queue_taken`]).
+    pub taken_in: Vec<PendingOrder>,
 }
 
 /// Fetches what there is to decide, leaving out `in_flight` (the orders of a round being
@@ -73,10 +76,11 @@ pub struct Work {
 /// not needed.)
 ///
 /// With `take_in`, the leading replica's own single orders (`crate::sequencer::Handoff`), it
-/// first opens a transaction and takes them in on `conn` as [`super::intake`] would, so that
-/// this fetch finds them queued: the round's commit ([`super::commit`]) then makes them durable
-/// with their decisions, one commit where there were two, or [`commit_taken`] does if the round
-/// has nothing to commit; a failed round leaves them unwritten ([`roll_back_taken`]).
+/// first opens a transaction and takes them in on `conn` as [`super::intake`] would, but
+/// without queueing them: they come back in [`Work::taken_in`], and the round queues those it
+/// does not decide ([`super::queue_taken`]). The round's commit ([`super::commit`]) then makes them
+/// durable with their decisions, one commit where there were two, or [`commit_taken`] does if
+/// the round has nothing to commit; a failed round leaves them unwritten ([`roll_back_taken`]).
 pub async fn fetch_work(
     conn: &mut PgConnection,
     limit: i64,
@@ -104,14 +108,13 @@ pub async fn fetch_work(
     } else {
         None
     };
-    let taken = match take_in {
-        Some(orders) => {
-            PgTransactionManager::begin(&mut *conn, None).await?;
-            // The leader wakes its own sequencer: this is that sequencer.
-            Some(intake_on(&mut *conn, orders, Announce::Nobody).await?)
-        }
-        None => None,
-    };
+    // Taken in, not queued: the round decides them from what comes back, and queues only those
+    // it does not decide.
+    let mut taken: Option<(Vec<Intake>, Vec<PendingOrder>)> = None;
+    if let Some(orders) = take_in {
+        PgTransactionManager::begin(&mut *conn, None).await?;
+        taken = Some(super::intake::take_in(&mut *conn, orders).await?);
+    }
     let clock = match gated {
         Some(clock) => clock,
         None => sqlx::query(CLOCK).fetch_one(&mut *conn).await?,
@@ -167,7 +170,11 @@ pub async fn fetch_work(
         expiring,
         next_expiry,
         requests,
-        taken,
+        taken_in: taken
+            .as_mut()
+            .map(|(_, t)| std::mem::take(t))
+            .unwrap_or_default(),
+        taken: taken.map(|(outcomes, _)| outcomes),
     })
 }
 
