@@ -78,7 +78,7 @@ impl Handoff {
     }
 
     /// What the sequencer's round takes in: everything waiting, oldest first, up to
-    /// [`MOST_PER_ROUND`] orders (a gathering is never split).
+    /// `MOST_PER_ROUND` orders (a gathering is never split).
     pub fn claim(&self) -> Option<Gathered> {
         let mut waiting = self.lock();
         let mut claimed: Option<Gathered> = None;

@@ -140,7 +140,7 @@ pub(crate) async fn take_in(
     Ok((outcomes, accepted))
 }
 
-/// Queues orders [`take_in`] accepted that their round did not decide (their window is still
+/// Queues orders `take_in` accepted that their round did not decide (their window is still
 /// open, or the fetch limit cut it), in the round's transaction.
 pub async fn queue_taken(conn: &mut PgConnection, orders: &[&Order]) -> Result<(), StorageError> {
     if orders.is_empty() {
