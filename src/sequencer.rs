@@ -459,167 +459,150 @@ impl Sequencer {
         )
         .await?;
         let taken = work.taken.take();
-        self.prepare_from(
-            conn, states, policy, from, last_stamp, in_flight, off_thread, work, started,
-        )
-        .await
-        .map(|prepared| (prepared, taken))
-    }
-
-    /// [`Sequencer::prepare`] once the fetch is done.
-    #[allow(clippy::too_many_arguments)]
-    async fn prepare_from(
-        &self,
-        conn: &mut PgConnection,
-        states: &mut HashMap<AssetKey, AssetState>,
-        policy: &ActivePolicy,
-        from: Head,
-        last_stamp: DateTime<Utc>,
-        in_flight: &[uuid::Uuid],
-        off_thread: bool,
-        work: storage::Work,
-        started: std::time::Instant,
-    ) -> Result<Prepared, StorageError> {
-        // The ledger's time never goes back, even if the database's clock does (a time range
-        // of the log is then a seq range). Only the stamp is raised: windows, expiries and
-        // waits keep the database's own time.
-        let stamp = work.now.max(last_stamp);
-        if work.requests {
-            return Ok(Prepared::Requests { stamp });
-        }
-        let horizon = work
-            .truncated
-            .then(|| work.pending.last().map(|p| p.order.intake_at))
-            .flatten();
-        metrics::gauge!("regulator_intake_backlog").set(work.pending.len() as f64);
-        metrics::gauge!("regulator_policy_active_version").set(policy.version.version);
-        let fetched = work.pending.len() + work.taken_in.len();
-
-        let earliest = work
-            .pending
-            .first()
-            .map(|p| (p.order.target.asset.clone(), p.order.intake_at));
-        let mut assets: HashMap<AssetKey, RegisteredAsset> = HashMap::new();
-        let pending: Vec<Pending<Order>> = work
-            .pending
-            .into_iter()
-            .chain(work.taken_in)
-            .map(|p| {
-                assets.insert(p.asset.key.clone(), p.asset);
-                Pending {
-                    asset: p.order.target.asset.clone(),
-                    intake_at: p.order.intake_at,
-                    item: p.order,
-                }
-            })
-            .collect();
-        let detection = detect(pending, work.now, self.config.window, horizon);
-        let mut groups = detection.groups;
-        let mut next_ready_at = detection.next_ready_at;
-        if groups.is_empty() && work.truncated {
-            // Every fetched window may reach past the fetch limit (a burst inside one window).
-            // Complete the earliest window on its own rather than wait for a fetch that would
-            // return the same rows.
-            if let Some((key, opened)) = earliest {
-                let closes_at = opened + self.config.window;
-                if work.now >= closes_at {
-                    let mut window = storage::fetch_window(&mut *conn, &key, closes_at).await?;
-                    // Rare (a burst past the fetch limit in one window): left out here.
-                    let in_flight: HashSet<&uuid::Uuid> = in_flight.iter().collect();
-                    window.retain(|p| !in_flight.contains(&p.order.id.as_uuid()));
-                    if let Some(first) = window.first() {
-                        assets.insert(key.clone(), first.asset.clone());
-                    }
-                    groups.push((key, window.into_iter().map(|p| p.order).collect()));
-                } else {
-                    next_ready_at = Some(closes_at);
-                }
+        let prepared: Result<Prepared, StorageError> = async {
+            // The ledger's time never goes back, even if the database's clock does (a time range
+            // of the log is then a seq range). Only the stamp is raised: windows, expiries and
+            // waits keep the database's own time.
+            let stamp = work.now.max(last_stamp);
+            if work.requests {
+                return Ok(Prepared::Requests { stamp });
             }
-        }
-        for asset in work.expiring {
-            if !groups.iter().any(|(k, _)| *k == asset.key) {
-                groups.push((asset.key.clone(), Vec::new()));
-            }
-            assets.insert(asset.key.clone(), asset);
-        }
+            let horizon = work
+                .truncated
+                .then(|| work.pending.last().map(|p| p.order.intake_at))
+                .flatten();
+            metrics::gauge!("regulator_intake_backlog").set(work.pending.len() as f64);
+            metrics::gauge!("regulator_policy_active_version").set(policy.version.version);
+            let fetched = work.pending.len() + work.taken_in.len();
 
-        if groups.is_empty() {
-            let wake = [next_ready_at, work.next_expiry]
+            let earliest = work
+                .pending
+                .first()
+                .map(|p| (p.order.target.asset.clone(), p.order.intake_at));
+            let mut assets: HashMap<AssetKey, RegisteredAsset> = HashMap::new();
+            let pending: Vec<Pending<Order>> = work
+                .pending
                 .into_iter()
-                .flatten()
-                .min();
-            let wait = match wake {
-                Some(at) => (at - work.now)
-                    .to_std()
-                    .unwrap_or(StdDuration::ZERO)
-                    .min(self.config.poll),
-                None => self.config.poll,
-            };
-            return Ok(Prepared::Idle(wait));
-        }
-
-        // Every asset a round in flight changed is in the cache (it was loaded to be decided),
-        // so what is loaded here was committed.
-        let missing: Vec<AssetKey> = groups
-            .iter()
-            .map(|(k, _)| k.clone())
-            .filter(|k| !states.contains_key(k))
-            .collect();
-        if !missing.is_empty() {
-            let loaded = storage::load_states(&mut *conn, &missing).await?;
-            states.extend(loaded);
-        }
-        let fetch_time = started.elapsed();
-
-        let taken: HashMap<AssetKey, AssetState> = groups
-            .iter()
-            .filter_map(|(k, _)| states.remove_entry(k))
-            .collect();
-        let input = RoundInput {
-            groups,
-            assets,
-            states: taken,
-            engine: Arc::clone(&policy.engine),
-            policy_version: policy.version.hash.clone(),
-            from,
-            now: work.now,
-            stamp,
-        };
-        let output = if off_thread {
-            tokio::task::spawn_blocking(move || decide_round(input))
-                .await
-                .map_err(|e| StorageError::Corrupt(format!("deciding a round: {e}")))?
-        } else {
-            decide_round(input)
-        };
-        // The states go back to the cache even if sealing failed: the error stops this leader,
-        // and its cache with it.
-        states.extend(output.states);
-        let (records, holds, head) = output.sealed?;
-        let changes = output
-            .changed
-            .into_iter()
-            .filter_map(|key| {
-                let after = states.get(&key)?;
-                Some(storage::StateChange {
-                    version: after.version(),
-                    last_fencing_token: after.last_fencing_token(),
-                    next_expiry: after.next_expiry(),
-                    key,
+                .chain(work.taken_in)
+                .map(|p| {
+                    assets.insert(p.asset.key.clone(), p.asset);
+                    Pending {
+                        asset: p.order.target.asset.clone(),
+                        intake_at: p.order.intake_at,
+                        item: p.order,
+                    }
                 })
-            })
-            .collect();
-        Ok(Prepared::Decided(Decided {
-            records: Arc::new(records),
-            holds: Box::new(holds),
-            changes,
-            head,
-            stamp,
-            fetched,
-            fetch_time,
-            decide_time: started.elapsed().saturating_sub(fetch_time),
-            taken_in: HashSet::new(),
-        }))
+                .collect();
+            let detection = detect(pending, work.now, self.config.window, horizon);
+            let mut groups = detection.groups;
+            let mut next_ready_at = detection.next_ready_at;
+            if groups.is_empty() && work.truncated {
+                // Every fetched window may reach past the fetch limit (a burst inside one window).
+                // Complete the earliest window on its own rather than wait for a fetch that would
+                // return the same rows.
+                if let Some((key, opened)) = earliest {
+                    let closes_at = opened + self.config.window;
+                    if work.now >= closes_at {
+                        let mut window = storage::fetch_window(&mut *conn, &key, closes_at).await?;
+                        // Rare (a burst past the fetch limit in one window): left out here.
+                        let in_flight: HashSet<&uuid::Uuid> = in_flight.iter().collect();
+                        window.retain(|p| !in_flight.contains(&p.order.id.as_uuid()));
+                        if let Some(first) = window.first() {
+                            assets.insert(key.clone(), first.asset.clone());
+                        }
+                        groups.push((key, window.into_iter().map(|p| p.order).collect()));
+                    } else {
+                        next_ready_at = Some(closes_at);
+                    }
+                }
+            }
+            for asset in work.expiring {
+                if !groups.iter().any(|(k, _)| *k == asset.key) {
+                    groups.push((asset.key.clone(), Vec::new()));
+                }
+                assets.insert(asset.key.clone(), asset);
+            }
+
+            if groups.is_empty() {
+                let wake = [next_ready_at, work.next_expiry]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                let wait = match wake {
+                    Some(at) => (at - work.now)
+                        .to_std()
+                        .unwrap_or(StdDuration::ZERO)
+                        .min(self.config.poll),
+                    None => self.config.poll,
+                };
+                return Ok(Prepared::Idle(wait));
+            }
+
+            // Every asset a round in flight changed is in the cache (it was loaded to be decided),
+            // so what is loaded here was committed.
+            let missing: Vec<AssetKey> = groups
+                .iter()
+                .map(|(k, _)| k.clone())
+                .filter(|k| !states.contains_key(k))
+                .collect();
+            if !missing.is_empty() {
+                let loaded = storage::load_states(&mut *conn, &missing).await?;
+                states.extend(loaded);
+            }
+            let fetch_time = started.elapsed();
+
+            let taken: HashMap<AssetKey, AssetState> = groups
+                .iter()
+                .filter_map(|(k, _)| states.remove_entry(k))
+                .collect();
+            let input = RoundInput {
+                groups,
+                assets,
+                states: taken,
+                engine: Arc::clone(&policy.engine),
+                policy_version: policy.version.hash.clone(),
+                from,
+                now: work.now,
+                stamp,
+            };
+            let output = if off_thread {
+                tokio::task::spawn_blocking(move || decide_round(input))
+                    .await
+                    .map_err(|e| StorageError::Corrupt(format!("deciding a round: {e}")))?
+            } else {
+                decide_round(input)
+            };
+            // The states go back to the cache even if sealing failed: the error stops this leader,
+            // and its cache with it.
+            states.extend(output.states);
+            let (records, holds, head) = output.sealed?;
+            let changes = output
+                .changed
+                .into_iter()
+                .filter_map(|key| {
+                    let after = states.get(&key)?;
+                    Some(storage::StateChange {
+                        version: after.version(),
+                        last_fencing_token: after.last_fencing_token(),
+                        next_expiry: after.next_expiry(),
+                        key,
+                    })
+                })
+                .collect();
+            Ok(Prepared::Decided(Decided {
+                records: Arc::new(records),
+                holds: Box::new(holds),
+                changes,
+                head,
+                stamp,
+                fetched,
+                fetch_time,
+                decide_time: started.elapsed().saturating_sub(fetch_time),
+                taken_in: HashSet::new(),
+            }))
+        }
+        .await;
+        prepared.map(|prepared| (prepared, taken))
     }
 }
 

@@ -6,23 +6,10 @@ mod service;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use service::ledger::{assert_ledger_sound, scalar};
-use service::{order, TestApp};
+use service::{bond_freeze, on_the_first_insert, TestApp};
 use sqlx::PgPool;
-
-/// A freeze of `holder` on bond `asset`.
-fn freeze(asset: usize, holder: &str) -> Value {
-    let mut o = order(
-        "ethereum",
-        &format!("0xBOND-{asset}"),
-        "court_order",
-        "SEC v. Many",
-        json!({"kind": "FREEZE"}),
-    );
-    o["target"]["holder"] = json!(holder);
-    o
-}
 
 async fn register_bonds(app: &TestApp, n: usize) {
     for i in 0..n {
@@ -51,33 +38,37 @@ async fn leader_of(apps: &[&TestApp]) -> usize {
 /// Submits the freezes of `holders` on `assets` bonds through `app`, all at once; each answer.
 async fn submit_all(app: &TestApp, prefix: &str, holders: usize, assets: usize) -> Vec<Value> {
     let token = app.regulator("US-SEC");
-    let mut handles = Vec::new();
-    for i in 0..holders {
-        let client = app.client.clone();
-        let url = app.url("/v1/orders");
-        let token = token.clone();
-        let body = freeze(i % assets, &format!("0x{prefix}{i}"));
+    let submissions = (0..holders).map(|i| {
+        let body = bond_freeze(i % assets, &format!("0x{prefix}{i}"));
         let key = format!("{prefix}-{i}");
-        handles.push(tokio::spawn(async move {
-            let r = client
-                .post(url)
-                .bearer_auth(token)
-                .header("Idempotency-Key", key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status();
-            let v: Value = r.json().await.unwrap();
+        let token = &token;
+        async move { app.submit(token, &key, &body).await }
+    });
+    futures::future::join_all(submissions)
+        .await
+        .into_iter()
+        .map(|(status, v)| {
             assert_eq!(status, StatusCode::CREATED, "{v}");
             v
-        }));
+        })
+        .collect()
+}
+
+/// Waits (up to 5 s) until some order has a decision.
+async fn wait_for_a_decision(pool: &PgPool) {
+    for _ in 0..200 {
+        if scalar(
+            pool,
+            "SELECT count(*) FROM decisions WHERE order_id IS NOT NULL",
+        )
+        .await
+            > 0
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let mut answers = Vec::new();
-    for h in handles {
-        answers.push(h.await.unwrap());
-    }
-    answers
+    panic!("no order was decided within 5 s");
 }
 
 /// How many of the orders whose holder starts with `prefix` were written by the same
@@ -126,11 +117,11 @@ async fn a_leaders_single_orders_are_written_with_their_decisions(pool: PgPool) 
 
     // The same key and body again: the same order, decided once.
     let token = leader.regulator("US-SEC");
-    let (status, again) = leader.submit(&token, "L-0", &freeze(0, "0xL0")).await;
+    let (status, again) = leader.submit(&token, "L-0", &bond_freeze(0, "0xL0")).await;
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["order_id"], answers[0]["order_id"]);
     // The same key with another body: refused, nothing written.
-    let (status, refused) = leader.submit(&token, "L-0", &freeze(1, "0xL0")).await;
+    let (status, refused) = leader.submit(&token, "L-0", &bond_freeze(1, "0xL0")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     assert_eq!(
         refused["type"],
@@ -155,24 +146,18 @@ async fn a_round_that_fails_gives_the_orders_it_took_in_back_to_intake(pool: PgP
     leader_of(&[&app]).await;
     // The first commit that records the poisoned holder fails; a sequence counts the tries,
     // outside the rollback.
-    sqlx::raw_sql(
-        "CREATE SEQUENCE poison_tries;
-         CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NEW.holder = '0xPOISON' AND nextval('poison_tries') = 1 THEN
-                 RAISE EXCEPTION 'the commit of this round fails';
-             END IF;
-             RETURN NEW;
-         END $$;
-         CREATE TRIGGER poison BEFORE INSERT ON decisions
-             FOR EACH ROW EXECUTE FUNCTION poison();",
+    on_the_first_insert(
+        &pool,
+        "decisions",
+        "0xPOISON",
+        "RAISE EXCEPTION 'the commit of this round fails';",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
 
     let token = app.regulator("US-SEC");
-    let (status, answer) = app.submit(&token, "poison", &freeze(0, "0xPOISON")).await;
+    let (status, answer) = app
+        .submit(&token, "poison", &bond_freeze(0, "0xPOISON"))
+        .await;
     assert!(
         status == StatusCode::CREATED || status == StatusCode::ACCEPTED,
         "{status} {answer}"
@@ -190,7 +175,7 @@ async fn a_round_that_fails_gives_the_orders_it_took_in_back_to_intake(pool: PgP
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(
-        scalar(&pool, "SELECT last_value FROM poison_tries").await,
+        scalar(&pool, "SELECT last_value FROM first_inserts").await,
         2,
         "the round failed once, then the order was decided"
     );
@@ -255,5 +240,58 @@ async fn orders_a_round_takes_in_but_cannot_decide_yet_wait_in_the_queue(pool: P
     assert_eq!(scalar(&pool, "SELECT count(*) FROM intake_queue").await, 0);
     let records = assert_ledger_sound(&pool).await;
     assert_eq!(records.len(), 6, "each decided once");
+    app.app.stop().await;
+}
+
+/// A leader deposed while its round holds orders it took in (a newer epoch is recorded while
+/// the round is under way) writes nothing of that round: its compare-and-set fails, the orders
+/// go back to intake, and the leader that stands next decides each once.
+#[sqlx::test]
+async fn a_leader_deposed_mid_round_writes_none_of_the_orders_it_took_in(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), 0).await;
+    register_bonds(&app, 1).await;
+    leader_of(&[&app]).await;
+    // The first insert of the marked order (the round taking it in) waits, so that the test
+    // can move the epoch on meanwhile; a sequence counts the inserts, outside any rollback.
+    on_the_first_insert(&pool, "orders", "0xDEPOSED", "PERFORM pg_sleep(0.6);").await;
+    let epoch = scalar(&pool, "SELECT epoch FROM ledger_head").await;
+
+    let token = app.regulator("US-SEC");
+    let move_the_epoch_on = async {
+        for _ in 0..100 {
+            if scalar(&pool, "SELECT last_value FROM first_inserts").await >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Another leader's epoch, as a standby that took over would record it.
+        sqlx::query("UPDATE ledger_head SET epoch = epoch + 1")
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    let marked = bond_freeze(0, "0xDEPOSED");
+    let ((status, answer), ()) =
+        tokio::join!(app.submit(&token, "deposed", &marked), move_the_epoch_on);
+    assert!(
+        status == StatusCode::CREATED || status == StatusCode::ACCEPTED,
+        "{status} {answer}"
+    );
+    wait_for_a_decision(&pool).await;
+    assert!(
+        scalar(&pool, "SELECT epoch FROM ledger_head").await > epoch + 1,
+        "the deposed leader stood again in a newer epoch"
+    );
+    assert_eq!(
+        written_with_their_decision(&pool, "DEPOSED").await,
+        (0, 1),
+        "the deposed round wrote nothing; intake wrote the order"
+    );
+    let records = assert_ledger_sound(&pool).await;
+    assert_eq!(records.len(), 1, "decided exactly once");
+    assert_eq!(
+        records[0].order.as_ref().map(|o| o.id.to_string()),
+        answer["order_id"].as_str().map(str::to_owned)
+    );
     app.app.stop().await;
 }

@@ -13,20 +13,12 @@ use regulator::storage;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use service::ledger::{assert_ledger_sound, scalar};
-use service::{order, TestApp};
+use service::{bond_freeze, on_the_first_insert, TestApp};
 use sqlx::PgPool;
 
 /// Freezes of distinct holders on `assets` bonds, so that each is APPLIED and many groups form.
 fn freeze(asset: usize, holder: usize) -> Value {
-    let mut o = order(
-        "ethereum",
-        &format!("0xBOND-{asset}"),
-        "court_order",
-        "SEC v. Many",
-        json!({"kind": "FREEZE"}),
-    );
-    o["target"]["holder"] = json!(format!("0xH{holder}"));
-    o
+    bond_freeze(asset, &format!("0xH{holder}"))
 }
 
 async fn register_bonds(app: &TestApp, n: usize) {
@@ -786,22 +778,13 @@ async fn a_commit_that_fails_while_the_next_round_was_decided_drops_both(pool: P
     }
     // The first commit that records the poisoned holder waits (so that the next round is
     // decided meanwhile) and then fails; a sequence counts the tries, outside the rollback.
-    sqlx::raw_sql(
-        "CREATE SEQUENCE poison_tries;
-         CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NEW.holder = '0xPOISON' AND nextval('poison_tries') = 1 THEN
-                 PERFORM pg_sleep(0.5);
-                 RAISE EXCEPTION 'the commit of this round fails';
-             END IF;
-             RETURN NEW;
-         END $$;
-         CREATE TRIGGER poison BEFORE INSERT ON decisions
-             FOR EACH ROW EXECUTE FUNCTION poison();",
+    on_the_first_insert(
+        &pool,
+        "decisions",
+        "0xPOISON",
+        "PERFORM pg_sleep(0.5); RAISE EXCEPTION 'the commit of this round fails';",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     // Five intake statements of ten orders: five arrival times, a backlog of several rounds.
     for batch in 0..5 {
         let orders: Vec<storage::NewOrder> = (0..10)
@@ -836,7 +819,7 @@ async fn a_commit_that_fails_while_the_next_round_was_decided_drops_both(pool: P
     )
     .await;
 
-    let tries = scalar(&pool, "SELECT last_value FROM poison_tries").await;
+    let tries = scalar(&pool, "SELECT last_value FROM first_inserts").await;
     assert_eq!(tries, 2, "the poisoned round failed once, then committed");
     let epoch = scalar(&pool, "SELECT epoch FROM ledger_head").await;
     assert_eq!(

@@ -229,6 +229,19 @@ pub fn order(
     })
 }
 
+/// An SEC court-ordered freeze of `holder`'s balance of bond `0xBOND-<asset>` on ethereum.
+pub fn bond_freeze(asset: usize, holder: &str) -> Value {
+    let mut o = order(
+        "ethereum",
+        &format!("0xBOND-{asset}"),
+        "court_order",
+        "SEC v. Many",
+        json!({"kind": "FREEZE"}),
+    );
+    o["target"]["holder"] = json!(holder);
+    o
+}
+
 /// The ACME bond of the foundation's scenarios: a U.S. security.
 pub const BOND: (&str, &str) = ("ethereum", "0xACME-BOND-2031");
 
@@ -270,4 +283,25 @@ pub async fn table_counts(pool: &PgPool) -> Vec<(String, i64)> {
         counts.push((table.to_owned(), n));
     }
     counts
+}
+
+/// Makes the first insert into `table` of a row for `holder` run `action` (PL/pgSQL: a
+/// `pg_sleep`, a `RAISE EXCEPTION`) before it goes on. The sequence `first_inserts` counts the
+/// tries, outside any rollback: `SELECT last_value FROM first_inserts`.
+pub async fn on_the_first_insert(pool: &PgPool, table: &str, holder: &str, action: &str) {
+    sqlx::raw_sql(&format!(
+        "CREATE SEQUENCE first_inserts;
+         CREATE FUNCTION on_the_first_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.holder = '{holder}' AND nextval('first_inserts') = 1 THEN
+                 {action}
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER on_the_first_insert BEFORE INSERT ON {table}
+             FOR EACH ROW EXECUTE FUNCTION on_the_first_insert();"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
 }
