@@ -259,77 +259,19 @@ impl Sequencer {
     async fn round(&self, leader: &mut Leader) -> Result<Option<StdDuration>, StorageError> {
         // The leader's own single orders, taken in by this round's transaction (only a round
         // fetched on the lock's connection takes any in: one decided beside a commit is not).
-        let mut taken_in: Option<(Gathered, Vec<Intake>)> = None;
-        let decided = match leader.next.take() {
-            Some(decided) => decided,
-            None => {
-                let claimed = self.handoff.claim();
-                let prepared = self
-                    .prepare(
-                        &mut leader.conn,
-                        &mut leader.states,
-                        &leader.policy,
-                        leader.head,
-                        leader.last_stamp,
-                        &[],
-                        false,
-                        claimed.as_ref().map(|g| g.orders.as_slice()),
-                    )
-                    .await;
-                let (prepared, taken) = match prepared {
-                    Ok(prepared) => prepared,
-                    Err(error) => {
-                        if let Some(claimed) = claimed {
-                            storage::roll_back_taken(&mut leader.conn).await;
-                            self.handoff.give_back(claimed);
-                        }
-                        return Err(error);
-                    }
-                };
-                let claimed = match (claimed, taken) {
-                    (Some(claimed), Some(taken)) => Some((claimed, taken)),
-                    (Some(claimed), None) => {
-                        self.handoff.give_back(claimed);
-                        None
-                    }
-                    (None, _) => None,
-                };
-                match prepared {
-                    Prepared::Idle(wait) => {
-                        self.commit_taken(&mut leader.conn, claimed).await?;
-                        return Ok(Some(wait));
-                    }
-                    Prepared::Requests { stamp } => {
-                        self.commit_taken(&mut leader.conn, claimed).await?;
-                        // Settled before any order of this fetch is decided: an order decided
-                        // after an activation's seq is decided by the version it activated.
-                        self.settle_requests(leader, stamp).await?;
-                        leader.last_stamp = stamp;
-                        return Ok(None);
-                    }
-                    Prepared::Decided(mut decided) => {
-                        if let Some((gathered, outcomes)) = claimed {
-                            // Those it does not decide wait in the queue, like any order.
-                            let decided_ids: HashSet<uuid::Uuid> = decided
-                                .records
-                                .iter()
-                                .filter_map(|s| s.record.order.as_ref().map(|o| o.id.as_uuid()))
-                                .collect();
-                            let (now, later): (Vec<&Order>, Vec<&Order>) = accepted(&outcomes)
-                                .partition(|o| decided_ids.contains(&o.id.as_uuid()));
-                            if let Err(error) = storage::queue_taken(&mut leader.conn, &later).await
-                            {
-                                storage::roll_back_taken(&mut leader.conn).await;
-                                self.handoff.give_back(gathered);
-                                return Err(error);
-                            }
-                            decided.taken_in = now.iter().map(|o| o.id.as_uuid()).collect();
-                            taken_in = Some((gathered, outcomes));
-                        }
-                        decided
-                    }
+        let (decided, taken_in) = match leader.next.take() {
+            Some(decided) => (decided, None),
+            None => match self.prepare_on_lock(leader).await? {
+                Fresh::Idle(wait) => return Ok(Some(wait)),
+                Fresh::Requests { stamp } => {
+                    // Settled before any order of this fetch is decided: an order decided
+                    // after an activation's seq is decided by the version it activated.
+                    self.settle_requests(leader, stamp).await?;
+                    leader.last_stamp = stamp;
+                    return Ok(None);
                 }
-            }
+                Fresh::Decided(decided, taken_in) => (*decided, taken_in),
+            },
         };
         leader.last_stamp = decided.stamp;
         let overlap = decided.fetched >= self.config.pipeline_from && leader.reader.is_some();
@@ -402,16 +344,96 @@ impl Sequencer {
         Ok(None)
     }
 
-    /// Commits the orders a round took in when it has nothing else to commit, and answers
-    /// their requests; if that fails, intake writes them itself.
+    /// Prepares a round on the lock's connection with nothing in flight, taking in what intake
+    /// handed over. Orders taken in that it does not decide are queued in its transaction;
+    /// with nothing to commit they are committed alone. What it took in comes back beside the
+    /// decided round, to be answered once that commits.
+    async fn prepare_on_lock(&self, leader: &mut Leader) -> Result<Fresh, StorageError> {
+        let claimed = self.handoff.claim();
+        let prepared = self
+            .prepare(
+                &mut leader.conn,
+                &mut leader.states,
+                &leader.policy,
+                leader.head,
+                leader.last_stamp,
+                &[],
+                false,
+                claimed.as_ref().map(|g| g.orders.as_slice()),
+            )
+            .await;
+        let (prepared, taken) = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                if let Some(claimed) = claimed {
+                    self.abandon(&mut leader.conn, claimed).await;
+                }
+                return Err(error);
+            }
+        };
+        let claimed = match (claimed, taken) {
+            (Some(claimed), Some(taken)) => Some((claimed, taken)),
+            (Some(claimed), None) => {
+                self.handoff.give_back(claimed);
+                None
+            }
+            (None, _) => None,
+        };
+        let Some((gathered, outcomes)) = claimed else {
+            return Ok(match prepared {
+                Prepared::Idle(wait) => Fresh::Idle(wait),
+                Prepared::Requests { stamp } => Fresh::Requests { stamp },
+                Prepared::Decided(decided) => Fresh::Decided(Box::new(decided), None),
+            });
+        };
+        match prepared {
+            Prepared::Idle(wait) => {
+                self.commit_taken(&mut leader.conn, gathered, outcomes)
+                    .await?;
+                Ok(Fresh::Idle(wait))
+            }
+            Prepared::Requests { stamp } => {
+                self.commit_taken(&mut leader.conn, gathered, outcomes)
+                    .await?;
+                Ok(Fresh::Requests { stamp })
+            }
+            Prepared::Decided(mut decided) => {
+                // Those it does not decide wait in the queue, like any order.
+                let decided_ids: HashSet<uuid::Uuid> = decided
+                    .records
+                    .iter()
+                    .filter_map(|s| s.record.order.as_ref().map(|o| o.id.as_uuid()))
+                    .collect();
+                let (now, later): (Vec<&Order>, Vec<&Order>) =
+                    accepted(&outcomes).partition(|o| decided_ids.contains(&o.id.as_uuid()));
+                if let Err(error) = storage::queue_taken(&mut leader.conn, &later).await {
+                    self.abandon(&mut leader.conn, gathered).await;
+                    return Err(error);
+                }
+                decided.taken_in = now.iter().map(|o| o.id.as_uuid()).collect();
+                Ok(Fresh::Decided(
+                    Box::new(decided),
+                    Some((gathered, outcomes)),
+                ))
+            }
+        }
+    }
+
+    /// Rolls back a failed round's transaction on `conn` and gives the orders it took in back
+    /// to intake, which writes them itself.
+    async fn abandon(&self, conn: &mut PgConnection, gathered: Gathered) {
+        storage::roll_back_round(conn).await;
+        self.handoff.give_back(gathered);
+    }
+
+    /// Queues and commits the orders a round took in when it has nothing else to commit, and
+    /// answers their requests; if that fails, intake writes them itself.
     async fn commit_taken(
         &self,
         conn: &mut PgConnection,
-        taken: Option<(Gathered, Vec<Intake>)>,
+        gathered: Gathered,
+        outcomes: Vec<Intake>,
     ) -> Result<(), StorageError> {
-        let Some((gathered, outcomes)) = taken else {
-            return Ok(());
-        };
         let undecided: Vec<&Order> = accepted(&outcomes).collect();
         let committed = match storage::queue_taken(&mut *conn, &undecided).await {
             Ok(()) => storage::commit_taken(conn).await,
@@ -423,8 +445,7 @@ impl Sequencer {
                 Ok(())
             }
             Err(error) => {
-                storage::roll_back_taken(conn).await;
-                self.handoff.give_back(gathered);
+                self.abandon(conn, gathered).await;
                 Err(error)
             }
         }
@@ -604,6 +625,16 @@ impl Sequencer {
         .await;
         prepared.map(|prepared| (prepared, taken))
     }
+}
+
+/// What [`Sequencer::prepare_on_lock`] leaves to do.
+enum Fresh {
+    Idle(StdDuration),
+    Requests {
+        stamp: DateTime<Utc>,
+    },
+    /// A round to commit, with the orders it took in and what became of each.
+    Decided(Box<Decided>, Option<(Gathered, Vec<Intake>)>),
 }
 
 /// The orders intake accepted among `outcomes`.

@@ -81,7 +81,6 @@ impl Handoff {
     /// `MOST_PER_ROUND` orders (a gathering is never split).
     pub fn claim(&self) -> Option<Gathered> {
         let mut waiting = self.lock();
-        let mut claimed: Option<Gathered> = None;
         let mut count = 0;
         let mut taken = 0;
         for (_, gathered) in waiting.iter() {
@@ -91,13 +90,7 @@ impl Handoff {
             count += gathered.orders.len();
             taken += 1;
         }
-        for (_, gathered) in waiting.drain(..taken) {
-            match claimed.as_mut() {
-                Some(claimed) => claimed.append(gathered),
-                None => claimed = Some(gathered),
-            }
-        }
-        claimed
+        merged(waiting.drain(..taken))
     }
 
     /// Gives orders the sequencer claimed but did not commit back to intake, at once.
@@ -124,14 +117,7 @@ impl Handoff {
     pub fn take_back(&self, now: Instant) -> Option<Gathered> {
         let mut waiting = self.lock();
         let due = waiting.iter().take_while(|(due, _)| *due <= now).count();
-        let mut back: Option<Gathered> = None;
-        for (_, gathered) in waiting.drain(..due) {
-            match back.as_mut() {
-                Some(back) => back.append(gathered),
-                None => back = Some(gathered),
-            }
-        }
-        back
+        merged(waiting.drain(..due))
     }
 
     /// When the oldest waiting orders are due to be taken back.
@@ -148,6 +134,16 @@ impl Handoff {
         // A panic while holding this lock leaves a list of plain values, still sound.
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The gatherings of `waiting`, in order, as one (`None` if there are none).
+fn merged(waiting: impl Iterator<Item = (Instant, Gathered)>) -> Option<Gathered> {
+    waiting
+        .map(|(_, gathered)| gathered)
+        .reduce(|mut all, gathered| {
+            all.append(gathered);
+            all
+        })
 }
 
 #[cfg(test)]

@@ -125,14 +125,14 @@ pub async fn commit(
     if written.is_err() {
         // Also after a failed COMMIT, which Postgres has rolled back: this brings sqlx's own
         // count of open transactions back to none (a warning from Postgres, nothing more).
-        super::roll_back_taken(conn).await;
+        super::roll_back_round(conn).await;
     }
     written
 }
 
 /// [`commit`]'s statements, in the transaction open on `conn`; the head they move to.
 async fn write(
-    conn: &mut PgConnection,
+    tx: &mut PgConnection,
     commit: &Commit<'_>,
     state_round: impl std::future::Future<Output = Result<Option<state::StateRound>, StorageError>>,
 ) -> Result<Head, StorageError> {
@@ -145,7 +145,6 @@ async fn write(
         seq: last.record.seq,
         hash: last.hash,
     };
-    let tx = conn;
     advance_head(&mut *tx, commit.epoch, commit.from, to).await?;
 
     // Everything else the round writes is one statement: the decisions and their policy index,

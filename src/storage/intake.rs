@@ -169,8 +169,8 @@ pub async fn queue_taken(conn: &mut PgConnection, orders: &[&Order]) -> Result<(
     Ok(())
 }
 
-/// Every order's result, first of each (issuer, key) judged; and the accepted orders' assets'
-/// attributes (issuer jurisdiction, class) by order id. Accepted orders are queued if `queue`.
+/// Every order's result, first of each (issuer, key) judged. Accepted orders are queued if
+/// `queue`; if not, their assets' attributes (issuer jurisdiction, class) come back by order id.
 async fn judge(
     conn: &mut PgConnection,
     orders: &[NewOrder],
@@ -282,12 +282,14 @@ async fn intake_distinct(
          -- Read below only when an order was accepted (an uncorrelated subquery runs on the
          -- first row it is needed for), so nothing queued, nothing announced.
          announced AS (SELECT pg_notify($12, '') WHERE $13)
+         -- The assets' attributes only for orders not queued (a round decides them from
+         -- this); a queued order's are read with it when it is fetched.
          SELECT a.order_id, a.intake_at, (SELECT count(*) FROM announced),
                 x.issuer_jurisdiction, x.asset_class
          FROM accepted a
-         CROSS JOIN LATERAL (
+         LEFT JOIN LATERAL (
              SELECT issuer_jurisdiction, asset_class FROM assets
-             WHERE chain = a.chain AND asset = a.asset LIMIT 1) x",
+             WHERE NOT $14 AND chain = a.chain AND asset = a.asset LIMIT 1) x ON true",
     )
     .bind(&ids)
     .bind(&issuers)
@@ -307,10 +309,16 @@ async fn intake_distinct(
     .await?;
     let accepted: HashMap<Uuid, DateTime<Utc>> =
         rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let attributes: HashMap<Uuid, (String, String)> = rows
-        .iter()
-        .map(|r| (r.get(0), (r.get(3), r.get(4))))
-        .collect();
+    let mut attributes: HashMap<Uuid, (String, String)> = HashMap::new();
+    if !queue {
+        for r in &rows {
+            let (jurisdiction, class): (Option<String>, Option<String>) =
+                (r.try_get(3)?, r.try_get(4)?);
+            if let (Some(jurisdiction), Some(class)) = (jurisdiction, class) {
+                attributes.insert(r.try_get(0)?, (jurisdiction, class));
+            }
+        }
+    }
 
     let mut outcomes = Vec::with_capacity(orders.len());
     let mut refused = Vec::new();

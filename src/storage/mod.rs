@@ -25,7 +25,7 @@ pub(crate) use commit::{advance_head, announce_head};
 pub use commit::{commit, Commit, HoldWrites, StateChange};
 pub use intake::{intake, intake_on, queue_taken, Announce, Intake, NewOrder, OrderBody};
 pub use queue::{
-    commit_taken, fetch_window, fetch_work, may_vacuum_intake_queue, roll_back_taken,
+    commit_taken, fetch_window, fetch_work, may_vacuum_intake_queue, roll_back_round,
     vacuum_intake_queue, PendingOrder, Work,
 };
 

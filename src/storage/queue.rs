@@ -80,7 +80,7 @@ pub struct Work {
 /// without queueing them: they come back in [`Work::taken_in`], and the round queues those it
 /// does not decide ([`super::queue_taken`]). The round's commit ([`super::commit`]) then makes them
 /// durable with their decisions, one commit where there were two, or [`commit_taken`] does if
-/// the round has nothing to commit; a failed round leaves them unwritten ([`roll_back_taken`]).
+/// the round has nothing to commit; a failed round leaves them unwritten ([`roll_back_round`]).
 pub async fn fetch_work(
     conn: &mut PgConnection,
     limit: i64,
@@ -110,11 +110,14 @@ pub async fn fetch_work(
     };
     // Taken in, not queued: the round decides them from what comes back, and queues only those
     // it does not decide.
-    let mut taken: Option<(Vec<Intake>, Vec<PendingOrder>)> = None;
-    if let Some(orders) = take_in {
-        PgTransactionManager::begin(&mut *conn, None).await?;
-        taken = Some(super::intake::take_in(&mut *conn, orders).await?);
-    }
+    let (taken, taken_in) = match take_in {
+        Some(orders) => {
+            PgTransactionManager::begin(&mut *conn, None).await?;
+            let (outcomes, accepted) = super::intake::take_in(&mut *conn, orders).await?;
+            (Some(outcomes), accepted)
+        }
+        None => (None, Vec::new()),
+    };
     let clock = match gated {
         Some(clock) => clock,
         None => sqlx::query(CLOCK).fetch_one(&mut *conn).await?,
@@ -170,11 +173,8 @@ pub async fn fetch_work(
         expiring,
         next_expiry,
         requests,
-        taken_in: taken
-            .as_mut()
-            .map(|(_, t)| std::mem::take(t))
-            .unwrap_or_default(),
-        taken: taken.map(|(outcomes, _)| outcomes),
+        taken,
+        taken_in,
     })
 }
 
@@ -185,9 +185,9 @@ pub async fn commit_taken(conn: &mut PgConnection) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Rolls back what a failed round left open on `conn`, the orders it took in with the rest:
-/// none of it was written. Best effort: if the connection is broken, so is its transaction.
-pub async fn roll_back_taken(conn: &mut PgConnection) {
+/// Rolls back what a failed round left open on `conn` (the orders it took in, its writes): none
+/// of it was written. Best effort: if the connection is broken, so is its transaction.
+pub async fn roll_back_round(conn: &mut PgConnection) {
     if let Err(error) = PgTransactionManager::rollback(conn).await {
         tracing::debug!(%error, "rolling back a failed round");
     }
@@ -226,8 +226,9 @@ fn pending_orders(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<PendingOrder>, S
 
 /// Vacuums `intake_queue`, skipping it if another vacuum holds it.
 ///
-/// Every order is inserted into the queue and deleted from it once decided, so at a few
-/// thousand orders a second the queue leaves that many dead rows a second. Autovacuum looks at
+/// Every order of a batch or from a follower is inserted into the queue and deleted from it
+/// once decided (a leader's single orders only when their round cannot decide them at once), so
+/// at a few thousand orders a second the queue leaves that many dead rows a second. Autovacuum looks at
 /// a table once a minute (its default `autovacuum_naptime`), and until then each fetch reads
 /// past every dead row: the leader runs this every second instead (`app`), about 1 ms for a
 /// second's dead rows, which keeps the queue a few pages long and its statistics true.
