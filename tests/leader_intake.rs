@@ -35,6 +35,14 @@ async fn leader_of(apps: &[&TestApp]) -> usize {
     panic!("no single replica took the lead within 5 s");
 }
 
+/// A replica with a conflict window of `window_ms` and `bonds` bonds registered, once it leads.
+async fn leading_app(pool: &PgPool, window_ms: i64, bonds: usize) -> TestApp {
+    let app = TestApp::spawn_with(pool.clone(), window_ms).await;
+    register_bonds(&app, bonds).await;
+    leader_of(&[&app]).await;
+    app
+}
+
 /// Submits the freezes of `holders` on `assets` bonds through `app`, all at once; each answer.
 async fn submit_all(app: &TestApp, prefix: &str, holders: usize, assets: usize) -> Vec<Value> {
     let token = app.regulator("US-SEC");
@@ -141,9 +149,7 @@ async fn a_leaders_single_orders_are_written_with_their_decisions(pool: PgPool) 
 /// again. The request is answered with its decision as if nothing had happened.
 #[sqlx::test]
 async fn a_round_that_fails_gives_the_orders_it_took_in_back_to_intake(pool: PgPool) {
-    let app = TestApp::spawn_with(pool.clone(), 0).await;
-    register_bonds(&app, 1).await;
-    leader_of(&[&app]).await;
+    let app = leading_app(&pool, 0, 1).await;
     // The first commit that records the poisoned holder fails; a sequence counts the tries,
     // outside the rollback.
     on_the_first_insert(
@@ -213,9 +219,7 @@ async fn a_round_that_fails_gives_the_orders_it_took_in_back_to_intake(pool: PgP
 /// a later round decides them from the queue, each once, within the window's group.
 #[sqlx::test]
 async fn orders_a_round_takes_in_but_cannot_decide_yet_wait_in_the_queue(pool: PgPool) {
-    let app = TestApp::spawn_with(pool.clone(), 200).await;
-    register_bonds(&app, 1).await;
-    leader_of(&[&app]).await;
+    let app = leading_app(&pool, 200, 1).await;
 
     let answers = submit_all(&app, "W", 6, 1).await;
     assert!(answers
@@ -248,9 +252,7 @@ async fn orders_a_round_takes_in_but_cannot_decide_yet_wait_in_the_queue(pool: P
 /// go back to intake, and the leader that stands next decides each once.
 #[sqlx::test]
 async fn a_leader_deposed_mid_round_writes_none_of_the_orders_it_took_in(pool: PgPool) {
-    let app = TestApp::spawn_with(pool.clone(), 0).await;
-    register_bonds(&app, 1).await;
-    leader_of(&[&app]).await;
+    let app = leading_app(&pool, 0, 1).await;
     // The first insert of the marked order (the round taking it in) waits, so that the test
     // can move the epoch on meanwhile; a sequence counts the inserts, outside any rollback.
     on_the_first_insert(&pool, "orders", "0xDEPOSED", "PERFORM pg_sleep(0.6);").await;
